@@ -1,0 +1,128 @@
+//! The HTTP error: every failure leaves as an OperationOutcome with a status that fits it.
+//! Internal causes are logged, never sent.
+
+use axum::{
+    http::{header, HeaderValue, StatusCode},
+    response::{IntoResponse, Response},
+};
+
+use crate::{
+    export::{params::ParamsError, ExportError},
+    fhir::{bundle::BundleError, IssueCode, OperationOutcome, ResourceError},
+    output::OutputError,
+    store::StoreError,
+};
+
+pub const FHIR_JSON: &str = "application/fhir+json";
+
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub outcome: OperationOutcome,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: IssueCode, diagnostics: impl Into<String>) -> Self {
+        Self { status, outcome: OperationOutcome::error(code, diagnostics) }
+    }
+
+    pub fn bad_request(diagnostics: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, IssueCode::Invalid, diagnostics)
+    }
+
+    pub fn not_found(diagnostics: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, IssueCode::NotFound, diagnostics)
+    }
+
+    /// A failure of ours: logged in full, reported without internals.
+    fn internal(error: &dyn std::error::Error, what: &str) -> Self {
+        tracing::error!(error = %error_chain(error), "{what}");
+        let (status, code) = (StatusCode::INTERNAL_SERVER_ERROR, IssueCode::Exception);
+        Self::new(status, code, format!("{what}; the server log has the details"))
+    }
+}
+
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        fhir_json(self.status, self.outcome.to_json())
+    }
+}
+
+/// A FHIR JSON response.
+pub fn fhir_json(status: StatusCode, body: String) -> Response {
+    let mut response = (status, body).into_response();
+    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(FHIR_JSON));
+    response
+}
+
+impl From<ExportError> for ApiError {
+    fn from(e: ExportError) -> Self {
+        let text = e.to_string();
+        match e {
+            ExportError::InvalidParameter { .. } | ExportError::UnknownParameter(_) => Self::bad_request(text),
+            ExportError::UnsupportedParameter(_) => Self::new(StatusCode::BAD_REQUEST, IssueCode::NotSupported, text),
+            ExportError::GroupNotFound(_) | ExportError::JobNotFound(_) | ExportError::FileNotFound { .. } => {
+                Self::not_found(text)
+            }
+            ExportError::Store(e) => e.into(),
+            ExportError::Output(e) => e.into(),
+        }
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Conflict(_) => Self::new(StatusCode::CONFLICT, IssueCode::Conflict, e.to_string()),
+            StoreError::Database(_) | StoreError::Migration(_) | StoreError::UnsupportedUrl(_) => {
+                Self::internal(&e, "the database failed")
+            }
+        }
+    }
+}
+
+impl From<OutputError> for ApiError {
+    fn from(e: OutputError) -> Self {
+        match e {
+            OutputError::Store(object_store::Error::NotFound { .. }) => Self::not_found("the file no longer exists"),
+            e => Self::internal(&e, "the output storage failed"),
+        }
+    }
+}
+
+impl From<ResourceError> for ApiError {
+    fn from(e: ResourceError) -> Self {
+        let code = match e {
+            ResourceError::InvalidJson(_) | ResourceError::NotAnObject => IssueCode::Structure,
+            ResourceError::MissingResourceType | ResourceError::MissingId => IssueCode::Required,
+            _ => IssueCode::Value,
+        };
+        Self::new(StatusCode::BAD_REQUEST, code, e.to_string())
+    }
+}
+
+impl From<BundleError> for ApiError {
+    fn from(e: BundleError) -> Self {
+        match e {
+            BundleError::Resource(e) => e.into(),
+            e => Self::bad_request(e.to_string()),
+        }
+    }
+}
+
+impl From<ParamsError> for ApiError {
+    fn from(e: ParamsError) -> Self {
+        Self::bad_request(e.to_string())
+    }
+}

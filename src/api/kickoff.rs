@@ -1,0 +1,88 @@
+//! `$export` kick-off at system, Patient and Group level, by GET or POST.
+
+use axum::{
+    extract::{OriginalUri, Path, State},
+    http::{header, HeaderMap, HeaderValue, Method, StatusCode, Uri},
+    response::Response,
+    routing::get,
+    Router,
+};
+
+use super::{
+    error::{fhir_json, ApiError},
+    extract::{check_kickoff_accept, kickoff_handling, JsonBody},
+    AppState,
+};
+use crate::{
+    export::{params::RawParams, ExportLevel, ExportRequest},
+    fhir::{types::ResourceId, OperationOutcome},
+};
+
+/// Owner of jobs until authorization exists.
+const ANONYMOUS: &str = "anonymous";
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/$export", get(system_get).post(system_post))
+        .route("/Patient/$export", get(patient_get).post(patient_post))
+        .route("/Group/{id}/$export", get(group_get).post(group_post))
+}
+
+async fn system_get(State(app): State<AppState>, headers: HeaderMap, OriginalUri(uri): OriginalUri) -> Result<Response, ApiError> {
+    kick_off(app, ExportLevel::System, &headers, &uri, None).await
+}
+
+async fn system_post(State(app): State<AppState>, headers: HeaderMap, OriginalUri(uri): OriginalUri, body: JsonBody) -> Result<Response, ApiError> {
+    kick_off(app, ExportLevel::System, &headers, &uri, Some(body)).await
+}
+
+async fn patient_get(State(app): State<AppState>, headers: HeaderMap, OriginalUri(uri): OriginalUri) -> Result<Response, ApiError> {
+    kick_off(app, ExportLevel::Patient, &headers, &uri, None).await
+}
+
+async fn patient_post(State(app): State<AppState>, headers: HeaderMap, OriginalUri(uri): OriginalUri, body: JsonBody) -> Result<Response, ApiError> {
+    kick_off(app, ExportLevel::Patient, &headers, &uri, Some(body)).await
+}
+
+async fn group_get(State(app): State<AppState>, Path(id): Path<String>, headers: HeaderMap, OriginalUri(uri): OriginalUri) -> Result<Response, ApiError> {
+    kick_off(app, group_level(&id)?, &headers, &uri, None).await
+}
+
+async fn group_post(
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    OriginalUri(uri): OriginalUri,
+    body: JsonBody,
+) -> Result<Response, ApiError> {
+    kick_off(app, group_level(&id)?, &headers, &uri, Some(body)).await
+}
+
+fn group_level(id: &str) -> Result<ExportLevel, ApiError> {
+    let id = ResourceId::parse(id).ok_or_else(|| ApiError::bad_request(format!("'{id}' is not a valid Group id")))?;
+    Ok(ExportLevel::Group { id })
+}
+
+#[tracing::instrument(skip_all, fields(method = %if body.is_some() { Method::POST } else { Method::GET }))]
+async fn kick_off(app: AppState, level: ExportLevel, headers: &HeaderMap, uri: &Uri, body: Option<JsonBody>) -> Result<Response, ApiError> {
+    check_kickoff_accept(headers)?;
+    let handling = kickoff_handling(headers)?;
+    let mut params = RawParams::from_query(uri.query().unwrap_or(""))?;
+    if let Some(JsonBody(body)) = body {
+        params.0.extend(RawParams::from_parameters(&body)?.0);
+    }
+    // The manifest's `request`: the kick-off URL as the client sent it, on the public base.
+    let path_and_query = uri.path_and_query().map_or("", |p| p.as_str());
+    let request_url = format!("{}{}", app.base_url, path_and_query.strip_prefix("/fhir").unwrap_or(path_and_query));
+    let request = ExportRequest::parse(level, request_url, &params, handling)?;
+    let job = app.exports.kick_off(request, ANONYMOUS).await?;
+
+    let status_url = app.status_url(job);
+    let mut response = fhir_json(
+        StatusCode::ACCEPTED,
+        OperationOutcome::information(format!("export job {job} accepted; poll {status_url}")).to_json(),
+    );
+    let location = HeaderValue::from_str(&status_url).map_err(|_| ApiError::bad_request("the status URL is not a valid header"))?;
+    response.headers_mut().insert(header::CONTENT_LOCATION, location);
+    Ok(response)
+}

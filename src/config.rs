@@ -1,0 +1,143 @@
+//! Settings: one typed tree, loaded once. Defaults (`config/default.toml`, built in) < a config
+//! file < environment (`BULKFHIR_*`, `DATABASE_URL`) < command-line flags. A bad value stops
+//! start-up with a message naming the key.
+
+use std::{net::SocketAddr, path::{Path, PathBuf}, time::Duration};
+
+use figment::{
+    providers::{Env, Format, Serialized, Toml},
+    Figment,
+};
+use serde::{Deserialize, Serialize};
+
+use crate::export::worker::WorkerSettings;
+
+const DEFAULTS: &str = include_str!("../config/default.toml");
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Settings {
+    pub listen: SocketAddr,
+    pub base_url: String,
+    pub database_url: String,
+    pub database_pool_size: u32,
+    pub output_dir: PathBuf,
+    pub max_file_bytes: u64,
+    pub part_size_bytes: usize,
+    pub workers: usize,
+    pub retention: u64,
+    pub lease_seconds: u64,
+    pub heartbeat_millis: u64,
+    pub max_attempts: i32,
+    pub sweep_seconds: u64,
+    pub max_body_bytes: usize,
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Values given on the command line; unset ones leave the lower layers alone.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Overrides {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub listen: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub base_url: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub database_url: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub output_dir: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_file_bytes: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub workers: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retention: Option<u64>,
+}
+
+impl Settings {
+    pub fn load(config_file: Option<&Path>, overrides: &Overrides) -> Result<Self, String> {
+        let mut figment = Figment::from(Toml::string(DEFAULTS));
+        if let Some(file) = config_file {
+            if !file.exists() {
+                return Err(format!("config file '{}' does not exist", file.display()));
+            }
+            figment = figment.merge(Toml::file(file));
+        }
+        let settings: Self = figment
+            .merge(Env::raw().only(&["DATABASE_URL"]).map(|_| "database_url".into()))
+            .merge(Env::prefixed("BULKFHIR_"))
+            .merge(Serialized::defaults(overrides))
+            .extract()
+            .map_err(|e| format!("invalid configuration: {e}"))?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        let positive = [
+            ("max_file_bytes", self.max_file_bytes as u128),
+            ("part_size_bytes", self.part_size_bytes as u128),
+            ("workers", self.workers as u128),
+            ("lease_seconds", self.lease_seconds as u128),
+            ("heartbeat_millis", self.heartbeat_millis as u128),
+            ("max_attempts", self.max_attempts.max(0) as u128),
+            ("sweep_seconds", self.sweep_seconds as u128),
+            ("database_pool_size", self.database_pool_size as u128),
+        ];
+        if let Some((key, _)) = positive.iter().find(|(_, v)| *v == 0) {
+            return Err(format!("invalid configuration: '{key}' must be greater than 0"));
+        }
+        if self.heartbeat_millis >= self.lease_seconds * 1000 {
+            return Err("invalid configuration: 'heartbeat_millis' must be shorter than 'lease_seconds'".into());
+        }
+        if !self.base_url.is_empty() {
+            url::Url::parse(&self.base_url).map_err(|e| format!("invalid configuration: 'base_url' {e}"))?;
+        }
+        Ok(())
+    }
+
+    /// The public FHIR base URL without a trailing slash, given the address actually bound.
+    pub fn public_base_url(&self, bound: SocketAddr) -> String {
+        if self.base_url.is_empty() {
+            format!("http://{bound}/fhir")
+        } else {
+            self.base_url.trim_end_matches('/').to_owned()
+        }
+    }
+
+    pub fn worker_settings(&self) -> WorkerSettings {
+        WorkerSettings {
+            workers: self.workers,
+            lease: Duration::from_secs(self.lease_seconds),
+            heartbeat: Duration::from_millis(self.heartbeat_millis),
+            max_attempts: self.max_attempts,
+            max_file_bytes: self.max_file_bytes,
+            idle_poll: Duration::from_secs(2),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_override_defaults() {
+        let overrides = Overrides { workers: Some(7), max_file_bytes: Some(1000), ..Default::default() };
+        let s = Settings::load(None, &overrides).unwrap();
+        assert_eq!(s.workers, 7);
+        assert_eq!(s.max_file_bytes, 1000);
+        assert_eq!(s.retention, 86400);
+    }
+
+    #[test]
+    fn a_bad_value_names_its_key() {
+        let overrides = Overrides { workers: Some(0), ..Default::default() };
+        assert!(Settings::load(None, &overrides).unwrap_err().contains("workers"));
+    }
+}

@@ -1,0 +1,26 @@
+//! The completion manifest of the Bulk Data status response.
+
+use serde_json::{json, Value};
+
+use super::job::{FileKind, FileRecord, JobRecord};
+use crate::fhir::instant;
+
+/// Builds the manifest. File URLs are minted by the caller (the HTTP edge knows the base URL).
+pub fn manifest(job: &JobRecord, files: &[FileRecord], url_of: impl Fn(&FileRecord) -> String) -> Value {
+    let entries = |kind: FileKind| -> Vec<Value> {
+        files
+            .iter()
+            .filter(|f| f.kind == kind)
+            .map(|f| json!({"type": f.resource_type, "url": url_of(f), "count": f.count}))
+            .collect()
+    };
+    json!({
+        "transactionTime": instant::format(job.transaction_time),
+        "request": job.request.request_url,
+        "requiresAccessToken": true,
+        "output": entries(FileKind::Output),
+        "deleted": entries(FileKind::Deleted),
+        // Always present, even empty: some clients fail without it.
+        "error": entries(FileKind::Error),
+    })
+}

@@ -1,0 +1,38 @@
+//! The export domain: requests and their validation, jobs and tasks, the planner (kick-off),
+//! the worker pool, the NDJSON roller, the manifest and the janitor. Knows neither axum nor SQL.
+
+pub mod group;
+pub mod janitor;
+pub mod job;
+pub mod manifest;
+pub mod params;
+pub mod request;
+pub mod roller;
+pub mod service;
+pub mod worker;
+
+pub use job::{JobId, JobStatus};
+pub use request::{ExportLevel, ExportRequest, Handling};
+pub use service::Exports;
+
+use crate::{output::OutputError, store::StoreError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ExportError {
+    #[error("parameter '{name}': {reason}")]
+    InvalidParameter { name: String, reason: String },
+    #[error("parameter '{0}' is not supported yet")]
+    UnsupportedParameter(String),
+    #[error("parameter '{0}' is not a Bulk Data export parameter")]
+    UnknownParameter(String),
+    #[error("Group/{0} does not exist")]
+    GroupNotFound(String),
+    #[error("no export job {0}")]
+    JobNotFound(String),
+    #[error("no file '{name}' in export job {job}")]
+    FileNotFound { job: String, name: String },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Output(#[from] OutputError),
+}

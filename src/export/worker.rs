@@ -1,0 +1,212 @@
+//! The worker pool: each worker claims a task under a lease, renews the lease from a heartbeat
+//! task, streams the task's resources through the roller, and records the result under its
+//! fencing token. A worker that loses its lease, or whose job is cancelled, stops and lists
+//! nothing.
+
+use std::{
+    sync::{
+        atomic::{AtomicI64, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
+
+use futures::StreamExt;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use super::{
+    job::{ClaimedTask, FileKind, FileRecord, TaskKind},
+    request::ExportLevel,
+    roller::Roller,
+};
+use crate::{
+    fhir::{IssueCode, OperationOutcome},
+    output::Output,
+    store::{Lease, Scope, Selection, Stores},
+};
+
+#[derive(Debug, Clone)]
+pub struct WorkerSettings {
+    pub workers: usize,
+    pub lease: Duration,
+    pub heartbeat: Duration,
+    /// Claims of one task before it is failed (workers that die keep losing it).
+    pub max_attempts: i32,
+    pub max_file_bytes: u64,
+    /// How long an idle worker waits before looking again without a notification.
+    pub idle_poll: Duration,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum Ran {
+    Task,
+    Idle,
+}
+
+#[derive(Clone)]
+pub struct Worker {
+    id: String,
+    stores: Stores,
+    output: Output,
+    settings: WorkerSettings,
+    /// Stops the worker; a task in hand is handed back to the queue for another worker.
+    shutdown: CancellationToken,
+}
+
+enum TaskEnd {
+    Done(Vec<FileRecord>),
+    /// Cancelled or lease lost: nothing to record.
+    Stopped,
+    Failed(String),
+}
+
+impl Worker {
+    pub fn new(id: String, stores: Stores, output: Output, settings: WorkerSettings, shutdown: CancellationToken) -> Self {
+        Self { id, stores, output, settings, shutdown }
+    }
+
+    /// Starts `settings.workers` workers that run until `shutdown` is cancelled.
+    pub fn spawn_pool(stores: Stores, output: Output, settings: WorkerSettings, shutdown: CancellationToken) -> Vec<JoinHandle<()>> {
+        let host = uuid::Uuid::new_v4().simple().to_string();
+        (0..settings.workers)
+            .map(|n| {
+                let worker = Worker::new(format!("{}-{n}", &host[..8]), stores.clone(), output.clone(), settings.clone(), shutdown.clone());
+                tokio::spawn(worker.run())
+            })
+            .collect()
+    }
+
+    async fn run(self) {
+        tracing::debug!(worker = %self.id, "worker started");
+        let shutdown = self.shutdown.clone();
+        while !shutdown.is_cancelled() {
+            match self.run_next_task().await {
+                Ok(Ran::Task) => continue,
+                Ok(Ran::Idle) => {}
+                Err(e) => tracing::error!(worker = %self.id, error = %e, "worker could not claim work"),
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = self.stores.queue.wait_for_work(self.settings.idle_poll) => {}
+            }
+        }
+        tracing::debug!(worker = %self.id, "worker stopped");
+    }
+
+    /// Claims and runs one task, if there is one. Tests call this to drain the queue.
+    pub async fn run_next_task(&self) -> Result<Ran, crate::store::StoreError> {
+        let queue = &self.stores.queue;
+        let Some(task) = queue.claim(&self.id, self.settings.lease, self.settings.max_attempts).await? else {
+            return Ok(Ran::Idle);
+        };
+        let span = tracing::info_span!("task", job = %task.job_id, resource_type = %task.resource_type, fence = task.fence);
+        let _guard = span.enter();
+        tracing::info!("task started");
+
+        let stop = self.shutdown.child_token();
+        let written = Arc::new(AtomicI64::new(0));
+        let heartbeat = tokio::spawn(heartbeat(self.stores.clone(), task.clone(), self.settings.clone(), stop.clone(), written.clone()));
+        let end = self.execute(&task, &stop, &written).await;
+        heartbeat.abort();
+
+        match end {
+            TaskEnd::Done(files) => {
+                let count: i64 = files.iter().map(|f| f.count).sum();
+                if queue.complete(&task, files).await? {
+                    tracing::info!(resources = count, "task done");
+                } else {
+                    tracing::warn!("task finished after its lease passed to another worker; its files are not listed");
+                }
+            }
+            TaskEnd::Stopped => {
+                queue.release(&task).await?;
+                tracing::info!("task stopped (job ended, lease lost, or shutting down)");
+            }
+            TaskEnd::Failed(reason) => {
+                tracing::error!(%reason, "task failed");
+                let outcome = OperationOutcome::error(
+                    IssueCode::Exception,
+                    format!("exporting {} failed: {reason}", task.resource_type),
+                );
+                queue.fail(&task, outcome.to_json()).await?;
+            }
+        }
+        Ok(Ran::Task)
+    }
+
+    async fn execute(&self, task: &ClaimedTask, stop: &CancellationToken, written: &AtomicI64) -> TaskEnd {
+        // A retry writes beside, never over, what an earlier holder of the task may still write.
+        let key_dir = if task.fence <= 1 { task.folder.clone() } else { format!("{}/attempt-{}", task.folder, task.fence) };
+        let (kind, mut source) = match task.kind {
+            TaskKind::Export => {
+                let Some(resource_type) = task.resource_type() else {
+                    return TaskEnd::Failed(format!("unknown resource type '{}'", task.resource_type));
+                };
+                let scope = match &task.request.level {
+                    ExportLevel::System => Scope::All,
+                    ExportLevel::Patient => Scope::AllPatients,
+                    ExportLevel::Group { .. } => Scope::JobPatients(task.job_id),
+                };
+                let selection = Selection { resource_type, as_of: task.transaction_time, since: task.request.since, scope };
+                (FileKind::Output, self.stores.resources.export_stream(selection))
+            }
+            TaskKind::Outcomes => {
+                let lines: Vec<Result<bytes::Bytes, _>> = task
+                    .request
+                    .warnings
+                    .iter()
+                    .map(|w| Ok(format!("{}\n", OperationOutcome::warning(IssueCode::NotSupported, w.clone()).to_json()).into()))
+                    .collect();
+                (FileKind::Error, futures::stream::iter(lines).boxed())
+            }
+        };
+        let mut roller = Roller::new(&self.output, kind, &task.resource_type, key_dir, self.settings.max_file_bytes);
+        loop {
+            let next = tokio::select! {
+                _ = stop.cancelled() => {
+                    roller.abort().await;
+                    return TaskEnd::Stopped;
+                }
+                next = source.next() => next,
+            };
+            match next {
+                None => break,
+                Some(Ok(chunk)) => {
+                    if let Err(e) = roller.write(&chunk).await {
+                        roller.abort().await;
+                        return TaskEnd::Failed(e.to_string());
+                    }
+                    written.store(roller.lines() as i64, Ordering::Relaxed);
+                }
+                Some(Err(e)) => {
+                    roller.abort().await;
+                    return TaskEnd::Failed(e.to_string());
+                }
+            }
+        }
+        drop(source);
+        match roller.finish().await {
+            Ok(files) => TaskEnd::Done(files),
+            Err(e) => TaskEnd::Failed(e.to_string()),
+        }
+    }
+}
+
+/// Renews the lease until stopped; stops the task when the lease is lost or the job cancelled.
+async fn heartbeat(stores: Stores, task: ClaimedTask, settings: WorkerSettings, stop: CancellationToken, written: Arc<AtomicI64>) {
+    let mut interval = tokio::time::interval(settings.heartbeat);
+    interval.tick().await;
+    loop {
+        interval.tick().await;
+        match stores.queue.heartbeat(&task, settings.lease, written.load(Ordering::Relaxed)).await {
+            Ok(Lease::Held) => {}
+            Ok(Lease::Lost | Lease::Cancelled) => {
+                stop.cancel();
+                return;
+            }
+            // The lease is still ours until it expires; the next beat may get through.
+            Err(e) => tracing::warn!(job = %task.job_id, error = %e, "heartbeat failed"),
+        }
+    }
+}

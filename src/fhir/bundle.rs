@@ -1,0 +1,203 @@
+//! Batch and transaction Bundles: turning entries into writes, resolving `urn:uuid:` fullUrls.
+
+use std::collections::HashMap;
+
+use serde_json::{Map, Value};
+
+use super::{types::ResourceId, Resource, ResourceError, ResourceType};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BundleKind {
+    Batch,
+    Transaction,
+}
+
+impl BundleKind {
+    pub fn response_type(self) -> &'static str {
+        match self {
+            Self::Batch => "batch-response",
+            Self::Transaction => "transaction-response",
+        }
+    }
+}
+
+/// What one entry asks for.
+#[derive(Debug, Clone)]
+pub enum EntryOp {
+    /// PUT `Type/id` (create or update) or POST `Type` (with its server-assigned id).
+    Save { resource: Resource, created_by_post: bool },
+    Delete { resource_type: ResourceType, id: ResourceId },
+}
+
+/// A Bundle that could be read, with each entry's operation or the reason it cannot run.
+#[derive(Debug)]
+pub struct BundleRequest {
+    pub kind: BundleKind,
+    pub entries: Vec<Result<EntryOp, String>>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BundleError {
+    #[error(transparent)]
+    Resource(#[from] ResourceError),
+    #[error("expected a Bundle, found '{0}'")]
+    NotABundle(String),
+    #[error("Bundle.type must be 'batch' or 'transaction', found '{0}'")]
+    UnsupportedType(String),
+}
+
+/// Reads a batch or transaction Bundle. In a transaction, `urn:uuid:` fullUrls of POSTed or
+/// PUT resources are replaced by their assigned `Type/id` in every reference of the Bundle.
+pub fn read(value: Value) -> Result<BundleRequest, BundleError> {
+    let Value::Object(bundle) = value else { return Err(ResourceError::NotAnObject.into()) };
+    match bundle.get("resourceType").and_then(Value::as_str) {
+        Some("Bundle") => {}
+        Some(other) => return Err(BundleError::NotABundle(other.to_owned())),
+        None => return Err(ResourceError::MissingResourceType.into()),
+    }
+    let kind = match bundle.get("type").and_then(Value::as_str) {
+        Some("batch") => BundleKind::Batch,
+        Some("transaction") => BundleKind::Transaction,
+        other => return Err(BundleError::UnsupportedType(other.unwrap_or("").to_owned())),
+    };
+    let raw: Vec<Value> = match bundle.get("entry") {
+        Some(Value::Array(entries)) => entries.clone(),
+        _ => vec![],
+    };
+
+    // First pass: decide every entry's target, so references can be resolved before validation.
+    let targets: Vec<Result<Target, String>> = raw.iter().map(target_of).collect();
+    let mut entries_json: Vec<Value> = raw;
+    if kind == BundleKind::Transaction {
+        let mut aliases = HashMap::new();
+        for (entry, target) in entries_json.iter().zip(&targets) {
+            let (Some(full_url), Ok(target)) = (entry.get("fullUrl").and_then(Value::as_str), target) else {
+                continue;
+            };
+            if full_url.starts_with("urn:uuid:") || full_url.starts_with("urn:oid:") {
+                aliases.insert(full_url.to_owned(), format!("{}/{}", target.resource_type, target.id));
+            }
+        }
+        if !aliases.is_empty() {
+            entries_json.iter_mut().for_each(|e| rewrite_references(e, &aliases));
+        }
+    }
+
+    let entries = entries_json
+        .into_iter()
+        .zip(targets)
+        .enumerate()
+        .map(|(i, (entry, target))| {
+            let target = target.map_err(|e| format!("entry {i}: {e}"))?;
+            to_op(entry, target).map_err(|e| format!("entry {i}: {e}"))
+        })
+        .collect();
+    Ok(BundleRequest { kind, entries })
+}
+
+#[derive(Debug)]
+struct Target {
+    method: Method,
+    resource_type: ResourceType,
+    id: ResourceId,
+}
+
+#[derive(Debug, PartialEq)]
+enum Method {
+    Put,
+    Post,
+    Delete,
+}
+
+fn target_of(entry: &Value) -> Result<Target, String> {
+    let request = entry.get("request").ok_or("has no 'request'")?;
+    let method = request.get("method").and_then(Value::as_str).ok_or("has no request.method")?;
+    let url = request.get("url").and_then(Value::as_str).ok_or("has no request.url")?;
+    let path = url.split('?').next().unwrap_or("").trim_matches('/');
+    let mut parts = path.split('/');
+    let type_name = parts.next().unwrap_or("");
+    let resource_type =
+        ResourceType::parse(type_name).ok_or_else(|| format!("'{type_name}' in request.url is not a known R4 resource type"))?;
+    let url_id = parts.next();
+    if parts.next().is_some() {
+        return Err(format!("request.url '{url}' is not of the form Type or Type/id"));
+    }
+    let parse_id = |id: &str| ResourceId::parse(id).ok_or_else(|| ResourceError::InvalidId(id.to_owned()).to_string());
+    match (method, url_id) {
+        ("PUT", Some(id)) => Ok(Target { method: Method::Put, resource_type, id: parse_id(id)? }),
+        ("DELETE", Some(id)) => Ok(Target { method: Method::Delete, resource_type, id: parse_id(id)? }),
+        ("POST", None) => Ok(Target { method: Method::Post, resource_type, id: ResourceId::generate() }),
+        ("PUT" | "DELETE", None) => Err(format!("{method} needs request.url Type/id, found '{url}'")),
+        ("POST", Some(_)) => Err(format!("POST needs request.url Type, found '{url}'")),
+        (other, _) => Err(format!("request.method '{other}' is not supported in a Bundle here (PUT, POST, DELETE)")),
+    }
+}
+
+fn to_op(entry: Value, target: Target) -> Result<EntryOp, String> {
+    let Target { method, resource_type, id } = target;
+    if method == Method::Delete {
+        return Ok(EntryOp::Delete { resource_type, id });
+    }
+    let Value::Object(mut entry) = entry else { return Err("is not an object".into()) };
+    let body = entry.remove("resource").ok_or("has no 'resource'")?;
+    let resource = match method {
+        Method::Put => Resource::for_update(body, &resource_type, &id),
+        _ => Resource::for_create(body, Some(&resource_type), id),
+    }
+    .map_err(|e| e.to_string())?;
+    Ok(EntryOp::Save { resource, created_by_post: method == Method::Post })
+}
+
+fn rewrite_references(value: &mut Value, aliases: &HashMap<String, String>) {
+    match value {
+        Value::Array(items) => items.iter_mut().for_each(|v| rewrite_references(v, aliases)),
+        Value::Object(map) => rewrite_in_object(map, aliases),
+        _ => {}
+    }
+}
+
+fn rewrite_in_object(map: &mut Map<String, Value>, aliases: &HashMap<String, String>) {
+    for (key, child) in map.iter_mut() {
+        if key == "reference" {
+            if let Some(resolved) = child.as_str().and_then(|r| aliases.get(r)) {
+                *child = Value::String(resolved.clone());
+                continue;
+            }
+        }
+        if key != "fullUrl" {
+            rewrite_references(child, aliases);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn transaction_resolves_urn_uuid_references_to_assigned_ids() {
+        let bundle = json!({"resourceType":"Bundle","type":"transaction","entry":[
+            {"fullUrl":"urn:uuid:aaa","resource":{"resourceType":"Patient"},"request":{"method":"POST","url":"Patient"}},
+            {"fullUrl":"urn:uuid:bbb","resource":{"resourceType":"Observation","subject":{"reference":"urn:uuid:aaa"}},
+             "request":{"method":"POST","url":"Observation"}}
+        ]});
+        let read = read(bundle).unwrap();
+        let ops: Vec<EntryOp> = read.entries.into_iter().map(Result::unwrap).collect();
+        let EntryOp::Save { resource: patient, .. } = &ops[0] else { panic!() };
+        let EntryOp::Save { resource: obs, .. } = &ops[1] else { panic!() };
+        assert_eq!(obs.body()["subject"]["reference"], json!(format!("Patient/{}", patient.id)));
+        assert_eq!(obs.compartment_patients(), vec![patient.id.clone()]);
+    }
+
+    #[test]
+    fn bad_entries_are_named_by_index() {
+        let bundle = json!({"resourceType":"Bundle","type":"batch","entry":[
+            {"resource":{"resourceType":"Patient","id":"x"},"request":{"method":"PUT","url":"Patient/y"}},
+            {"request":{"method":"GET","url":"Patient/y"}}
+        ]});
+        let read = read(bundle).unwrap();
+        assert!(read.entries[0].as_ref().unwrap_err().starts_with("entry 0: the id 'x'"));
+        assert!(read.entries[1].as_ref().unwrap_err().contains("GET"));
+    }
+}

@@ -1,0 +1,13 @@
+//! FHIR R4 knowledge without I/O: resource types, ids and instants, the Patient compartment,
+//! resource validation and stamping, Bundles, and OperationOutcome.
+
+pub mod bundle;
+pub mod compartment;
+pub mod instant;
+pub mod outcome;
+pub mod resource;
+pub mod types;
+
+pub use outcome::{IssueCode, OperationOutcome};
+pub use resource::{Resource, ResourceError};
+pub use types::ResourceType;

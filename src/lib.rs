@@ -1,0 +1,15 @@
+//! bulkfhir: a FHIR Bulk Data (`$export`) server.
+//!
+//! Layers, each in its own module: `fhir` (FHIR knowledge, no I/O), `export` (the export domain),
+//! `store` (persistence behind traits), `output` (where files go), `api` (HTTP), and the
+//! `startup` wiring shared by `main` and the tests.
+
+pub mod api;
+pub mod config;
+pub mod export;
+pub mod fhir;
+pub mod load;
+pub mod output;
+pub mod startup;
+pub mod store;
+pub mod telemetry;

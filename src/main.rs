@@ -1,0 +1,153 @@
+//! The `bulkfhir` command: `serve`, `load`, `migrate`.
+
+use std::{path::PathBuf, process::ExitCode};
+
+use bulkfhir::{
+    config::{Overrides, Settings},
+    load,
+    startup::Application,
+    store::Stores,
+    telemetry,
+};
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "bulkfhir", version, about = "A FHIR Bulk Data ($export) server")]
+struct Cli {
+    /// TOML config file (defaults: config/default.toml, built in).
+    #[arg(long, global = true)]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the server (applies migrations first).
+    Serve(ServeArgs),
+    /// Load NDJSON files, Bundle files, or directories of them.
+    Load {
+        #[command(flatten)]
+        database: DatabaseArgs,
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+    },
+    /// Apply database migrations and exit.
+    Migrate {
+        #[command(flatten)]
+        database: DatabaseArgs,
+    },
+}
+
+#[derive(Args)]
+struct DatabaseArgs {
+    /// Database URL (also DATABASE_URL or BULKFHIR_DATABASE_URL).
+    #[arg(long)]
+    database_url: Option<String>,
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    /// Address to listen on, ADDR:PORT.
+    #[arg(long)]
+    listen: Option<String>,
+    /// Public URL of the FHIR base (default http://{listen}/fhir).
+    #[arg(long)]
+    base_url: Option<String>,
+    #[command(flatten)]
+    database: DatabaseArgs,
+    /// Directory export files are written under.
+    #[arg(long)]
+    output_dir: Option<PathBuf>,
+    /// Size at which an output file rolls over to the next (bytes).
+    #[arg(long)]
+    max_file_bytes: Option<u64>,
+    /// Export workers.
+    #[arg(long)]
+    workers: Option<usize>,
+    /// Seconds completed exports are kept.
+    #[arg(long)]
+    retention: Option<u64>,
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let overrides = match &cli.command {
+        Command::Serve(a) => Overrides {
+            listen: a.listen.clone(),
+            base_url: a.base_url.clone(),
+            database_url: a.database.database_url.clone(),
+            output_dir: a.output_dir.clone(),
+            max_file_bytes: a.max_file_bytes,
+            workers: a.workers,
+            retention: a.retention,
+        },
+        Command::Load { database, .. } | Command::Migrate { database } => {
+            Overrides { database_url: database.database_url.clone(), ..Default::default() }
+        }
+    };
+    let settings = match Settings::load(cli.config.as_deref(), &overrides) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("bulkfhir: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    telemetry::init(settings.log_format);
+    let result = match cli.command {
+        Command::Serve(_) => serve(settings).await,
+        Command::Load { paths, .. } => load_files(&settings, &paths).await,
+        Command::Migrate { .. } => Stores::connect(&settings.database_url, 1).await.map(|_| {
+            eprintln!("migrations applied");
+            ExitCode::SUCCESS
+        }).map_err(Into::into),
+    };
+    result.unwrap_or_else(|e| {
+        eprintln!("bulkfhir: {e:#}");
+        ExitCode::FAILURE
+    })
+}
+
+async fn serve(settings: Settings) -> anyhow::Result<ExitCode> {
+    let app = Application::build(settings).await?;
+    let shutdown = app.shutdown_token();
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        tracing::info!("shutting down");
+        shutdown.cancel();
+    });
+    app.run_until_stopped().await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn wait_for_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+        tokio::select! { _ = ctrl_c => {}, _ = term.recv() => {} }
+    }
+    #[cfg(not(unix))]
+    drop(ctrl_c.await);
+}
+
+async fn load_files(settings: &Settings, paths: &[PathBuf]) -> anyhow::Result<ExitCode> {
+    let stores = Stores::connect(&settings.database_url, 4).await?;
+    let report = load::load(stores.resources.as_ref(), paths).await?;
+    for failure in &report.failures {
+        eprintln!("{}: {}: {}", failure.file.display(), failure.location, failure.reason);
+    }
+    for (resource_type, count) in &report.loaded {
+        println!("{resource_type:<28} {count:>10}");
+    }
+    let seconds = report.elapsed.as_secs_f64();
+    println!(
+        "{:<28} {:>10}  in {seconds:.1} s ({:.0} resources/s), {} failed",
+        "total",
+        report.total(),
+        report.total() as f64 / seconds.max(1e-9),
+        report.failures.len()
+    );
+    Ok(if report.failures.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}

@@ -1,0 +1,179 @@
+//! Persistence behind traits, one per role: the resources (`ResourceStore`), the API side of
+//! export jobs (`JobStore`), and the worker side (`WorkQueue`). Each backend implements them all.
+
+pub mod postgres;
+
+use std::{sync::Arc, time::Duration};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use futures::stream::BoxStream;
+
+use crate::{
+    export::job::{ClaimedTask, FileRecord, JobId, JobRecord, NewJob},
+    fhir::{types::ResourceId, Resource, ResourceType},
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("migration failed: {0}")]
+    Migration(#[from] sqlx::migrate::MigrateError),
+    /// A concurrent write changed the same resource; the caller may retry.
+    #[error("conflicting concurrent update of {0}")]
+    Conflict(String),
+    #[error("unsupported database URL '{0}': use postgres://")]
+    UnsupportedUrl(String),
+}
+
+/// One write of a resource-level change.
+#[derive(Debug, Clone)]
+pub enum Write {
+    Save(Resource),
+    Delete { resource_type: ResourceType, id: ResourceId },
+}
+
+/// The result of one write, as stored.
+#[derive(Debug, Clone)]
+pub struct Applied {
+    pub resource_type: ResourceType,
+    pub id: ResourceId,
+    pub version_id: i64,
+    pub last_updated: DateTime<Utc>,
+    /// True when this write created the resource (or re-created a deleted one).
+    pub created: bool,
+    /// For a delete: whether there was anything to delete.
+    pub existed: bool,
+    /// The stored text (None for deletes).
+    pub body: Option<String>,
+}
+
+/// The current version of a resource.
+#[derive(Debug, Clone)]
+pub struct Stored {
+    pub version_id: i64,
+    pub last_updated: DateTime<Utc>,
+    pub deleted: bool,
+    pub body: Option<String>,
+}
+
+/// Which resources of one type an export task reads.
+#[derive(Debug, Clone)]
+pub struct Selection {
+    pub resource_type: ResourceType,
+    /// The job's transactionTime: each resource at its version current at this instant.
+    pub as_of: DateTime<Utc>,
+    /// Only versions last updated strictly after this instant.
+    pub since: Option<DateTime<Utc>>,
+    pub scope: Scope,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Scope {
+    /// Every resource of the type.
+    All,
+    /// Resources in the compartment of any patient that exists at `as_of`.
+    AllPatients,
+    /// Resources in the compartment of the patients recorded for this job (Group export).
+    JobPatients(JobId),
+}
+
+#[async_trait]
+pub trait ResourceStore: Send + Sync {
+    async fn read(&self, resource_type: &ResourceType, id: &ResourceId) -> Result<Option<Stored>, StoreError>;
+
+    /// The body of a resource at the version current at `as_of` (None if absent or deleted then).
+    async fn read_as_of(
+        &self,
+        resource_type: &ResourceType,
+        id: &ResourceId,
+        as_of: DateTime<Utc>,
+    ) -> Result<Option<String>, StoreError>;
+
+    /// Applies the writes atomically, in order: all of them or none. Large batches of saves use
+    /// the backend's fastest path (the bulk loader sends batches of thousands).
+    async fn apply(&self, writes: Vec<Write>) -> Result<Vec<Applied>, StoreError>;
+
+    /// Fixes a snapshot instant: every write committed before it has `lastUpdated <= t`, and
+    /// every write after it gets `lastUpdated > t`. This is an export's transactionTime.
+    async fn snapshot_time(&self) -> Result<DateTime<Utc>, StoreError>;
+
+    /// The resource types that have at least one stored resource.
+    async fn types_present(&self) -> Result<Vec<ResourceType>, StoreError>;
+
+    /// Streams the stored text of the selected resources as NDJSON: each resource's compact JSON
+    /// followed by `\n`, in chunks of whole lines. Dropping the stream stops the query.
+    fn export_stream(&self, selection: Selection) -> BoxStream<'static, Result<Bytes, StoreError>>;
+}
+
+/// The API side of export jobs.
+#[async_trait]
+pub trait JobStore: Send + Sync {
+    /// Records a job with its tasks and patients, and wakes the workers.
+    async fn create_job(&self, job: NewJob) -> Result<(), StoreError>;
+    async fn job(&self, id: JobId) -> Result<Option<JobRecord>, StoreError>;
+    /// Output, error and deleted files of a job, in manifest order.
+    async fn files(&self, id: JobId) -> Result<Vec<FileRecord>, StoreError>;
+    /// Marks a job cancelled (queued/running) or released (finished). False if it was unknown or
+    /// already gone.
+    async fn cancel(&self, id: JobId) -> Result<bool, StoreError>;
+}
+
+/// The worker side: claims under a lease, heartbeats and fenced writes of task state.
+#[async_trait]
+pub trait WorkQueue: Send + Sync {
+    /// Claims the next runnable task (queued, or running under an expired lease), bumping its
+    /// fencing token.
+    async fn claim(&self, worker: &str, lease: Duration, max_attempts: i32) -> Result<Option<ClaimedTask>, StoreError>;
+    /// Renews the lease and records progress. Tells the worker whether to go on.
+    async fn heartbeat(&self, task: &ClaimedTask, lease: Duration, written: i64) -> Result<Lease, StoreError>;
+    /// Records the task's files and marks it done; completes the job when it was the last task.
+    /// False when the fence no longer matches (another worker owns the task now).
+    async fn complete(&self, task: &ClaimedTask, files: Vec<FileRecord>) -> Result<bool, StoreError>;
+    /// Fails the task and its job with an OperationOutcome (JSON).
+    async fn fail(&self, task: &ClaimedTask, outcome: String) -> Result<(), StoreError>;
+    /// Hands back a task the worker stopped: cancelled when its job ended (so the job's files
+    /// can be deleted at once), queued again for another worker when the worker shut down.
+    async fn release(&self, task: &ClaimedTask) -> Result<(), StoreError>;
+    /// Waits until new work may be there, or the timeout passes.
+    async fn wait_for_work(&self, timeout: Duration);
+
+    /// Housekeeping: fails tasks whose workers kept dying, expires finished jobs past their
+    /// retention, and lists jobs whose files should be deleted (cancelled, failed, expired, with
+    /// no live task writing).
+    async fn fail_exhausted(&self, max_attempts: i32) -> Result<u64, StoreError>;
+    async fn expire_jobs(&self) -> Result<u64, StoreError>;
+    async fn jobs_to_release(&self) -> Result<Vec<(JobId, String)>, StoreError>;
+    async fn mark_released(&self, id: JobId) -> Result<(), StoreError>;
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lease {
+    Held,
+    /// Another worker took the task (this one was presumed dead).
+    Lost,
+    /// The job was cancelled: stop and write nothing more.
+    Cancelled,
+}
+
+/// The three roles of one backend, shared by the API and the workers.
+#[derive(Clone)]
+pub struct Stores {
+    pub resources: Arc<dyn ResourceStore>,
+    pub jobs: Arc<dyn JobStore>,
+    pub queue: Arc<dyn WorkQueue>,
+}
+
+impl Stores {
+    /// Connects to the database named by the URL and applies migrations.
+    pub async fn connect(url: &str, pool_size: u32) -> Result<Self, StoreError> {
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            let pg = Arc::new(postgres::PgStore::connect(url, pool_size).await?);
+            Ok(Self { resources: pg.clone(), jobs: pg.clone(), queue: pg })
+        } else {
+            Err(StoreError::UnsupportedUrl(url.to_owned()))
+        }
+    }
+}

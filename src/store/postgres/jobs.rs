@@ -1,0 +1,133 @@
+//! `JobStore` on Postgres: the API side of export jobs.
+
+use async_trait::async_trait;
+use sqlx::{postgres::PgRow, Row};
+
+use super::{PgStore, WORK_CHANNEL};
+use crate::{
+    export::job::{FileKind, FileRecord, JobId, JobRecord, JobStatus, NewJob, Progress},
+    store::{JobStore, StoreError},
+};
+
+#[async_trait]
+impl JobStore for PgStore {
+    async fn create_job(&self, job: NewJob) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let request = serde_json::to_value(&job.request).expect("an export request serializes");
+        // A job with nothing to export is complete at once.
+        let status = if job.tasks.is_empty() { JobStatus::Completed } else { JobStatus::Queued };
+        sqlx::query(
+            "INSERT INTO export_jobs (id, owner, request, status, transaction_time, folder, retention_seconds, \
+                                      completed_at, expires_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, \
+                     CASE WHEN $4 = 'completed' THEN now() END, \
+                     CASE WHEN $4 = 'completed' THEN now() + $7 * interval '1 second' END)",
+        )
+        .bind(job.id.0)
+        .bind(&job.owner)
+        .bind(request)
+        .bind(status.as_str())
+        .bind(job.transaction_time)
+        .bind(&job.folder)
+        .bind(job.retention.as_secs() as i64)
+        .execute(&mut *tx)
+        .await?;
+        let kinds: Vec<&str> = job.tasks.iter().map(|t| t.kind.as_str()).collect();
+        let types: Vec<&str> = job.tasks.iter().map(|t| t.resource_type.as_str()).collect();
+        sqlx::query(
+            "INSERT INTO export_tasks (job_id, kind, resource_type, status) \
+             SELECT $1, k, t, 'queued' FROM unnest($2::text[], $3::text[]) AS x(k, t)",
+        )
+        .bind(job.id.0)
+        .bind(&kinds)
+        .bind(&types)
+        .execute(&mut *tx)
+        .await?;
+        let patients: Vec<&str> = job.patients.iter().map(|p| p.as_str()).collect();
+        sqlx::query("INSERT INTO export_job_patients (job_id, patient_id) SELECT $1, p FROM unnest($2::text[]) p")
+            .bind(job.id.0)
+            .bind(&patients)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("SELECT pg_notify($1, '')").bind(WORK_CHANNEL).execute(&mut *tx).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn job(&self, id: JobId) -> Result<Option<JobRecord>, StoreError> {
+        let row = sqlx::query(
+            "SELECT j.id, j.owner, j.request, j.status, j.transaction_time, j.created_at, j.expires_at, j.error, \
+                    (SELECT count(*) FROM export_tasks t WHERE t.job_id = j.id) AS tasks_total, \
+                    (SELECT count(*) FROM export_tasks t WHERE t.job_id = j.id AND t.status = 'done') AS tasks_done, \
+                    (SELECT coalesce(sum(t.written), 0)::bigint FROM export_tasks t WHERE t.job_id = j.id) AS written, \
+                    (SELECT coalesce(array_agg(t.resource_type ORDER BY t.resource_type), '{}') FROM export_tasks t \
+                      WHERE t.job_id = j.id AND t.status = 'running') AS running \
+             FROM export_jobs j WHERE j.id = $1",
+        )
+        .bind(id.0)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(job_record).transpose()
+    }
+
+    async fn files(&self, id: JobId) -> Result<Vec<FileRecord>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT kind, resource_type, name, object_key, count, bytes FROM export_files \
+             WHERE job_id = $1 ORDER BY kind, resource_type, length(name), name",
+        )
+        .bind(id.0)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| FileRecord {
+                kind: FileKind::parse(r.get("kind")).unwrap_or(FileKind::Output),
+                resource_type: r.get("resource_type"),
+                name: r.get("name"),
+                key: r.get("object_key"),
+                count: r.get("count"),
+                bytes: r.get("bytes"),
+            })
+            .collect())
+    }
+
+    async fn cancel(&self, id: JobId) -> Result<bool, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let cancelled = sqlx::query(
+            "UPDATE export_jobs SET status = 'cancelled', completed_at = coalesce(completed_at, now()) \
+             WHERE id = $1 AND status NOT IN ('cancelled', 'expired')",
+        )
+        .bind(id.0)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected()
+            > 0;
+        sqlx::query("UPDATE export_tasks SET status = 'cancelled' WHERE job_id = $1 AND status = 'queued'")
+            .bind(id.0)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(cancelled)
+    }
+}
+
+fn job_record(row: PgRow) -> Result<JobRecord, StoreError> {
+    let status: String = row.get("status");
+    let request: serde_json::Value = row.get("request");
+    Ok(JobRecord {
+        id: JobId(row.get("id")),
+        owner: row.get("owner"),
+        request: serde_json::from_value(request).map_err(|e| sqlx::Error::Decode(Box::new(e)))?,
+        status: JobStatus::parse(&status).ok_or_else(|| sqlx::Error::Decode(format!("job status '{status}'").into()))?,
+        transaction_time: row.get("transaction_time"),
+        created_at: row.get("created_at"),
+        expires_at: row.get("expires_at"),
+        error: row.get("error"),
+        progress: Progress {
+            tasks_total: row.get("tasks_total"),
+            tasks_done: row.get("tasks_done"),
+            resources_written: row.get("written"),
+            running: row.get("running"),
+        },
+    })
+}
