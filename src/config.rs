@@ -82,7 +82,6 @@ impl Settings {
         let positive = [
             ("max_file_bytes", self.max_file_bytes as u128),
             ("part_size_bytes", self.part_size_bytes as u128),
-            ("workers", self.workers as u128),
             ("lease_seconds", self.lease_seconds as u128),
             ("heartbeat_millis", self.heartbeat_millis as u128),
             ("max_attempts", self.max_attempts.max(0) as u128),
@@ -116,7 +115,6 @@ impl Settings {
             lease: Duration::from_secs(self.lease_seconds),
             heartbeat: Duration::from_millis(self.heartbeat_millis),
             max_attempts: self.max_attempts,
-            max_file_bytes: self.max_file_bytes,
             idle_poll: Duration::from_secs(2),
         }
     }

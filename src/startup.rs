@@ -38,7 +38,7 @@ impl Application {
             .await
             .map_err(|e| anyhow::anyhow!("cannot open the database: {e}"))?;
         let output = Output::local(&settings.output_dir, settings.part_size_bytes)?;
-        let exports = Exports::new(stores.clone(), output.clone(), Duration::from_secs(settings.retention));
+        let exports = Exports::new(stores.clone(), output.clone(), Duration::from_secs(settings.retention), settings.max_file_bytes);
         let shutdown = CancellationToken::new();
         let mut background = Worker::spawn_pool(stores.clone(), output.clone(), settings.worker_settings(), shutdown.clone());
         background.push(janitor::spawn(
@@ -76,9 +76,10 @@ impl Application {
     /// Serves until the shutdown token is cancelled, then waits for workers to stop.
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
         tracing::info!(address = %self.address, base_url = %self.base_url, "bulkfhir serving");
-        let router = api::router(self.state, self.max_body_bytes);
+        let app = api::app(self.state, self.max_body_bytes);
         let shutdown = self.shutdown.clone();
-        let served = axum::serve(self.listener, router).with_graceful_shutdown(async move { shutdown.cancelled().await }).await;
+        let service = axum::ServiceExt::<axum::extract::Request>::into_make_service(app);
+        let served = axum::serve(self.listener, service).with_graceful_shutdown(async move { shutdown.cancelled().await }).await;
         self.shutdown.cancel();
         for handle in self.background {
             if let Err(e) = handle.await {

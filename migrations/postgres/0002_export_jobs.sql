@@ -9,6 +9,8 @@ CREATE TABLE export_jobs (
     -- Object-store folder of all the job's files.
     folder            text        NOT NULL,
     retention_seconds bigint      NOT NULL,
+    -- Output files roll over before passing this size (fixed at kick-off for every node).
+    max_file_bytes    bigint      NOT NULL,
     created_at        timestamptz NOT NULL DEFAULT now(),
     started_at        timestamptz,
     completed_at      timestamptz,

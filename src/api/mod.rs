@@ -9,8 +9,10 @@ mod metadata;
 mod rest;
 
 use axum::{extract::DefaultBodyLimit, http::StatusCode, response::IntoResponse, Router};
+use tower::Layer;
 use tower_http::{
     catch_panic::CatchPanicLayer,
+    normalize_path::{NormalizePath, NormalizePathLayer},
     request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer},
     trace::TraceLayer,
 };
@@ -35,7 +37,12 @@ impl AppState {
     }
 }
 
-pub fn router(state: AppState, max_body_bytes: usize) -> Router {
+/// The whole HTTP app. Trailing slashes are trimmed before routing, so `[base]/` is `[base]`.
+pub fn app(state: AppState, max_body_bytes: usize) -> NormalizePath<Router> {
+    NormalizePathLayer::trim_trailing_slash().layer(router(state, max_body_bytes))
+}
+
+fn router(state: AppState, max_body_bytes: usize) -> Router {
     let fhir = Router::new()
         .merge(metadata::router())
         .merge(kickoff::router())

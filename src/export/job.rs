@@ -142,6 +142,9 @@ pub struct NewJob {
     pub patients: Vec<ResourceId>,
     /// How long the files are kept once the job completes.
     pub retention: std::time::Duration,
+    /// Output files roll over before passing this size. Fixed at kick-off, so every node
+    /// working on the job writes the same shape.
+    pub max_file_bytes: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -204,6 +207,7 @@ pub struct ClaimedTask {
     pub request: ExportRequest,
     pub transaction_time: DateTime<Utc>,
     pub folder: String,
+    pub max_file_bytes: u64,
 }
 
 impl ClaimedTask {

@@ -21,6 +21,7 @@ pub struct Exports {
     stores: Stores,
     output: Output,
     retention: Duration,
+    max_file_bytes: u64,
 }
 
 /// What the status endpoint reports.
@@ -31,8 +32,8 @@ pub enum ExportState {
 }
 
 impl Exports {
-    pub fn new(stores: Stores, output: Output, retention: Duration) -> Self {
-        Self { stores, output, retention }
+    pub fn new(stores: Stores, output: Output, retention: Duration, max_file_bytes: u64) -> Self {
+        Self { stores, output, retention, max_file_bytes }
     }
 
     /// Plans and records a job: fixes transactionTime, resolves Group membership at that instant,
@@ -66,6 +67,7 @@ impl Exports {
             tasks,
             patients,
             retention: self.retention,
+            max_file_bytes: self.max_file_bytes,
         };
         self.stores.jobs.create_job(job).await?;
         tracing::info!(job = %id, "export job created");

@@ -33,7 +33,6 @@ pub struct WorkerSettings {
     pub heartbeat: Duration,
     /// Claims of one task before it is failed (workers that die keep losing it).
     pub max_attempts: i32,
-    pub max_file_bytes: u64,
     /// How long an idle worker waits before looking again without a notification.
     pub idle_poll: Duration,
 }
@@ -161,7 +160,7 @@ impl Worker {
                 (FileKind::Error, futures::stream::iter(lines).boxed())
             }
         };
-        let mut roller = Roller::new(&self.output, kind, &task.resource_type, key_dir, self.settings.max_file_bytes);
+        let mut roller = Roller::new(&self.output, kind, &task.resource_type, key_dir, task.max_file_bytes);
         loop {
             let next = tokio::select! {
                 _ = stop.cancelled() => {

@@ -18,8 +18,8 @@ impl JobStore for PgStore {
         let status = if job.tasks.is_empty() { JobStatus::Completed } else { JobStatus::Queued };
         sqlx::query(
             "INSERT INTO export_jobs (id, owner, request, status, transaction_time, folder, retention_seconds, \
-                                      completed_at, expires_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, \
+                                      max_file_bytes, completed_at, expires_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, \
                      CASE WHEN $4 = 'completed' THEN now() END, \
                      CASE WHEN $4 = 'completed' THEN now() + $7 * interval '1 second' END)",
         )
@@ -30,6 +30,7 @@ impl JobStore for PgStore {
         .bind(job.transaction_time)
         .bind(&job.folder)
         .bind(job.retention.as_secs() as i64)
+        .bind(job.max_file_bytes as i64)
         .execute(&mut *tx)
         .await?;
         let kinds: Vec<&str> = job.tasks.iter().map(|t| t.kind.as_str()).collect();

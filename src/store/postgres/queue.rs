@@ -36,7 +36,7 @@ impl WorkQueue for PgStore {
         let job_id: uuid::Uuid = task.get("job_id");
         let job = sqlx::query(
             "UPDATE export_jobs SET status = 'running', started_at = coalesce(started_at, now()) \
-             WHERE id = $1 RETURNING request, transaction_time, folder",
+             WHERE id = $1 RETURNING request, transaction_time, folder, max_file_bytes",
         )
         .bind(job_id)
         .fetch_one(&mut *tx)
@@ -53,6 +53,7 @@ impl WorkQueue for PgStore {
             request: serde_json::from_value(request).map_err(|e| sqlx::Error::Decode(Box::new(e)))?,
             transaction_time: job.get("transaction_time"),
             folder: job.get("folder"),
+            max_file_bytes: job.get::<i64, _>("max_file_bytes") as u64,
         }))
     }
 

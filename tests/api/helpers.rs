@@ -1,0 +1,311 @@
+//! The test app: the real server on a free port, over HTTP, against a fresh Postgres database
+//! that is dropped afterwards. Quiet unless `TEST_LOG` is set.
+
+use std::{
+    collections::BTreeMap,
+    io::{BufRead, BufReader},
+    path::PathBuf,
+    sync::Once,
+    time::{Duration, Instant},
+};
+
+use bulkfhir::{
+    config::{LogFormat, Settings},
+    export::worker::{Ran, Worker},
+    output::Output,
+    startup::Application,
+    store::Stores,
+};
+use reqwest::{header, Client, Response, StatusCode};
+use serde_json::Value;
+use sqlx::{Connection, Executor, PgConnection};
+use tokio_util::sync::CancellationToken;
+
+/// Where the tests find Postgres; each test creates (and drops) its own database there.
+pub fn postgres_server_url() -> String {
+    std::env::var("TEST_DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into())
+}
+
+pub struct TestDb {
+    pub name: String,
+    pub url: String,
+}
+
+impl TestDb {
+    pub async fn create() -> Self {
+        let server = postgres_server_url();
+        let name = format!("bulkfhir_test_{}", uuid::Uuid::new_v4().simple());
+        let mut admin = PgConnection::connect(&format!("{server}/postgres")).await.unwrap_or_else(|e| {
+            panic!("Postgres is not reachable at {server} ({e}). The tests need a real Postgres: start it, or set TEST_DATABASE_URL.")
+        });
+        admin.execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"))).await.expect("create the test database");
+        Self { url: format!("{server}/{name}"), name }
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let (server, name) = (postgres_server_url(), self.name.clone());
+        // Drop runs outside async context guarantees: use a thread with its own runtime.
+        let dropped = std::thread::spawn(move || {
+            tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async move {
+                let mut admin = PgConnection::connect(&format!("{server}/postgres")).await?;
+                admin.execute(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))).await.map(drop)
+            })
+        })
+        .join();
+        if !matches!(dropped, Ok(Ok(()))) {
+            eprintln!("could not drop test database {}", self.name);
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct AppOptions {
+    pub workers: usize,
+    pub max_file_bytes: u64,
+    pub retention: u64,
+    pub lease_seconds: u64,
+    pub heartbeat_millis: u64,
+    pub max_attempts: i32,
+    pub max_body_bytes: usize,
+}
+
+impl Default for AppOptions {
+    fn default() -> Self {
+        Self {
+            workers: 2,
+            max_file_bytes: 64 * 1024 * 1024,
+            retention: 3600,
+            lease_seconds: 30,
+            heartbeat_millis: 200,
+            max_attempts: 3,
+            max_body_bytes: 16 * 1024 * 1024,
+        }
+    }
+}
+
+pub struct TestApp {
+    pub base_url: String,
+    pub client: Client,
+    pub stores: Stores,
+    pub output: Output,
+    pub output_dir: tempfile::TempDir,
+    pub options: AppOptions,
+    shutdown: CancellationToken,
+    // Dropped last, after the server stopped using it.
+    pub db: TestDb,
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+static TRACING: Once = Once::new();
+
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(AppOptions::default()).await
+}
+
+pub async fn spawn_app_with(options: AppOptions) -> TestApp {
+    TRACING.call_once(|| {
+        if std::env::var("TEST_LOG").is_ok() {
+            bulkfhir::telemetry::init(LogFormat::Text);
+        }
+    });
+    let db = TestDb::create().await;
+    let output_dir = tempfile::tempdir().expect("temp dir");
+    let settings = Settings {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        base_url: String::new(),
+        database_url: db.url.clone(),
+        database_pool_size: 8,
+        output_dir: output_dir.path().to_owned(),
+        max_file_bytes: options.max_file_bytes,
+        part_size_bytes: 1024 * 1024,
+        workers: options.workers,
+        retention: options.retention,
+        lease_seconds: options.lease_seconds,
+        heartbeat_millis: options.heartbeat_millis,
+        max_attempts: options.max_attempts,
+        sweep_seconds: 1,
+        max_body_bytes: options.max_body_bytes,
+        log_format: LogFormat::Text,
+    };
+    let app = Application::build(settings).await.expect("the app builds");
+    let (base_url, stores, output, shutdown) =
+        (app.base_url().to_owned(), app.stores().clone(), app.output().clone(), app.shutdown_token());
+    tokio::spawn(app.run_until_stopped());
+    TestApp { base_url, client: Client::new(), stores, output, output_dir, options, shutdown, db }
+}
+
+pub fn fixture_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/synthea-r4-100")
+}
+
+/// The fixture's resources per type, read straight from the files (not through the server).
+pub fn fixture_resources() -> BTreeMap<String, Vec<Value>> {
+    let mut by_type: BTreeMap<String, Vec<Value>> = BTreeMap::new();
+    for entry in std::fs::read_dir(fixture_dir()).unwrap() {
+        let path = entry.unwrap().path();
+        if !path.to_string_lossy().ends_with(".ndjson.gz") {
+            continue;
+        }
+        let reader = BufReader::new(flate2::read::GzDecoder::new(std::fs::File::open(&path).unwrap()));
+        for line in reader.lines() {
+            let value: Value = serde_json::from_str(&line.unwrap()).unwrap();
+            by_type.entry(value["resourceType"].as_str().unwrap().to_owned()).or_default().push(value);
+        }
+    }
+    by_type
+}
+
+/// A resource without the server's `meta.versionId` and `meta.lastUpdated`, as it was loaded.
+pub fn without_server_meta(mut resource: Value) -> Value {
+    if let Some(meta) = resource.get_mut("meta").and_then(Value::as_object_mut) {
+        meta.remove("versionId");
+        meta.remove("lastUpdated");
+        if meta.is_empty() {
+            resource.as_object_mut().unwrap().remove("meta");
+        }
+    }
+    resource
+}
+
+/// Canonical text of each resource, sorted: a multiset to compare exports with.
+pub fn multiset<'a>(resources: impl IntoIterator<Item = &'a Value>) -> Vec<String> {
+    let mut lines: Vec<String> = resources.into_iter().map(|r| canonical(r)).collect();
+    lines.sort();
+    lines
+}
+
+fn canonical(value: &Value) -> String {
+    match value {
+        Value::Object(map) => {
+            let mut keys: Vec<&String> = map.keys().collect();
+            keys.sort();
+            let fields: Vec<String> = keys.iter().map(|k| format!("{:?}:{}", k, canonical(&map[*k]))).collect();
+            format!("{{{}}}", fields.join(","))
+        }
+        Value::Array(items) => format!("[{}]", items.iter().map(canonical).collect::<Vec<_>>().join(",")),
+        other => other.to_string(),
+    }
+}
+
+impl TestApp {
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base_url)
+    }
+
+    pub async fn load_synthea(&self) {
+        let report = bulkfhir::load::load(self.stores.resources.as_ref(), &[fixture_dir()]).await.expect("the fixture loads");
+        assert!(report.failures.is_empty(), "{:?}", report.failures);
+        assert_eq!(report.total(), 38_473);
+    }
+
+    pub async fn put(&self, resource: &Value) -> Response {
+        let url = self.url(&format!("/{}/{}", resource["resourceType"].as_str().unwrap(), resource["id"].as_str().unwrap()));
+        self.client.put(url).json(resource).send().await.unwrap()
+    }
+
+    /// A GET kick-off with the headers the spec asks for.
+    pub async fn kick_off_raw(&self, path_and_query: &str) -> Response {
+        self.client
+            .get(self.url(path_and_query))
+            .header(header::ACCEPT, "application/fhir+json")
+            .header("prefer", "respond-async")
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// Kicks off and returns the status URL, asserting the 202.
+    pub async fn kick_off(&self, path_and_query: &str) -> String {
+        let response = self.kick_off_raw(path_and_query).await;
+        assert_eq!(response.status(), StatusCode::ACCEPTED, "{}", response.text().await.unwrap());
+        let location = response.headers()[header::CONTENT_LOCATION].to_str().unwrap().to_owned();
+        assert!(location.starts_with("http://"), "Content-Location must be absolute: {location}");
+        location
+    }
+
+    /// Polls the status URL until the manifest arrives. 202s must carry X-Progress and a
+    /// whole-seconds Retry-After.
+    pub async fn wait_for_manifest(&self, status_url: &str) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let response = self.client.get(status_url).send().await.unwrap();
+            match response.status() {
+                StatusCode::OK => {
+                    assert!(response.headers().contains_key(header::EXPIRES));
+                    return response.json().await.unwrap();
+                }
+                StatusCode::ACCEPTED => {
+                    assert!(response.headers().contains_key("x-progress"));
+                    let retry = response.headers()[header::RETRY_AFTER].to_str().unwrap();
+                    assert!(retry.parse::<u32>().is_ok(), "Retry-After must be whole seconds: {retry}");
+                }
+                other => panic!("status {other}: {}", response.text().await.unwrap()),
+            }
+            assert!(Instant::now() < deadline, "export did not finish in time");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Downloads one file; checks its content type and that it is clean NDJSON of one type.
+    pub async fn download(&self, entry: &Value) -> Vec<Value> {
+        let response = self.client.get(entry["url"].as_str().unwrap()).send().await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(response.headers()[header::CONTENT_TYPE], "application/fhir+ndjson");
+        let text = response.text().await.unwrap();
+        assert!(text.ends_with('\n'), "a file ends with a newline");
+        text.lines()
+            .map(|line| {
+                assert!(!line.is_empty(), "no blank lines");
+                let value: Value = serde_json::from_str(line).expect("each line is JSON");
+                assert_eq!(value["resourceType"], entry["type"], "every line has the file's type");
+                value
+            })
+            .collect()
+    }
+
+    /// Every output resource of a manifest, by type, checking each file's `count`.
+    pub async fn download_all(&self, manifest: &Value) -> BTreeMap<String, Vec<Value>> {
+        let mut by_type: BTreeMap<String, Vec<Value>> = BTreeMap::new();
+        for entry in manifest["output"].as_array().unwrap() {
+            let lines = self.download(entry).await;
+            assert_eq!(entry["count"].as_u64().unwrap() as usize, lines.len(), "count of {}", entry["url"]);
+            by_type.entry(entry["type"].as_str().unwrap().to_owned()).or_default().extend(lines);
+        }
+        by_type
+    }
+
+    /// Runs export tasks in this test's own worker until none is left (for apps started
+    /// with no workers).
+    pub async fn drain(&self) {
+        let settings = bulkfhir::export::worker::WorkerSettings {
+            workers: 1,
+            lease: Duration::from_secs(self.options.lease_seconds),
+            heartbeat: Duration::from_millis(self.options.heartbeat_millis),
+            max_attempts: self.options.max_attempts,
+            idle_poll: Duration::from_millis(100),
+        };
+        let worker = Worker::new("test-worker".into(), self.stores.clone(), self.output.clone(), settings, CancellationToken::new());
+        while worker.run_next_task().await.expect("the worker runs") == Ran::Task {}
+    }
+}
+
+/// Asserts an OperationOutcome response with this status whose diagnostics mention `needle`.
+pub async fn assert_outcome(response: Response, status: StatusCode, needle: &str) {
+    let url = response.url().to_string();
+    if response.status() != status {
+        panic!("{url}: expected {status}, got {}: {}", response.status(), response.text().await.unwrap_or_default());
+    }
+    let content_type = response.headers()[header::CONTENT_TYPE].to_str().unwrap().to_owned();
+    assert_eq!(content_type, "application/fhir+json");
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["resourceType"], "OperationOutcome");
+    let text = body["issue"][0]["diagnostics"].as_str().unwrap_or_default();
+    assert!(text.contains(needle), "diagnostics '{text}' should mention '{needle}'");
+}
