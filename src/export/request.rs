@@ -125,14 +125,13 @@ impl ExportRequest {
             }
         }
 
-        if let Some(format) = single(raw, "_outputFormat")? {
-            if !OUTPUT_FORMATS.contains(&format) {
+        if let Some(format) = single(raw, "_outputFormat")?
+            && !OUTPUT_FORMATS.contains(&format) {
                 return Err(invalid(
                     "_outputFormat",
                     format!("'{format}' is not supported; use application/fhir+ndjson, application/ndjson or ndjson"),
                 ));
             }
-        }
         let since = single(raw, "_since")?
             .map(|value| instant::parse(value).map_err(|reason| invalid("_since", reason)))
             .transpose()?;

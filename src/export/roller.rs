@@ -84,25 +84,23 @@ impl<'a> Roller<'a> {
     /// Abandons the files: the open one is aborted, finished ones are left for the job's folder
     /// cleanup (they are never listed).
     pub async fn abort(mut self) {
-        if let Some(open) = self.open.take() {
-            if let Err(e) = open.file.abort().await {
+        if let Some(open) = self.open.take()
+            && let Err(e) = open.file.abort().await {
                 tracing::warn!(error = %e, file = %open.key, "could not abort a partial file");
             }
-        }
     }
 
     /// Writes complete lines (`lines` ends with `\n`).
     async fn write_lines(&mut self, lines: &[u8]) -> Result<(), OutputError> {
         // Fast path: the whole run fits in the open file.
-        if let Some(open) = &mut self.open {
-            if open.file.bytes() + lines.len() as u64 <= self.max_bytes {
+        if let Some(open) = &mut self.open
+            && open.file.bytes() + lines.len() as u64 <= self.max_bytes {
                 let count = memchr_iter(b'\n', lines).count();
                 open.file.write(lines).await?;
                 open.count += count as i64;
                 self.lines += count as u64;
                 return Ok(());
             }
-        }
         let mut start = 0;
         for end in memchr_iter(b'\n', lines) {
             let line = &lines[start..=end];

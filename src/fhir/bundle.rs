@@ -158,12 +158,11 @@ fn rewrite_references(value: &mut Value, aliases: &HashMap<String, String>) {
 
 fn rewrite_in_object(map: &mut Map<String, Value>, aliases: &HashMap<String, String>) {
     for (key, child) in map.iter_mut() {
-        if key == "reference" {
-            if let Some(resolved) = child.as_str().and_then(|r| aliases.get(r)) {
+        if key == "reference"
+            && let Some(resolved) = child.as_str().and_then(|r| aliases.get(r)) {
                 *child = Value::String(resolved.clone());
                 continue;
             }
-        }
         if key != "fullUrl" {
             rewrite_references(child, aliases);
         }

@@ -176,7 +176,7 @@ pub fn without_server_meta(mut resource: Value) -> Value {
 
 /// Canonical text of each resource, sorted: a multiset to compare exports with.
 pub fn multiset<'a>(resources: impl IntoIterator<Item = &'a Value>) -> Vec<String> {
-    let mut lines: Vec<String> = resources.into_iter().map(|r| canonical(r)).collect();
+    let mut lines: Vec<String> = resources.into_iter().map(canonical).collect();
     lines.sort();
     lines
 }
