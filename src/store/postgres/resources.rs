@@ -25,6 +25,13 @@ const BULK_THRESHOLD: usize = 64;
 /// Attempts of a write transaction that lost a race to create the same new resource.
 const WRITE_ATTEMPTS: usize = 3;
 
+/// Writes a new current version, guarded so it only follows the version it replaces.
+const UPSERT_VERSION: &str = "INSERT INTO resources (resource_type, id, version_id, last_updated, deleted, body) \
+     VALUES ($1, $2, $3, $4, false, $5) \
+     ON CONFLICT (resource_type, id) DO UPDATE \
+       SET version_id = excluded.version_id, last_updated = excluded.last_updated, deleted = false, body = excluded.body \
+       WHERE resources.version_id = excluded.version_id - 1";
+
 /// Starts a write transaction: takes the snapshot lock shared and reads the write instant.
 async fn begin_write(conn: &mut PgConnection) -> Result<DateTime<Utc>, StoreError> {
     sqlx::query("SELECT pg_advisory_xact_lock_shared($1)").bind(SNAPSHOT_LOCK).execute(&mut *conn).await?;
@@ -203,10 +210,10 @@ async fn save_one(conn: &mut PgConnection, mut resource: Resource, now: DateTime
     let body = resource.render(version_id, now);
     if current.is_some() {
         keep_history(conn, t, &id, now).await?;
-        sqlx::query(
-            "UPDATE resources SET version_id = $3, last_updated = $4, deleted = false, body = $5 \
-             WHERE resource_type = $1 AND id = $2",
-        )
+    }
+    // One upsert for both cases; the WHERE refuses a row another writer created or moved on
+    // since our lock (a new id has no row to lock).
+    let written = sqlx::query(UPSERT_VERSION)
         .bind(t)
         .bind(&id)
         .bind(version_id)
@@ -214,21 +221,8 @@ async fn save_one(conn: &mut PgConnection, mut resource: Resource, now: DateTime
         .bind(&body)
         .execute(&mut *conn)
         .await?;
-    } else {
-        let inserted = sqlx::query(
-            "INSERT INTO resources (resource_type, id, version_id, last_updated, body) VALUES ($1, $2, $3, $4, $5) \
-             ON CONFLICT (resource_type, id) DO NOTHING",
-        )
-        .bind(t)
-        .bind(&id)
-        .bind(version_id)
-        .bind(now)
-        .bind(&body)
-        .execute(&mut *conn)
-        .await?;
-        if inserted.rows_affected() == 0 {
-            return Err(StoreError::Conflict(format!("{t}/{id}")));
-        }
+    if written.rows_affected() == 0 {
+        return Err(StoreError::Conflict(format!("{t}/{id}")));
     }
     let patients: Vec<String> = resource.compartment_patients().into_iter().map(String::from).collect();
     if !patients.is_empty() {
