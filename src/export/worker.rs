@@ -115,7 +115,7 @@ impl Worker {
                 if queue.complete(&task, files).await? {
                     tracing::info!(resources = count, "task done");
                 } else {
-                    tracing::warn!("task finished after its lease passed to another worker; its files are not listed");
+                    tracing::warn!("task finished after its job ended or its lease passed to another worker; its files are not listed");
                 }
             }
             TaskEnd::Stopped => {

@@ -130,7 +130,8 @@ pub trait WorkQueue: Send + Sync {
     /// Renews the lease and records progress. Tells the worker whether to go on.
     async fn heartbeat(&self, task: &ClaimedTask, lease: Duration, written: i64) -> Result<Lease, StoreError>;
     /// Records the task's files and marks it done; completes the job when it was the last task.
-    /// False when the fence no longer matches (another worker owns the task now).
+    /// False when the fence no longer matches (another worker owns the task now) or the job
+    /// ended meanwhile; the files are then never listed.
     async fn complete(&self, task: &ClaimedTask, files: Vec<FileRecord>) -> Result<bool, StoreError>;
     /// Fails the task and its job with an OperationOutcome (JSON).
     async fn fail(&self, task: &ClaimedTask, outcome: String) -> Result<(), StoreError>;

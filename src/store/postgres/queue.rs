@@ -84,6 +84,10 @@ impl WorkQueue for PgStore {
             .fetch_optional(&mut *tx)
             .await?;
         if job_status.as_deref() != Some(JobStatus::Running.as_str()) {
+            // The job ended (cancelled or failed) while the task ran: hand the task back at once,
+            // so the job's files can be deleted without waiting for the lease to expire.
+            drop(tx);
+            self.release(task).await?;
             return Ok(false);
         }
         let written: i64 = files.iter().map(|f| f.count).sum();
