@@ -23,6 +23,9 @@ use crate::{
 const BATCH_RESOURCES: usize = 5_000;
 const BATCH_BYTES: usize = 16 * 1024 * 1024;
 
+/// How often a long load logs its progress.
+const PROGRESS_EVERY: Duration = Duration::from_secs(5);
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LoadFailure {
     pub file: PathBuf,
@@ -65,7 +68,13 @@ pub async fn load(store: &dyn ResourceStore, paths: &[PathBuf]) -> Result<LoadRe
     let reader = tokio::task::spawn_blocking(move || read_all(&files, &tx));
 
     let mut report = LoadReport::default();
+    let mut last_progress = Instant::now();
     while let Some(item) = rx.recv().await {
+        if last_progress.elapsed() >= PROGRESS_EVERY {
+            last_progress = Instant::now();
+            let (total, seconds) = (report.total(), started.elapsed().as_secs_f64());
+            tracing::info!(loaded = total, per_second = (total as f64 / seconds) as u64, failed = report.failures.len(), "loading");
+        }
         match item {
             Item::Failure(failure) => report.failures.push(failure),
             Item::Batch(batch) => {
