@@ -4,7 +4,7 @@ use std::process::Command;
 
 use serde_json::json;
 
-use crate::helpers::{spawn_app_with, AppOptions};
+use crate::helpers::{backend_tests, spawn_app_with, AppOptions};
 
 fn bulkfhir() -> Command {
     Command::new(env!("CARGO_BIN_EXE_bulkfhir"))
@@ -22,42 +22,43 @@ fn the_cli_offers_serve_load_and_migrate() {
     assert!(String::from_utf8(bad.stderr).unwrap().contains("max_file_bytes"));
 }
 
-#[tokio::test]
-async fn load_reports_bad_lines_and_keeps_the_good_ones() {
-    let app = spawn_app_with(AppOptions { workers: 0, ..Default::default() }).await;
-    let dir = tempfile::tempdir().unwrap();
-    let ndjson = dir.path().join("Patient.ndjson");
-    let lines = [
-        json!({"resourceType": "Patient", "id": "good-1"}).to_string(),
-        "{broken".to_owned(),
-        json!({"resourceType": "Patient", "id": "bad id"}).to_string(),
-        String::new(),
-        json!({"resourceType": "Patient", "id": "good-2"}).to_string(),
-    ];
-    std::fs::write(&ndjson, lines.join("\n")).unwrap();
-    let bundle = dir.path().join("bundle.json");
-    let transaction = json!({"resourceType": "Bundle", "type": "transaction", "entry": [
-        {"fullUrl": "urn:uuid:aaaaaaaa-0000-0000-0000-000000000000", "resource": {"resourceType": "Patient"},
-         "request": {"method": "POST", "url": "Patient"}},
-        {"resource": {"resourceType": "Observation", "status": "final", "code": {"text": "x"},
-                      "subject": {"reference": "urn:uuid:aaaaaaaa-0000-0000-0000-000000000000"}},
-         "request": {"method": "POST", "url": "Observation"}}]});
-    std::fs::write(&bundle, transaction.to_string()).unwrap();
+backend_tests! {
+    async fn load_reports_bad_lines_and_keeps_the_good_ones(backend: Backend) {
+        let app = spawn_app_with(backend, AppOptions { workers: 0, ..Default::default() }).await;
+        let dir = tempfile::tempdir().unwrap();
+        let ndjson = dir.path().join("Patient.ndjson");
+        let lines = [
+            json!({"resourceType": "Patient", "id": "good-1"}).to_string(),
+            "{broken".to_owned(),
+            json!({"resourceType": "Patient", "id": "bad id"}).to_string(),
+            String::new(),
+            json!({"resourceType": "Patient", "id": "good-2"}).to_string(),
+        ];
+        std::fs::write(&ndjson, lines.join("\n")).unwrap();
+        let bundle = dir.path().join("bundle.json");
+        let transaction = json!({"resourceType": "Bundle", "type": "transaction", "entry": [
+            {"fullUrl": "urn:uuid:aaaaaaaa-0000-0000-0000-000000000000", "resource": {"resourceType": "Patient"},
+             "request": {"method": "POST", "url": "Patient"}},
+            {"resource": {"resourceType": "Observation", "status": "final", "code": {"text": "x"},
+                          "subject": {"reference": "urn:uuid:aaaaaaaa-0000-0000-0000-000000000000"}},
+             "request": {"method": "POST", "url": "Observation"}}]});
+        std::fs::write(&bundle, transaction.to_string()).unwrap();
 
-    let output = bulkfhir().arg("load").arg(dir.path()).env("DATABASE_URL", &app.db.url).output().unwrap();
-    let (stdout, stderr) = (String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
-    assert!(!output.status.success(), "a bad line makes the exit code non-zero");
-    assert!(stderr.contains("Patient.ndjson: line 2: the body is not valid JSON"), "{stderr}");
-    assert!(stderr.contains("Patient.ndjson: line 3: the id 'bad id' is invalid"), "{stderr}");
-    assert!(stdout.lines().any(|l| l.starts_with("Patient") && l.trim_end().ends_with(" 3")), "{stdout}");
-    assert!(stdout.contains("resources/s") && stdout.contains("2 failed"), "{stdout}");
+        let output = bulkfhir().arg("load").arg(dir.path()).env("DATABASE_URL", &app.db.url).output().unwrap();
+        let (stdout, stderr) = (String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+        assert!(!output.status.success(), "a bad line makes the exit code non-zero");
+        assert!(stderr.contains("Patient.ndjson: line 2: the body is not valid JSON"), "{stderr}");
+        assert!(stderr.contains("Patient.ndjson: line 3: the id 'bad id' is invalid"), "{stderr}");
+        assert!(stdout.lines().any(|l| l.starts_with("Patient") && l.trim_end().ends_with(" 3")), "{stdout}");
+        assert!(stdout.contains("resources/s") && stdout.contains("2 failed"), "{stdout}");
 
-    for id in ["good-1", "good-2"] {
-        let response = app.client.get(app.url(&format!("/Patient/{id}"))).send().await.unwrap();
-        assert_eq!(response.status(), 200);
+        for id in ["good-1", "good-2"] {
+            let response = app.client.get(app.url(&format!("/Patient/{id}"))).send().await.unwrap();
+            assert_eq!(response.status(), 200);
+        }
+        let manifest = app.kick_off("/Patient/$export?_type=Observation").await;
+        app.drain().await;
+        let manifest = app.wait_for_manifest(&manifest).await;
+        assert_eq!(manifest["output"][0]["count"], 1, "the loaded transaction's references were resolved");
     }
-    let manifest = app.kick_off("/Patient/$export?_type=Observation").await;
-    app.drain().await;
-    let manifest = app.wait_for_manifest(&manifest).await;
-    assert_eq!(manifest["output"][0]["count"], 1, "the loaded transaction's references were resolved");
 }

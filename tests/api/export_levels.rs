@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde_json::{json, Value};
 
-use crate::helpers::{fixture_resources, multiset, spawn_app, without_server_meta};
+use crate::helpers::{backend_tests, fixture_resources, multiset, spawn_app, without_server_meta};
 
 const SYNTHEA_GROUP: &str = "d9f31445-f448-48c0-af57-295c005e07df";
 
@@ -52,92 +52,98 @@ fn expected_for_patients(loaded: &BTreeMap<String, Vec<Value>>, patients: &BTree
 /// Compares per type, naming the type and the first resource that differs.
 fn assert_same(actual: BTreeMap<String, Vec<String>>, expected: &BTreeMap<String, Vec<String>>) {
     assert_eq!(actual.keys().collect::<Vec<_>>(), expected.keys().collect::<Vec<_>>(), "exported types");
+    // The first line of `a` not in `b` (quadratic: worked out only for a failure's message).
+    let first_not_in = |a: &[String], b: &[String]| a.iter().find(|l| !b.contains(l)).cloned();
     for (t, lines) in expected {
-        let missing: Vec<&String> = lines.iter().filter(|l| !actual[t].contains(l)).take(1).collect();
-        let extra: Vec<&String> = actual[t].iter().filter(|l| !lines.contains(l)).take(1).collect();
-        assert!(actual[t] == *lines, "{t}: exported {} of {}; first missing {missing:?}; first extra {extra:?}", actual[t].len(), lines.len());
+        assert!(
+            actual[t] == *lines,
+            "{t}: exported {} of {}; first missing {:?}; first extra {:?}",
+            actual[t].len(),
+            lines.len(),
+            first_not_in(lines, &actual[t]),
+            first_not_in(&actual[t], lines)
+        );
     }
 }
 
-#[tokio::test]
-async fn the_synthea_sample_exports_exactly_at_system_patient_and_group_level() {
-    let app = spawn_app().await;
-    app.load_synthea().await;
-    let loaded = fixture_resources();
+backend_tests! {
+    async fn the_synthea_sample_exports_exactly_at_system_patient_and_group_level(backend: Backend) {
+        let app = spawn_app(backend).await;
+        app.load_synthea().await;
+        let loaded = fixture_resources();
 
-    let system = app.wait_for_manifest(&app.kick_off("/$export").await).await;
-    assert_eq!(system["error"], json!([]));
-    assert_eq!(system["requiresAccessToken"], json!(true));
-    let expected: BTreeMap<String, Vec<String>> = loaded.iter().map(|(t, r)| (t.clone(), multiset(r))).collect();
-    assert_same(exported_multisets(app.download_all(&system).await), &expected);
+        let system = app.wait_for_manifest(&app.kick_off("/$export").await).await;
+        assert_eq!(system["error"], json!([]));
+        assert_eq!(system["requiresAccessToken"], json!(true));
+        let expected: BTreeMap<String, Vec<String>> = loaded.iter().map(|(t, r)| (t.clone(), multiset(r))).collect();
+        assert_same(exported_multisets(app.download_all(&system).await), &expected);
 
-    let all_patients: BTreeSet<String> =
-        loaded["Patient"].iter().map(|p| p["id"].as_str().unwrap().to_owned()).collect();
-    let expected = expected_for_patients(&loaded, &all_patients);
-    assert!(!expected.contains_key("Organization") && !expected.contains_key("Practitioner"));
+        let all_patients: BTreeSet<String> =
+            loaded["Patient"].iter().map(|p| p["id"].as_str().unwrap().to_owned()).collect();
+        let expected = expected_for_patients(&loaded, &all_patients);
+        assert!(!expected.contains_key("Organization") && !expected.contains_key("Practitioner"));
 
-    let patient = app.wait_for_manifest(&app.kick_off("/Patient/$export").await).await;
-    assert_same(exported_multisets(app.download_all(&patient).await), &expected);
+        let patient = app.wait_for_manifest(&app.kick_off("/Patient/$export").await).await;
+        assert_same(exported_multisets(app.download_all(&patient).await), &expected);
 
-    let group = app.wait_for_manifest(&app.kick_off(&format!("/Group/{SYNTHEA_GROUP}/$export")).await).await;
-    assert_same(exported_multisets(app.download_all(&group).await), &expected);
-}
-
-#[tokio::test]
-async fn type_and_since_narrow_the_export() {
-    let app = spawn_app().await;
-    app.load_synthea().await;
-    let loaded = fixture_resources();
-
-    let manifest = app.wait_for_manifest(&app.kick_off("/$export?_type=Patient,Device&_outputFormat=application/fhir%2Bndjson").await).await;
-    let exported = exported_multisets(app.download_all(&manifest).await);
-    assert_eq!(exported.keys().collect::<Vec<_>>(), ["Device", "Patient"]);
-    assert_eq!(exported["Device"], multiset(&loaded["Device"]));
-
-    let since = manifest["transactionTime"].as_str().unwrap().to_owned();
-    let changed = json!({"resourceType": "Device", "id": loaded["Device"][0]["id"], "status": "inactive"});
-    assert!(app.put(&changed).await.status().is_success());
-    let manifest = app.wait_for_manifest(&app.kick_off(&format!("/$export?_since={}", since.replace('+', "%2B"))).await).await;
-    let exported = exported_multisets(app.download_all(&manifest).await);
-    assert_eq!(exported, BTreeMap::from([("Device".to_owned(), multiset([&changed]))]));
-}
-
-#[tokio::test]
-async fn group_export_follows_membership_rules_and_exports_each_resource_once() {
-    let app = spawn_app().await;
-    for id in ["p1", "p2", "p3", "p4", "p5", "p6"] {
-        assert!(app.put(&json!({"resourceType": "Patient", "id": id})).await.status().is_success());
-        let obs = json!({"resourceType": "Observation", "id": format!("obs-{id}"), "status": "final",
-                         "code": {"text": "x"}, "subject": {"reference": format!("Patient/{id}")}});
-        assert!(app.put(&obs).await.status().is_success());
+        let group = app.wait_for_manifest(&app.kick_off(&format!("/Group/{SYNTHEA_GROUP}/$export")).await).await;
+        assert_same(exported_multisets(app.download_all(&group).await), &expected);
     }
-    // In the compartments of p1 (subject) and p2 (performer): exported once.
-    let shared = json!({"resourceType": "Observation", "id": "shared", "status": "final", "code": {"text": "x"},
-                        "subject": {"reference": "Patient/p1"}, "performer": [{"reference": "Patient/p2"}]});
-    assert!(app.put(&shared).await.status().is_success());
-    let outer = json!({"resourceType": "Group", "id": "outer", "type": "person", "actual": true, "member": [
-        {"entity": {"reference": "Patient/p1"}},
-        {"entity": {"reference": "Patient/p2"}, "period": {"start": "2000-01-01"}},
-        {"entity": {"reference": "Patient/p3"}, "inactive": true},
-        {"entity": {"reference": "Patient/p4"}, "period": {"end": "2001-01-01T00:00:00Z"}},
-        {"entity": {"reference": "Group/inner"}}]});
-    let inner = json!({"resourceType": "Group", "id": "inner", "type": "person", "actual": true, "member": [
-        {"entity": {"reference": "Patient/p5"}},
-        {"entity": {"reference": "Group/outer"}}]});
-    assert!(app.put(&outer).await.status().is_success());
-    assert!(app.put(&inner).await.status().is_success());
 
-    let manifest = app.wait_for_manifest(&app.kick_off("/Group/outer/$export?_type=Patient,Observation").await).await;
-    let exported = app.download_all(&manifest).await;
-    let ids = |t: &str| -> Vec<String> {
-        let mut ids: Vec<String> = exported[t].iter().map(|r| r["id"].as_str().unwrap().to_owned()).collect();
-        ids.sort();
-        ids
-    };
-    assert_eq!(ids("Patient"), ["p1", "p2", "p5"]);
-    assert_eq!(ids("Observation"), ["obs-p1", "obs-p2", "obs-p5", "shared"]);
+    async fn type_and_since_narrow_the_export(backend: Backend) {
+        let app = spawn_app(backend).await;
+        app.load_synthea().await;
+        let loaded = fixture_resources();
 
-    let manifest = app.wait_for_manifest(&app.kick_off("/Patient/$export?_type=Observation").await).await;
-    let exported = app.download_all(&manifest).await;
-    assert_eq!(exported["Observation"].len(), 7, "six own observations plus the shared one, once");
+        let manifest = app.wait_for_manifest(&app.kick_off("/$export?_type=Patient,Device&_outputFormat=application/fhir%2Bndjson").await).await;
+        let exported = exported_multisets(app.download_all(&manifest).await);
+        assert_eq!(exported.keys().collect::<Vec<_>>(), ["Device", "Patient"]);
+        assert_eq!(exported["Device"], multiset(&loaded["Device"]));
+
+        let since = manifest["transactionTime"].as_str().unwrap().to_owned();
+        let changed = json!({"resourceType": "Device", "id": loaded["Device"][0]["id"], "status": "inactive"});
+        assert!(app.put(&changed).await.status().is_success());
+        let manifest = app.wait_for_manifest(&app.kick_off(&format!("/$export?_since={}", since.replace('+', "%2B"))).await).await;
+        let exported = exported_multisets(app.download_all(&manifest).await);
+        assert_eq!(exported, BTreeMap::from([("Device".to_owned(), multiset([&changed]))]));
+    }
+
+    async fn group_export_follows_membership_rules_and_exports_each_resource_once(backend: Backend) {
+        let app = spawn_app(backend).await;
+        for id in ["p1", "p2", "p3", "p4", "p5", "p6"] {
+            assert!(app.put(&json!({"resourceType": "Patient", "id": id})).await.status().is_success());
+            let obs = json!({"resourceType": "Observation", "id": format!("obs-{id}"), "status": "final",
+                             "code": {"text": "x"}, "subject": {"reference": format!("Patient/{id}")}});
+            assert!(app.put(&obs).await.status().is_success());
+        }
+        // In the compartments of p1 (subject) and p2 (performer): exported once.
+        let shared = json!({"resourceType": "Observation", "id": "shared", "status": "final", "code": {"text": "x"},
+                            "subject": {"reference": "Patient/p1"}, "performer": [{"reference": "Patient/p2"}]});
+        assert!(app.put(&shared).await.status().is_success());
+        let outer = json!({"resourceType": "Group", "id": "outer", "type": "person", "actual": true, "member": [
+            {"entity": {"reference": "Patient/p1"}},
+            {"entity": {"reference": "Patient/p2"}, "period": {"start": "2000-01-01"}},
+            {"entity": {"reference": "Patient/p3"}, "inactive": true},
+            {"entity": {"reference": "Patient/p4"}, "period": {"end": "2001-01-01T00:00:00Z"}},
+            {"entity": {"reference": "Group/inner"}}]});
+        let inner = json!({"resourceType": "Group", "id": "inner", "type": "person", "actual": true, "member": [
+            {"entity": {"reference": "Patient/p5"}},
+            {"entity": {"reference": "Group/outer"}}]});
+        assert!(app.put(&outer).await.status().is_success());
+        assert!(app.put(&inner).await.status().is_success());
+
+        let manifest = app.wait_for_manifest(&app.kick_off("/Group/outer/$export?_type=Patient,Observation").await).await;
+        let exported = app.download_all(&manifest).await;
+        let ids = |t: &str| -> Vec<String> {
+            let mut ids: Vec<String> = exported[t].iter().map(|r| r["id"].as_str().unwrap().to_owned()).collect();
+            ids.sort();
+            ids
+        };
+        assert_eq!(ids("Patient"), ["p1", "p2", "p5"]);
+        assert_eq!(ids("Observation"), ["obs-p1", "obs-p2", "obs-p5", "shared"]);
+
+        let manifest = app.wait_for_manifest(&app.kick_off("/Patient/$export?_type=Observation").await).await;
+        let exported = app.download_all(&manifest).await;
+        assert_eq!(exported["Observation"].len(), 7, "six own observations plus the shared one, once");
+    }
 }

@@ -1,5 +1,6 @@
-//! The test app: the real server on a free port, over HTTP, against a fresh Postgres database
-//! that is dropped afterwards. Quiet unless `TEST_LOG` is set.
+//! The test app: the real server on a free port, over HTTP, against a fresh database of the
+//! backend under test (a Postgres database, or a SQLite file) that is removed afterwards. Quiet
+//! unless `TEST_LOG` is set.
 
 use std::{
     collections::BTreeMap,
@@ -18,34 +19,101 @@ use bulkfhir::{
 };
 use reqwest::{header, Client, Response, StatusCode};
 use serde_json::Value;
-use sqlx::{Connection, Executor, PgConnection};
+use sqlx::{Connection, Executor, PgConnection, SqliteConnection};
 use tokio_util::sync::CancellationToken;
 
-/// Where the tests find Postgres; each test creates (and drops) its own database there.
+/// The storage backends. Every integration test runs against each of them from one body, by
+/// [`backend_tests!`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Postgres,
+    Sqlite,
+}
+
+/// Declares each `async fn name(backend: Backend)` once and runs it as two tests,
+/// `name::postgres` and `name::sqlite`. The body stays an ordinary function (a function and a
+/// module may share a name), so a failure points at the test's own lines.
+macro_rules! backend_tests {
+    ($($(#[$meta:meta])* async fn $name:ident($backend:ident: Backend) $body:block)*) => {$(
+        $(#[$meta])*
+        async fn $name($backend: $crate::helpers::Backend) $body
+
+        mod $name {
+            #[tokio::test]
+            async fn postgres() {
+                super::$name($crate::helpers::Backend::Postgres).await
+            }
+
+            #[tokio::test]
+            async fn sqlite() {
+                super::$name($crate::helpers::Backend::Sqlite).await
+            }
+        }
+    )*};
+}
+pub(crate) use backend_tests;
+
+/// Where the tests find Postgres; each Postgres test creates (and drops) its own database there.
 pub fn postgres_server_url() -> String {
     std::env::var("TEST_DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into())
 }
 
+/// A fresh, empty database for one test: a Postgres database that is dropped afterwards, or a
+/// SQLite file in a temporary directory that is removed afterwards.
 pub struct TestDb {
-    pub name: String,
+    pub backend: Backend,
     pub url: String,
+    place: Place,
+}
+
+enum Place {
+    Postgres { name: String },
+    Sqlite { _dir: tempfile::TempDir },
 }
 
 impl TestDb {
-    pub async fn create() -> Self {
-        let server = postgres_server_url();
-        let name = format!("bulkfhir_test_{}", uuid::Uuid::new_v4().simple());
-        let mut admin = PgConnection::connect(&format!("{server}/postgres")).await.unwrap_or_else(|e| {
-            panic!("Postgres is not reachable at {server} ({e}). The tests need a real Postgres: start it, or set TEST_DATABASE_URL.")
-        });
-        admin.execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"))).await.expect("create the test database");
-        Self { url: format!("{server}/{name}"), name }
+    pub async fn create(backend: Backend) -> Self {
+        match backend {
+            Backend::Postgres => {
+                let server = postgres_server_url();
+                let name = format!("bulkfhir_test_{}", uuid::Uuid::new_v4().simple());
+                let mut admin = PgConnection::connect(&format!("{server}/postgres")).await.unwrap_or_else(|e| {
+                    panic!("Postgres is not reachable at {server} ({e}). The tests need a real Postgres: start it, or set TEST_DATABASE_URL.")
+                });
+                admin.execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"))).await.expect("create the test database");
+                Self { backend, url: format!("{server}/{name}"), place: Place::Postgres { name } }
+            }
+            Backend::Sqlite => {
+                // The server creates the file; the URL is sqlite:// and an absolute path.
+                let dir = tempfile::tempdir().expect("temp dir for the SQLite database");
+                let url = format!("sqlite://{}", dir.path().join("bulkfhir.db").display());
+                Self { backend, url, place: Place::Sqlite { _dir: dir } }
+            }
+        }
+    }
+
+    /// A one-number query (`SELECT count(*) ...`) run on a connection of the test's own, beside
+    /// the server's. The SQL must be valid in both backends.
+    pub async fn count(&self, sql: &'static str) -> i64 {
+        match self.backend {
+            Backend::Postgres => {
+                let mut conn = PgConnection::connect(&self.url).await.expect("connect to the test database");
+                sqlx::query_scalar::<_, i64>(sql).fetch_one(&mut conn).await.expect(sql)
+            }
+            Backend::Sqlite => {
+                let mut conn = SqliteConnection::connect(&self.url).await.expect("open the test database");
+                sqlx::query_scalar::<_, i64>(sql).fetch_one(&mut conn).await.expect(sql)
+            }
+        }
     }
 }
 
 impl Drop for TestDb {
     fn drop(&mut self) {
-        let (server, name) = (postgres_server_url(), self.name.clone());
+        let Place::Postgres { name } = &self.place else {
+            return; // the SQLite file goes with its temporary directory
+        };
+        let (server, name) = (postgres_server_url(), name.clone());
         // Drop runs outside async context guarantees: use a thread with its own runtime.
         let dropped = std::thread::spawn(move || {
             tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async move {
@@ -55,7 +123,7 @@ impl Drop for TestDb {
         })
         .join();
         if !matches!(dropped, Ok(Ok(()))) {
-            eprintln!("could not drop test database {}", self.name);
+            eprintln!("could not drop test database {}", self.url);
         }
     }
 }
@@ -105,17 +173,17 @@ impl Drop for TestApp {
 
 static TRACING: Once = Once::new();
 
-pub async fn spawn_app() -> TestApp {
-    spawn_app_with(AppOptions::default()).await
+pub async fn spawn_app(backend: Backend) -> TestApp {
+    spawn_app_with(backend, AppOptions::default()).await
 }
 
-pub async fn spawn_app_with(options: AppOptions) -> TestApp {
+pub async fn spawn_app_with(backend: Backend, options: AppOptions) -> TestApp {
     TRACING.call_once(|| {
         if std::env::var("TEST_LOG").is_ok() {
             bulkfhir::telemetry::init(LogFormat::Text);
         }
     });
-    let db = TestDb::create().await;
+    let db = TestDb::create(backend).await;
     let output_dir = tempfile::tempdir().expect("temp dir");
     let settings = Settings {
         listen: "127.0.0.1:0".parse().unwrap(),

@@ -1,4 +1,5 @@
-//! Integration tests: the real server over HTTP against a real Postgres.
+//! Integration tests: the real server over HTTP, each test against both backends (a real
+//! Postgres, and a SQLite file) from one body: `name::postgres` and `name::sqlite`.
 
 mod cancel;
 mod cli;
