@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
-# The whole test suite: unit tests and the integration tests, which run the real server over
-# HTTP against a real Postgres (each test creates its own database and drops it).
+# The whole test suite: unit tests; the integration tests, which run the real server over HTTP,
+# each test against both backends (`name::postgres`: a real Postgres, where each test creates its
+# own database and drops it; `name::sqlite`: a SQLite file in a temporary directory); then the
+# README's newcomer path (scripts/newcomer.sh) on the debug build. A failure anywhere fails the
+# run; a missing Postgres is an error, never a skip.
 #
 #   TEST_DATABASE_URL   Postgres server to use (default postgres://postgres@127.0.0.1:5432)
 set -euo pipefail
@@ -34,3 +37,8 @@ if ! postgres_up; then
 fi
 
 cargo test --locked --all-targets
+
+# The README's walkthrough as a person follows it (SQLite default, load, export, poll, download,
+# release), on the debug binary the tests just built rather than a second, release build.
+cargo build --locked --bin bulkfhir
+BULKFHIR_BIN=target/debug/bulkfhir bash scripts/newcomer.sh
