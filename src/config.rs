@@ -135,7 +135,7 @@ mod tests {
 
     #[test]
     fn a_bad_value_names_its_key() {
-        let overrides = Overrides { workers: Some(0), ..Default::default() };
-        assert!(Settings::load(None, &overrides).unwrap_err().contains("workers"));
+        let overrides = Overrides { max_file_bytes: Some(0), ..Default::default() };
+        assert!(Settings::load(None, &overrides).unwrap_err().contains("max_file_bytes"));
     }
 }

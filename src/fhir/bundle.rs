@@ -185,8 +185,8 @@ mod tests {
         let ops: Vec<EntryOp> = read.entries.into_iter().map(Result::unwrap).collect();
         let EntryOp::Save { resource: patient, .. } = &ops[0] else { panic!() };
         let EntryOp::Save { resource: obs, .. } = &ops[1] else { panic!() };
-        assert_eq!(obs.body()["subject"]["reference"], json!(format!("Patient/{}", patient.id)));
-        assert_eq!(obs.compartment_patients(), vec![patient.id.clone()]);
+        assert_eq!(obs.to_value()["subject"]["reference"], json!(format!("Patient/{}", patient.id)));
+        assert_eq!(obs.compartment_patients(), [patient.id.clone()]);
     }
 
     #[test]

@@ -86,7 +86,7 @@ mod tests {
 
     fn patients(value: Value) -> Vec<String> {
         let r = crate::fhir::Resource::from_value(value).unwrap();
-        r.compartment_patients().into_iter().map(String::from).collect()
+        r.compartment_patients().iter().map(ToString::to_string).collect()
     }
 
     #[test]

@@ -6,11 +6,19 @@ use serde_json::{Map, Value};
 use super::{compartment, instant, types::ResourceId, ResourceType};
 
 /// A resource that passed validation: a JSON object of a known type with a valid id.
+///
+/// All JSON work happens here, when the resource is built (on the loader's parsing thread, off
+/// the database's path): its compartment patients are found and its text is serialized once,
+/// with a gap for the two meta fields only the store can fill in. `render` is then a splice.
 #[derive(Debug, Clone)]
 pub struct Resource {
     pub resource_type: ResourceType,
     pub id: ResourceId,
-    body: Map<String, Value>,
+    patients: Vec<ResourceId>,
+    /// The compact JSON up to where `"versionId":...,"lastUpdated":...` go inside `meta`.
+    head: String,
+    /// The rest: closes `meta` and continues the resource.
+    tail: String,
 }
 
 /// Why a body is not an acceptable resource. Each message names the problem for the client.
@@ -100,36 +108,84 @@ impl Resource {
         }
     }
 
-    fn checked(resource_type: ResourceType, id: ResourceId, body: Map<String, Value>) -> Result<Self, ResourceError> {
-        if body.get("meta").is_some_and(|m| !m.is_object()) {
-            return Err(ResourceError::InvalidMeta);
-        }
-        Ok(Self { resource_type, id, body })
-    }
-
-    pub fn body(&self) -> &Map<String, Value> {
-        &self.body
-    }
-
-    pub fn body_mut(&mut self) -> &mut Map<String, Value> {
-        &mut self.body
+    fn checked(resource_type: ResourceType, id: ResourceId, mut body: Map<String, Value>) -> Result<Self, ResourceError> {
+        let meta = match body.get_mut("meta") {
+            None => None,
+            Some(Value::Object(meta)) => {
+                // The server sets these two.
+                meta.shift_remove("versionId");
+                meta.shift_remove("lastUpdated");
+                Some(Value::Object(std::mem::take(meta)))
+            }
+            Some(_) => return Err(ResourceError::InvalidMeta),
+        };
+        let patients = compartment::patients_of(&resource_type, &id, &body);
+        let (head, tail) = split_at_meta(&body, meta.as_ref());
+        Ok(Self { resource_type, id, patients, head, tail })
     }
 
     /// The patients whose compartment holds this resource (R4 Patient CompartmentDefinition).
-    pub fn compartment_patients(&self) -> Vec<ResourceId> {
-        compartment::patients_of(&self.resource_type, &self.id, &self.body)
+    pub fn compartment_patients(&self) -> &[ResourceId] {
+        &self.patients
     }
 
     /// The stored and exported text: compact JSON with `meta.versionId` and `meta.lastUpdated`
-    /// set by the server.
-    pub fn render(&mut self, version_id: i64, last_updated: DateTime<Utc>) -> String {
-        let meta = self.body.entry("meta").or_insert_with(|| Value::Object(Map::new()));
-        if let Value::Object(meta) = meta {
-            meta.insert("versionId".into(), Value::String(version_id.to_string()));
-            meta.insert("lastUpdated".into(), Value::String(instant::format(last_updated)));
-        }
-        serde_json::to_string(&self.body).expect("a JSON map serializes")
+    /// set by the server (last in `meta`).
+    pub fn render(&self, version_id: i64, last_updated: DateTime<Utc>) -> String {
+        let version = version_id.to_string();
+        let instant = instant::format(last_updated);
+        let mut text = String::with_capacity(self.head.len() + self.tail.len() + version.len() + instant.len() + 32);
+        text.push_str(&self.head);
+        text.push_str("\"versionId\":\"");
+        text.push_str(&version);
+        text.push_str("\",\"lastUpdated\":\"");
+        text.push_str(&instant);
+        text.push_str("\"}");
+        text.push_str(&self.tail);
+        text
     }
+
+    /// The resource as JSON, as it would be stored at version 1 now (for inspection).
+    pub fn to_value(&self) -> Value {
+        serde_json::from_str(&self.render(1, Utc::now())).expect("rendered text is JSON")
+    }
+}
+
+/// Serializes the resource with `meta` (without the server's fields) in its place, or last
+/// when absent, and splits the text where the server's meta fields go.
+fn split_at_meta(body: &Map<String, Value>, meta: Option<&Value>) -> (String, String) {
+    let json = |v: &Value| serde_json::to_string(v).expect("JSON values serialize");
+    let key = |k: &str| serde_json::to_string(k).expect("strings serialize");
+    let mut head = String::from("{");
+    let mut tail = String::new();
+    let mut after_meta = false;
+    for (k, v) in body {
+        if k == "meta" {
+            after_meta = true;
+            continue;
+        }
+        let out = if after_meta { &mut tail } else { &mut head };
+        if out.len() > 1 || after_meta {
+            out.push(',');
+        }
+        out.push_str(&key(k));
+        out.push(':');
+        out.push_str(&json(v));
+    }
+    if head.len() > 1 {
+        head.push(',');
+    }
+    head.push_str("\"meta\":");
+    match meta.map(json) {
+        // `{"source":"x"}` -> `{"source":"x",` then the server's fields and `}`.
+        Some(text) if text != "{}" => {
+            head.push_str(&text[..text.len() - 1]);
+            head.push(',');
+        }
+        _ => head.push('{'),
+    }
+    tail.push('}');
+    (head, tail)
 }
 
 #[cfg(test)]
@@ -166,13 +222,25 @@ mod tests {
     }
 
     #[test]
-    fn render_stamps_version_and_last_updated() {
-        let mut r = Resource::parse(br#"{"resourceType":"Patient","id":"p1","meta":{"source":"x"}}"#).unwrap();
+    fn render_stamps_version_and_last_updated_in_place() {
         let t = instant::parse("2024-01-02T03:04:05Z").unwrap();
-        let text = r.render(3, t);
-        assert_eq!(
-            text,
-            r#"{"resourceType":"Patient","id":"p1","meta":{"source":"x","versionId":"3","lastUpdated":"2024-01-02T03:04:05.000000Z"}}"#
-        );
+        let cases = [
+            (
+                r#"{"resourceType":"Patient","id":"p1","meta":{"versionId":"9","source":"x"},"active":true}"#,
+                r#"{"resourceType":"Patient","id":"p1","meta":{"source":"x","versionId":"3","lastUpdated":"2024-01-02T03:04:05.000000Z"},"active":true}"#,
+            ),
+            (
+                r#"{"resourceType":"Patient","id":"p1","active":true}"#,
+                r#"{"resourceType":"Patient","id":"p1","active":true,"meta":{"versionId":"3","lastUpdated":"2024-01-02T03:04:05.000000Z"}}"#,
+            ),
+            (
+                r#"{"meta":{},"resourceType":"Patient","id":"p1"}"#,
+                r#"{"meta":{"versionId":"3","lastUpdated":"2024-01-02T03:04:05.000000Z"},"resourceType":"Patient","id":"p1"}"#,
+            ),
+        ];
+        for (input, expected) in cases {
+            let r = Resource::parse(input.as_bytes()).unwrap();
+            assert_eq!(r.render(3, t), expected);
+        }
     }
 }

@@ -2,6 +2,7 @@
 //! export jobs (`JobStore`), and the worker side (`WorkQueue`). Each backend implements them all.
 
 pub mod postgres;
+pub mod sqlite;
 
 use std::{sync::Arc, time::Duration};
 
@@ -24,7 +25,7 @@ pub enum StoreError {
     /// A concurrent write changed the same resource; the caller may retry.
     #[error("conflicting concurrent update of {0}")]
     Conflict(String),
-    #[error("unsupported database URL '{0}': use postgres://")]
+    #[error("unsupported database URL '{0}': use sqlite://PATH or postgres://...")]
     UnsupportedUrl(String),
 }
 
@@ -48,6 +49,37 @@ pub struct Applied {
     pub existed: bool,
     /// The stored text (None for deletes).
     pub body: Option<String>,
+}
+
+impl Applied {
+    /// The result of saving `resource` as `version_id`, given the row it replaced
+    /// (`(version_id, deleted)`), if any.
+    pub fn saved(resource: &Resource, version_id: i64, now: DateTime<Utc>, replaced: Option<(i64, bool)>, body: Option<String>) -> Self {
+        Self {
+            resource_type: resource.resource_type.clone(),
+            id: resource.id.clone(),
+            version_id,
+            last_updated: now,
+            created: replaced.is_none_or(|(_, deleted)| deleted),
+            existed: replaced.is_some_and(|(_, deleted)| !deleted),
+            body,
+        }
+    }
+}
+
+/// Batches at least this large, of saves only with distinct keys, take a backend's bulk path
+/// (the loader sends thousands at a time).
+const BULK_THRESHOLD: usize = 64;
+
+fn is_bulk(writes: &[Write]) -> bool {
+    if writes.len() < BULK_THRESHOLD {
+        return false;
+    }
+    let mut keys = std::collections::HashSet::with_capacity(writes.len());
+    writes.iter().all(|w| match w {
+        Write::Save(r) => keys.insert((r.resource_type.as_str(), r.id.as_str())),
+        Write::Delete { .. } => false,
+    })
 }
 
 /// The current version of a resource.
@@ -173,6 +205,9 @@ impl Stores {
         if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             let pg = Arc::new(postgres::PgStore::connect(url, pool_size).await?);
             Ok(Self { resources: pg.clone(), jobs: pg.clone(), queue: pg })
+        } else if url.starts_with("sqlite:") {
+            let lite = Arc::new(sqlite::SqliteStore::connect(url, pool_size).await?);
+            Ok(Self { resources: lite.clone(), jobs: lite.clone(), queue: lite })
         } else {
             Err(StoreError::UnsupportedUrl(url.to_owned()))
         }

@@ -1,7 +1,7 @@
 //! `ResourceStore` on Postgres: versioned writes with history and compartment rows, the COPY
 //! bulk path, snapshots, and the export stream.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -12,15 +12,12 @@ use sqlx::{pool::PoolConnection, PgConnection, Postgres, Row};
 use super::{sql, PgStore};
 use crate::{
     fhir::{types::ResourceId, Resource, ResourceType},
-    store::{Applied, ResourceStore, Selection, Stored, StoreError, Write},
+    store::{is_bulk, Applied, ResourceStore, Selection, Stored, StoreError, Write},
 };
 
 /// Advisory lock that orders writes against snapshots: writes hold it shared, a snapshot takes
 /// it exclusively, so no write straddles a transactionTime.
 const SNAPSHOT_LOCK: i64 = 0x6275_6c6b_6668_6972; // "bulkfhir"
-
-/// Batches at least this large, of saves only with distinct keys, take the COPY path.
-const BULK_THRESHOLD: usize = 64;
 
 /// Attempts of a write transaction that lost a race to create the same new resource.
 const WRITE_ATTEMPTS: usize = 3;
@@ -155,17 +152,6 @@ impl Drop for CopyGuard {
     }
 }
 
-fn is_bulk(writes: &[Write]) -> bool {
-    if writes.len() < BULK_THRESHOLD {
-        return false;
-    }
-    let mut keys = HashSet::with_capacity(writes.len());
-    writes.iter().all(|w| match w {
-        Write::Save(r) => keys.insert((r.resource_type.as_str(), r.id.as_str())),
-        Write::Delete { .. } => false,
-    })
-}
-
 /// Applies writes one by one, in order, in the caller's transaction.
 async fn apply_each(conn: &mut PgConnection, writes: Vec<Write>) -> Result<Vec<Applied>, StoreError> {
     let now = begin_write(conn).await?;
@@ -203,7 +189,7 @@ async fn keep_history(conn: &mut PgConnection, t: &str, id: &str, now: DateTime<
     Ok(())
 }
 
-async fn save_one(conn: &mut PgConnection, mut resource: Resource, now: DateTime<Utc>) -> Result<Applied, StoreError> {
+async fn save_one(conn: &mut PgConnection, resource: Resource, now: DateTime<Utc>) -> Result<Applied, StoreError> {
     let (t, id) = (resource.resource_type.as_str(), resource.id.to_string());
     let current = lock_current(conn, t, &id).await?;
     let version_id = current.map_or(1, |(v, _)| v + 1);
@@ -224,7 +210,7 @@ async fn save_one(conn: &mut PgConnection, mut resource: Resource, now: DateTime
     if written.rows_affected() == 0 {
         return Err(StoreError::Conflict(format!("{t}/{id}")));
     }
-    let patients: Vec<String> = resource.compartment_patients().into_iter().map(String::from).collect();
+    let patients: Vec<&str> = resource.compartment_patients().iter().map(|p| p.as_str()).collect();
     if !patients.is_empty() {
         sqlx::query(
             "INSERT INTO compartment_members (patient_id, resource_type, id, version_id) \
@@ -237,15 +223,7 @@ async fn save_one(conn: &mut PgConnection, mut resource: Resource, now: DateTime
         .execute(&mut *conn)
         .await?;
     }
-    Ok(Applied {
-        resource_type: resource.resource_type.clone(),
-        id: resource.id.clone(),
-        version_id,
-        last_updated: now,
-        created: current.is_none_or(|(_, deleted)| deleted),
-        existed: current.is_some_and(|(_, deleted)| !deleted),
-        body: Some(body),
-    })
+    Ok(Applied::saved(&resource, version_id, now, current, Some(body)))
 }
 
 async fn delete_one(
@@ -291,7 +269,7 @@ async fn delete_one(
 /// new versions with COPY, then move them into place with set-based statements.
 async fn bulk_save(conn: &mut PgConnection, resources: Vec<Write>) -> Result<Vec<Applied>, StoreError> {
     let now = begin_write(conn).await?;
-    let mut resources: Vec<Resource> = resources
+    let resources: Vec<Resource> = resources
         .into_iter()
         .map(|w| match w {
             Write::Save(r) => r,
@@ -323,7 +301,7 @@ async fn bulk_save(conn: &mut PgConnection, resources: Vec<Write>) -> Result<Vec
     let mut stage = Vec::with_capacity(resources.len() * 1024);
     let mut members = Vec::new();
     let mut applied = Vec::with_capacity(resources.len());
-    for resource in &mut resources {
+    for resource in &resources {
         let key = (resource.resource_type.to_string(), resource.id.to_string());
         let current = existing.get(&key).copied();
         let version_id = current.map_or(1, |(v, _)| v + 1);
@@ -331,18 +309,10 @@ async fn bulk_save(conn: &mut PgConnection, resources: Vec<Write>) -> Result<Vec
         for row in [key.0.as_bytes(), b"\x02", key.1.as_bytes(), b"\x02", version_id.to_string().as_bytes(), b"\x02", body.as_bytes(), b"\n"] {
             stage.extend_from_slice(row);
         }
-        for patient in resource.compartment_patients() {
+        for patient in resource.compartment_patients().iter() {
             members.extend_from_slice(format!("{patient}\x02{}\x02{}\x02{version_id}\n", key.0, key.1).as_bytes());
         }
-        applied.push(Applied {
-            resource_type: resource.resource_type.clone(),
-            id: resource.id.clone(),
-            version_id,
-            last_updated: now,
-            created: current.is_none_or(|(_, deleted)| deleted),
-            existed: current.is_some_and(|(_, deleted)| !deleted),
-            body: None,
-        });
+        applied.push(Applied::saved(resource, version_id, now, current, None));
     }
 
     copy_in(conn, &format!("COPY load_stage FROM STDIN {}", sql::COPY_IN_OPTIONS), stage).await?;

@@ -1,0 +1,62 @@
+//! The SQLite backend: the embedded default, so one command runs bulkfhir with nothing else
+//! installed. Same model and semantics as Postgres; SQLite's single writer stands in for the
+//! advisory lock (every write and every snapshot runs in `BEGIN IMMEDIATE`), and idle workers
+//! are woken in-process (other processes on the same file find work by polling).
+
+mod jobs;
+mod queue;
+mod resources;
+
+use std::{path::Path, str::FromStr, sync::Arc, time::Duration};
+
+use chrono::{DateTime, Utc};
+use sqlx::{
+    sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous},
+    Sqlite, SqlitePool, Transaction,
+};
+use tokio::sync::Notify;
+
+use super::StoreError;
+
+pub struct SqliteStore {
+    pool: SqlitePool,
+    work: Arc<Notify>,
+}
+
+impl SqliteStore {
+    /// Opens (creating the file and its folder if needed) and migrates the database.
+    pub async fn connect(url: &str, pool_size: u32) -> Result<Self, StoreError> {
+        let options = SqliteConnectOptions::from_str(url)?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            // FULL: a committed write survives a power cut, not only a crash of the process.
+            .synchronous(SqliteSynchronous::Full)
+            .busy_timeout(Duration::from_secs(30))
+            .foreign_keys(true);
+        if let Some(folder) = Path::new(options.get_filename()).parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(folder)
+                .map_err(|e| StoreError::Database(sqlx::Error::Configuration(format!("cannot create {}: {e}", folder.display()).into())))?;
+        }
+        let pool = SqlitePoolOptions::new().max_connections(pool_size).connect_with(options).await?;
+        sqlx::migrate!("./migrations/sqlite").run(&pool).await?;
+        Ok(Self { pool, work: Arc::new(Notify::new()) })
+    }
+
+    /// A write transaction: takes SQLite's write lock at once, so reads inside it are current.
+    async fn begin_write(&self) -> Result<Transaction<'static, Sqlite>, StoreError> {
+        Ok(self.pool.begin_with("BEGIN IMMEDIATE").await?)
+    }
+}
+
+/// Instants are stored as microseconds since the epoch.
+fn micros(t: DateTime<Utc>) -> i64 {
+    t.timestamp_micros()
+}
+
+fn instant(micros: i64) -> DateTime<Utc> {
+    DateTime::from_timestamp_micros(micros).unwrap_or_default()
+}
+
+fn now_micros() -> i64 {
+    micros(Utc::now())
+}

@@ -1,0 +1,335 @@
+//! `ResourceStore` on SQLite: versioned writes with history and compartment rows in one
+//! `BEGIN IMMEDIATE` transaction per batch (prepared statements, reused for every row), and
+//! the export stream.
+
+use async_trait::async_trait;
+use bytes::{BufMut, Bytes, BytesMut};
+use chrono::{DateTime, Utc};
+use futures::{stream::BoxStream, StreamExt, TryStreamExt};
+use std::collections::HashMap;
+
+use sqlx::{QueryBuilder, Row, Sqlite, SqliteConnection};
+
+use super::{instant, micros, SqliteStore};
+use crate::{
+    fhir::{types::ResourceId, Resource, ResourceType},
+    store::{is_bulk, Applied, ResourceStore, Scope, Selection, Stored, StoreError, Write},
+};
+
+/// Rows per multi-row statement of the bulk path (at most 5 bound values a row, well under
+/// SQLite's limit on parameters). Each statement is one round trip to SQLite's thread.
+const ROWS_PER_STATEMENT: usize = 200;
+
+/// Export rows are gathered into chunks of about this size before they go to the roller.
+const CHUNK_BYTES: usize = 256 * 1024;
+
+/// Versions of `?1` current at `?2` (microseconds): `(id, version_id, last_updated, body)`.
+const VERSIONS_AT: &str = "SELECT id, version_id, last_updated, body FROM resources \
+       WHERE resource_type = ?1 AND last_updated <= ?2 AND deleted = 0 \
+     UNION ALL \
+     SELECT id, version_id, last_updated, body FROM resource_history \
+       WHERE resource_type = ?1 AND last_updated <= ?2 AND superseded_at > ?2 AND deleted = 0";
+
+/// Patients that exist at `?2`.
+const PATIENTS_AT: &str = "SELECT id FROM resources WHERE resource_type = 'Patient' AND last_updated <= ?2 AND deleted = 0 \
+     UNION ALL \
+     SELECT id FROM resource_history WHERE resource_type = 'Patient' AND last_updated <= ?2 \
+       AND superseded_at > ?2 AND deleted = 0";
+
+#[async_trait]
+impl ResourceStore for SqliteStore {
+    async fn read(&self, resource_type: &ResourceType, id: &ResourceId) -> Result<Option<Stored>, StoreError> {
+        let row = sqlx::query("SELECT version_id, last_updated, deleted, body FROM resources WHERE resource_type = ? AND id = ?")
+            .bind(resource_type.as_str())
+            .bind(id.as_str())
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.map(|r| Stored {
+            version_id: r.get("version_id"),
+            last_updated: instant(r.get("last_updated")),
+            deleted: r.get::<i64, _>("deleted") != 0,
+            body: r.get("body"),
+        }))
+    }
+
+    async fn read_as_of(
+        &self,
+        resource_type: &ResourceType,
+        id: &ResourceId,
+        as_of: DateTime<Utc>,
+    ) -> Result<Option<String>, StoreError> {
+        Ok(sqlx::query_scalar(
+            "SELECT body FROM resources WHERE resource_type = ?1 AND id = ?2 AND last_updated <= ?3 AND deleted = 0 \
+             UNION ALL \
+             SELECT body FROM resource_history WHERE resource_type = ?1 AND id = ?2 AND last_updated <= ?3 \
+               AND superseded_at > ?3 AND deleted = 0",
+        )
+        .bind(resource_type.as_str())
+        .bind(id.as_str())
+        .bind(micros(as_of))
+        .fetch_optional(&self.pool)
+        .await?)
+    }
+
+    async fn apply(&self, writes: Vec<Write>) -> Result<Vec<Applied>, StoreError> {
+        let mut tx = self.begin_write().await?;
+        // Taken under the write lock, so later than any snapshot already taken.
+        let now = Utc::now();
+        let applied = if is_bulk(&writes) {
+            bulk_save(&mut tx, writes, now).await?
+        } else {
+            let mut applied = Vec::with_capacity(writes.len());
+            for write in writes {
+                applied.push(match write {
+                    Write::Save(resource) => save_one(&mut tx, resource, now).await?,
+                    Write::Delete { resource_type, id } => delete_one(&mut tx, resource_type, id, now).await?,
+                });
+            }
+            applied
+        };
+        tx.commit().await?;
+        Ok(applied)
+    }
+
+    async fn snapshot_time(&self) -> Result<DateTime<Utc>, StoreError> {
+        // Holding the write lock: no write is in flight, and the next one reads a later clock.
+        let tx = self.begin_write().await?;
+        let t = Utc::now();
+        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        tx.commit().await?;
+        Ok(t)
+    }
+
+    async fn types_present(&self) -> Result<Vec<ResourceType>, StoreError> {
+        // One probe of the primary key per type, as on Postgres.
+        let names: Vec<String> = sqlx::query_scalar(
+            "WITH RECURSIVE t(resource_type) AS ( \
+               SELECT min(resource_type) FROM resources \
+               UNION ALL \
+               SELECT (SELECT min(r.resource_type) FROM resources r WHERE r.resource_type > t.resource_type) \
+               FROM t WHERE t.resource_type IS NOT NULL) \
+             SELECT resource_type FROM t WHERE resource_type IS NOT NULL",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(names.iter().filter_map(|n| ResourceType::parse(n)).collect())
+    }
+
+    fn export_stream(&self, selection: Selection) -> BoxStream<'static, Result<Bytes, StoreError>> {
+        let pool = self.pool.clone();
+        async_stream::try_stream! {
+            let (sql, job) = export_query(&selection);
+            let mut conn = pool.acquire().await?;
+            let mut query = sqlx::query_scalar::<_, String>(sqlx::AssertSqlSafe(sql))
+                .bind(selection.resource_type.as_str())
+                .bind(micros(selection.as_of))
+                .bind(selection.since.map(micros));
+            if let Some(job) = job {
+                query = query.bind(job);
+            }
+            let mut bodies = query.fetch(&mut *conn);
+            let mut chunk = BytesMut::with_capacity(CHUNK_BYTES * 2);
+            while let Some(body) = bodies.try_next().await? {
+                chunk.put_slice(body.as_bytes());
+                chunk.put_u8(b'\n');
+                if chunk.len() >= CHUNK_BYTES {
+                    yield chunk.split().freeze();
+                }
+            }
+            if !chunk.is_empty() {
+                yield chunk.freeze();
+            }
+        }
+        .boxed()
+    }
+}
+
+/// The export query for a selection, and the job id to bind as `?4` for a Group export. The
+/// text is built from constants only; every value is a bind parameter.
+fn export_query(selection: &Selection) -> (String, Option<String>) {
+    let member = |patients: &str| {
+        format!(
+            " AND EXISTS (SELECT 1 FROM compartment_members c WHERE c.resource_type = ?1 AND c.id = v.id \
+             AND c.version_id = v.version_id AND c.patient_id IN ({patients}))"
+        )
+    };
+    let (scope, job) = match &selection.scope {
+        Scope::All => (String::new(), None),
+        Scope::AllPatients => (member(PATIENTS_AT), None),
+        Scope::JobPatients(job) => {
+            (member("SELECT patient_id FROM export_job_patients WHERE job_id = ?4"), Some(job.to_string()))
+        }
+    };
+    (format!("SELECT v.body FROM ({VERSIONS_AT}) v WHERE (?3 IS NULL OR v.last_updated > ?3){scope}"), job)
+}
+
+async fn current(conn: &mut SqliteConnection, t: &str, id: &str) -> Result<Option<(i64, bool)>, StoreError> {
+    let row: Option<(i64, i64)> = sqlx::query_as("SELECT version_id, deleted FROM resources WHERE resource_type = ? AND id = ?")
+        .bind(t)
+        .bind(id)
+        .fetch_optional(&mut *conn)
+        .await?;
+    Ok(row.map(|(v, d)| (v, d != 0)))
+}
+
+async fn keep_history(conn: &mut SqliteConnection, t: &str, id: &str, now: DateTime<Utc>) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO resource_history (resource_type, id, version_id, last_updated, superseded_at, deleted, body) \
+         SELECT resource_type, id, version_id, last_updated, ?3, deleted, body FROM resources \
+         WHERE resource_type = ?1 AND id = ?2",
+    )
+    .bind(t)
+    .bind(id)
+    .bind(micros(now))
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+async fn save_one(conn: &mut SqliteConnection, resource: Resource, now: DateTime<Utc>) -> Result<Applied, StoreError> {
+    let (t, id) = (resource.resource_type.as_str(), resource.id.to_string());
+    let current = current(conn, t, &id).await?;
+    let version_id = current.map_or(1, |(v, _)| v + 1);
+    let body = resource.render(version_id, now);
+    if current.is_some() {
+        keep_history(conn, t, &id, now).await?;
+    }
+    sqlx::query(
+        "INSERT INTO resources (resource_type, id, version_id, last_updated, deleted, body) VALUES (?1, ?2, ?3, ?4, 0, ?5) \
+         ON CONFLICT (resource_type, id) DO UPDATE \
+           SET version_id = excluded.version_id, last_updated = excluded.last_updated, deleted = 0, body = excluded.body",
+    )
+    .bind(t)
+    .bind(&id)
+    .bind(version_id)
+    .bind(micros(now))
+    .bind(&body)
+    .execute(&mut *conn)
+    .await?;
+    for patient in resource.compartment_patients().iter() {
+        sqlx::query("INSERT INTO compartment_members (patient_id, resource_type, id, version_id) VALUES (?, ?, ?, ?)")
+            .bind(patient.as_str())
+            .bind(t)
+            .bind(&id)
+            .bind(version_id)
+            .execute(&mut *conn)
+            .await?;
+    }
+    Ok(Applied::saved(&resource, version_id, now, current, Some(body)))
+}
+
+async fn delete_one(
+    conn: &mut SqliteConnection,
+    resource_type: ResourceType,
+    id: ResourceId,
+    now: DateTime<Utc>,
+) -> Result<Applied, StoreError> {
+    let t = resource_type.as_str();
+    let current = current(conn, t, id.as_str()).await?;
+    let mut applied = Applied {
+        resource_type: resource_type.clone(),
+        id: id.clone(),
+        version_id: 0,
+        last_updated: now,
+        created: false,
+        existed: false,
+        body: None,
+    };
+    match current {
+        Some((version_id, false)) => {
+            keep_history(conn, t, id.as_str(), now).await?;
+            sqlx::query(
+                "UPDATE resources SET version_id = ?3, last_updated = ?4, deleted = 1, body = NULL \
+                 WHERE resource_type = ?1 AND id = ?2",
+            )
+            .bind(t)
+            .bind(id.as_str())
+            .bind(version_id + 1)
+            .bind(micros(now))
+            .execute(&mut *conn)
+            .await?;
+            applied.version_id = version_id + 1;
+            applied.existed = true;
+        }
+        Some((version_id, true)) => applied.version_id = version_id,
+        None => {}
+    }
+    Ok(applied)
+}
+
+/// The bulk path for large batches of saves with distinct keys: the same writes as `save_one`,
+/// as multi-row statements, so a batch costs a few hundred round trips instead of four per
+/// resource.
+async fn bulk_save(conn: &mut SqliteConnection, writes: Vec<Write>, now: DateTime<Utc>) -> Result<Vec<Applied>, StoreError> {
+    let resources: Vec<Resource> = writes
+        .into_iter()
+        .map(|w| match w {
+            Write::Save(r) => r,
+            Write::Delete { .. } => unreachable!("is_bulk admits saves only"),
+        })
+        .collect();
+    let now_micros = micros(now);
+
+    let mut existing: HashMap<(String, String), (i64, bool)> = HashMap::new();
+    for chunk in resources.chunks(ROWS_PER_STATEMENT) {
+        let mut query = QueryBuilder::<Sqlite>::new(
+            "SELECT resource_type, id, version_id, deleted FROM resources WHERE (resource_type, id) IN (",
+        );
+        push_keys(&mut query, chunk.iter().map(|r| (r.resource_type.as_str(), r.id.as_str())));
+        query.push(")");
+        for row in query.build().fetch_all(&mut *conn).await? {
+            existing.insert((row.get(0), row.get(1)), (row.get(2), row.get::<i64, _>(3) != 0));
+        }
+    }
+    let replaced: Vec<&Resource> =
+        resources.iter().filter(|r| existing.contains_key(&(r.resource_type.to_string(), r.id.to_string()))).collect();
+    for chunk in replaced.chunks(ROWS_PER_STATEMENT) {
+        let mut query = QueryBuilder::<Sqlite>::new(
+            "INSERT INTO resource_history (resource_type, id, version_id, last_updated, superseded_at, deleted, body) \
+             SELECT resource_type, id, version_id, last_updated, ",
+        );
+        query.push_bind(now_micros).push(", deleted, body FROM resources WHERE (resource_type, id) IN (");
+        push_keys(&mut query, chunk.iter().map(|r| (r.resource_type.as_str(), r.id.as_str())));
+        query.push(")");
+        query.build().execute(&mut *conn).await?;
+    }
+
+    let mut rows = Vec::with_capacity(resources.len());
+    let mut applied = Vec::with_capacity(resources.len());
+    let mut members = Vec::new();
+    for resource in &resources {
+        let current = existing.get(&(resource.resource_type.to_string(), resource.id.to_string())).copied();
+        let version_id = current.map_or(1, |(v, _)| v + 1);
+        let body = resource.render(version_id, now);
+        members.extend(resource.compartment_patients().iter().map(|p| (p.as_str(), resource.resource_type.as_str(), resource.id.as_str(), version_id)));
+        applied.push(Applied::saved(resource, version_id, now, current, None));
+        rows.push((resource.resource_type.as_str(), resource.id.as_str(), version_id, body));
+    }
+    for chunk in rows.chunks(ROWS_PER_STATEMENT) {
+        let mut query = QueryBuilder::<Sqlite>::new("INSERT INTO resources (resource_type, id, version_id, last_updated, deleted, body) ");
+        query.push_values(chunk, |mut row, (t, id, version_id, body)| {
+            row.push_bind(*t).push_bind(*id).push_bind(*version_id).push_bind(now_micros).push_bind(0).push_bind(body.as_str());
+        });
+        query.push(
+            " ON CONFLICT (resource_type, id) DO UPDATE SET version_id = excluded.version_id, \
+              last_updated = excluded.last_updated, deleted = 0, body = excluded.body",
+        );
+        query.build().execute(&mut *conn).await?;
+    }
+    for chunk in members.chunks(ROWS_PER_STATEMENT) {
+        let mut query = QueryBuilder::<Sqlite>::new("INSERT INTO compartment_members (patient_id, resource_type, id, version_id) ");
+        query.push_values(chunk, |mut row, (patient, t, id, version_id)| {
+            row.push_bind(*patient).push_bind(*t).push_bind(*id).push_bind(*version_id);
+        });
+        query.build().execute(&mut *conn).await?;
+    }
+    Ok(applied)
+}
+
+/// `(?, ?), (?, ?), ...` for a row-value IN list.
+fn push_keys<'a>(query: &mut QueryBuilder<Sqlite>, keys: impl Iterator<Item = (&'a str, &'a str)>) {
+    let mut separated = query.separated(", ");
+    for (t, id) in keys {
+        separated.push("(").push_bind_unseparated(t).push_unseparated(", ").push_bind_unseparated(id).push_unseparated(")");
+    }
+}
