@@ -37,15 +37,16 @@ FROM debian:bookworm-slim
 RUN groupadd --system --gid 10001 bulkfhir \
  && useradd --system --uid 10001 --gid bulkfhir --no-create-home \
       --home-dir /var/lib/bulkfhir --shell /usr/sbin/nologin bulkfhir \
- && mkdir -p /var/lib/bulkfhir/exports \
+ && mkdir -p /var/lib/bulkfhir/exports /var/lib/bulkfhir/data \
  && chown -R bulkfhir:bulkfhir /var/lib/bulkfhir
 
 COPY --from=builder /src/target/release/bulkfhir /usr/local/bin/bulkfhir
 
 # Every setting is BULKFHIR_<KEY> (or DATABASE_URL); only container-specific
-# ones are fixed here. Set at run time: DATABASE_URL (required) and
-# BULKFHIR_BASE_URL (the public URL: the default, http://0.0.0.0:8080/fhir,
-# is not reachable by clients and ends up in manifest URLs).
+# ones are fixed here. Set at run time: BULKFHIR_BASE_URL (the public URL: the
+# default, http://0.0.0.0:8080/fhir, is not reachable by clients and ends up in
+# manifest URLs) and, for production, DATABASE_URL=postgres://... (without it
+# the store is the embedded SQLite file /var/lib/bulkfhir/data/bulkfhir.db).
 ENV BULKFHIR_LISTEN=0.0.0.0:8080 \
     BULKFHIR_OUTPUT_DIR=/var/lib/bulkfhir/exports \
     BULKFHIR_LOG_FORMAT=json
@@ -55,7 +56,7 @@ USER 10001:10001
 WORKDIR /var/lib/bulkfhir
 EXPOSE 8080
 # Declared after the chown so a fresh named volume inherits the ownership.
-VOLUME ["/var/lib/bulkfhir/exports"]
+VOLUME ["/var/lib/bulkfhir/exports", "/var/lib/bulkfhir/data"]
 
 # No curl in the slim image: bash's /dev/tcp sends a bare HTTP/1.0 request to
 # /fhir/metadata (static, no database) on the port taken from BULKFHIR_LISTEN.
