@@ -125,14 +125,18 @@ fn open(path: &Path) -> Result<Box<dyn Read + Send>, LoadError> {
     }
 }
 
+/// Reads every file into one stream of batches: batches run across file boundaries, so many
+/// small files still make few large transactions.
 fn read_all(files: &[PathBuf], tx: &mpsc::Sender<Item>) -> Result<(), LoadError> {
+    let mut batcher = Batcher::new(tx);
     for path in files {
         let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
-        let sent = if name.ends_with(".json") { read_bundle(path, tx)? } else { read_ndjson(path, tx)? };
+        let sent = if name.ends_with(".json") { read_bundle(path, &mut batcher)? } else { read_ndjson(path, &mut batcher)? };
         if !sent {
-            break; // the writer stopped (a database error); it reports why
+            return Ok(()); // the writer stopped (a database error); it reports why
         }
     }
+    batcher.flush();
     Ok(())
 }
 
@@ -176,9 +180,8 @@ impl<'a> Batcher<'a> {
     }
 }
 
-fn read_ndjson(path: &Path, tx: &mpsc::Sender<Item>) -> Result<bool, LoadError> {
+fn read_ndjson(path: &Path, batcher: &mut Batcher) -> Result<bool, LoadError> {
     let mut reader = BufReader::with_capacity(1 << 20, open(path)?);
-    let mut batcher = Batcher::new(tx);
     let mut line = Vec::new();
     let mut number = 0u64;
     loop {
@@ -199,26 +202,24 @@ fn read_ndjson(path: &Path, tx: &mpsc::Sender<Item>) -> Result<bool, LoadError> 
             return Ok(false);
         }
     }
-    Ok(batcher.flush())
+    Ok(true)
 }
 
 /// A Bundle file: a transaction is written atomically on its own; the entries of a batch or
 /// collection are loaded like NDJSON lines. A single resource file is loaded as it is.
-fn read_bundle(path: &Path, tx: &mpsc::Sender<Item>) -> Result<bool, LoadError> {
+fn read_bundle(path: &Path, batcher: &mut Batcher) -> Result<bool, LoadError> {
     let mut text = Vec::new();
     open(path)?.read_to_end(&mut text).map_err(|source| LoadError::Io { path: path.to_owned(), source })?;
-    let mut batcher = Batcher::new(tx);
     let failure = |location: &str, reason: String| LoadFailure { file: path.to_owned(), location: location.to_owned(), reason };
     let value: Value = match serde_json::from_slice(&text) {
         Ok(v) => v,
         Err(e) => return Ok(batcher.fail(failure("file", format!("the file is not valid JSON: {e}")))),
     };
     if value.get("resourceType").and_then(Value::as_str) != Some("Bundle") {
-        let ok = match Resource::from_value(value) {
+        return Ok(match Resource::from_value(value) {
             Ok(r) => batcher.push(r, text.len()),
             Err(e) => batcher.fail(failure("file", e.to_string())),
-        };
-        return Ok(ok && batcher.flush());
+        });
     }
     match value.get("type").and_then(Value::as_str) {
         Some("transaction") | Some("batch") => {
@@ -243,7 +244,7 @@ fn read_bundle(path: &Path, tx: &mpsc::Sender<Item>) -> Result<bool, LoadError> 
                 }
             }
             if kind_is_transaction {
-                // All of the transaction in one batch, so it is written atomically.
+                // All of the transaction in one batch of its own, so it is written atomically.
                 if !batcher.flush() {
                     return Ok(false);
                 }
@@ -270,5 +271,5 @@ fn read_bundle(path: &Path, tx: &mpsc::Sender<Item>) -> Result<bool, LoadError> 
             }
         }
     }
-    Ok(batcher.flush())
+    Ok(true)
 }

@@ -32,7 +32,10 @@ impl SqliteStore {
             // FULL: a committed write survives a power cut, not only a crash of the process.
             .synchronous(SqliteSynchronous::Full)
             .busy_timeout(Duration::from_secs(30))
-            .foreign_keys(true);
+            .foreign_keys(true)
+            // 64 MiB of page cache per connection (the default is 2 MiB): bulk loads update
+            // several indexes per row, and exports scan large tables.
+            .pragma("cache_size", "-65536");
         if let Some(folder) = Path::new(options.get_filename()).parent().filter(|p| !p.as_os_str().is_empty()) {
             std::fs::create_dir_all(folder)
                 .map_err(|e| StoreError::Database(sqlx::Error::Configuration(format!("cannot create {}: {e}", folder.display()).into())))?;
