@@ -36,7 +36,8 @@ if ! postgres_up; then
     exit 1
 fi
 
-cargo test --locked --all-targets
+# --no-fail-fast: a failing unit test must not hide the integration results (or the reverse).
+cargo test --locked --all-targets --no-fail-fast
 
 # The README's walkthrough as a person follows it (SQLite default, load, export, poll, download,
 # release), on the debug binary the tests just built rather than a second, release build.

@@ -13,6 +13,7 @@ use std::{
 
 use futures::StreamExt;
 use tokio::task::JoinHandle;
+use tracing::Instrument;
 use tokio_util::sync::CancellationToken;
 
 use super::{
@@ -100,7 +101,12 @@ impl Worker {
             return Ok(Ran::Idle);
         };
         let span = tracing::info_span!("task", job = %task.job_id, resource_type = %task.resource_type, fence = task.fence);
-        let _guard = span.enter();
+        self.run_task(task).instrument(span).await?;
+        Ok(Ran::Task)
+    }
+
+    async fn run_task(&self, task: ClaimedTask) -> Result<(), crate::store::StoreError> {
+        let queue = &self.stores.queue;
         tracing::info!("task started");
 
         let stop = self.shutdown.child_token();
@@ -131,7 +137,7 @@ impl Worker {
                 queue.fail(&task, outcome.to_json()).await?;
             }
         }
-        Ok(Ran::Task)
+        Ok(())
     }
 
     async fn execute(&self, task: &ClaimedTask, stop: &CancellationToken, written: &AtomicI64) -> TaskEnd {

@@ -186,7 +186,7 @@ mod tests {
         let EntryOp::Save { resource: patient, .. } = &ops[0] else { panic!() };
         let EntryOp::Save { resource: obs, .. } = &ops[1] else { panic!() };
         assert_eq!(obs.to_value()["subject"]["reference"], json!(format!("Patient/{}", patient.id)));
-        assert_eq!(obs.compartment_patients(), [patient.id.clone()]);
+        assert_eq!(obs.compartment_patients(), std::slice::from_ref(&patient.id));
     }
 
     #[test]

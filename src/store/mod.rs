@@ -12,7 +12,7 @@ use chrono::{DateTime, Utc};
 use futures::stream::BoxStream;
 
 use crate::{
-    export::job::{ClaimedTask, FileRecord, JobId, JobRecord, NewJob},
+    export::job::{ClaimedTask, FileKind, FileRecord, JobId, JobRecord, NewJob},
     fhir::{types::ResourceId, Resource, ResourceType},
 };
 
@@ -189,6 +189,30 @@ pub enum Lease {
     Lost,
     /// The job was cancelled: stop and write nothing more.
     Cancelled,
+}
+
+/// A row of `export_files`, the same in every backend.
+#[derive(sqlx::FromRow)]
+struct FileRow {
+    kind: String,
+    resource_type: String,
+    name: String,
+    object_key: String,
+    count: i64,
+    bytes: i64,
+}
+
+impl From<FileRow> for FileRecord {
+    fn from(row: FileRow) -> Self {
+        Self {
+            kind: FileKind::parse(&row.kind).unwrap_or(FileKind::Output),
+            resource_type: row.resource_type,
+            name: row.name,
+            key: row.object_key,
+            count: row.count,
+            bytes: row.bytes,
+        }
+    }
 }
 
 /// The three roles of one backend, shared by the API and the workers.

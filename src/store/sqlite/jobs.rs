@@ -5,8 +5,8 @@ use sqlx::{sqlite::SqliteRow, Row};
 
 use super::{instant, micros, now_micros, SqliteStore};
 use crate::{
-    export::job::{FileKind, FileRecord, JobId, JobRecord, JobStatus, NewJob, Progress},
-    store::{JobStore, StoreError},
+    export::job::{FileRecord, JobId, JobRecord, JobStatus, NewJob, Progress},
+    store::{FileRow, JobStore, StoreError},
 };
 
 #[async_trait]
@@ -76,24 +76,14 @@ impl JobStore for SqliteStore {
     }
 
     async fn files(&self, id: JobId) -> Result<Vec<FileRecord>, StoreError> {
-        let rows = sqlx::query(
+        let rows: Vec<FileRow> = sqlx::query_as(
             "SELECT kind, resource_type, name, object_key, count, bytes FROM export_files \
              WHERE job_id = ? ORDER BY kind, resource_type, length(name), name",
         )
         .bind(id.to_string())
         .fetch_all(&self.pool)
         .await?;
-        Ok(rows
-            .into_iter()
-            .map(|r| FileRecord {
-                kind: FileKind::parse(r.get("kind")).unwrap_or(FileKind::Output),
-                resource_type: r.get("resource_type"),
-                name: r.get("name"),
-                key: r.get("object_key"),
-                count: r.get("count"),
-                bytes: r.get("bytes"),
-            })
-            .collect())
+        Ok(rows.into_iter().map(FileRecord::from).collect())
     }
 
     async fn cancel(&self, id: JobId) -> Result<bool, StoreError> {
