@@ -147,10 +147,12 @@ impl ResourceStore for SqliteStore {
 /// The export query for a selection, and the job id to bind as `?4` for a Group export. The
 /// text is built from constants only; every value is a bind parameter.
 fn export_query(selection: &Selection) -> (String, Option<String>) {
+    // The unary `+` keeps SQLite from probing the index once per listed patient for every row
+    // (a 100-patient list made it 6x slower); it probes by resource, then checks the list.
     let member = |patients: &str| {
         format!(
             " AND EXISTS (SELECT 1 FROM compartment_members c WHERE c.resource_type = ?1 AND c.id = v.id \
-             AND c.version_id = v.version_id AND c.patient_id IN ({patients}))"
+             AND c.version_id = v.version_id AND +c.patient_id IN ({patients}))"
         )
     };
     let (scope, job) = match &selection.scope {
