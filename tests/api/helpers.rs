@@ -185,12 +185,20 @@ pub async fn spawn_app_with(backend: Backend, options: AppOptions) -> TestApp {
     });
     let db = TestDb::create(backend).await;
     let output_dir = tempfile::tempdir().expect("temp dir");
-    let settings = Settings {
+    let app = Application::build(settings(&db.url, output_dir.path(), &options)).await.expect("the app builds");
+    let (base_url, stores, output, shutdown) =
+        (app.base_url().to_owned(), app.stores().clone(), app.output().clone(), app.shutdown_token());
+    tokio::spawn(app.run_until_stopped());
+    TestApp { base_url, client: Client::new(), stores, output, output_dir, options, shutdown, db }
+}
+
+fn settings(database_url: &str, output_dir: &std::path::Path, options: &AppOptions) -> Settings {
+    Settings {
         listen: "127.0.0.1:0".parse().unwrap(),
         base_url: String::new(),
-        database_url: db.url.clone(),
+        database_url: database_url.to_owned(),
         database_pool_size: 8,
-        output_dir: output_dir.path().to_owned(),
+        output_dir: output_dir.to_owned(),
         max_file_bytes: options.max_file_bytes,
         part_size_bytes: 1024 * 1024,
         workers: options.workers,
@@ -201,12 +209,19 @@ pub async fn spawn_app_with(backend: Backend, options: AppOptions) -> TestApp {
         sweep_seconds: 1,
         max_body_bytes: options.max_body_bytes,
         log_format: LogFormat::Text,
-    };
-    let app = Application::build(settings).await.expect("the app builds");
-    let (base_url, stores, output, shutdown) =
-        (app.base_url().to_owned(), app.stores().clone(), app.output().clone(), app.shutdown_token());
-    tokio::spawn(app.run_until_stopped());
-    TestApp { base_url, client: Client::new(), stores, output, output_dir, options, shutdown, db }
+    }
+}
+
+impl TestApp {
+    /// Starts a second server node on the same database and output folder, with its own
+    /// workers, as a scaled-out deployment runs. It stops when the guard is dropped.
+    pub async fn spawn_node(&self, workers: usize) -> tokio_util::sync::DropGuard {
+        let options = AppOptions { workers, ..self.options.clone() };
+        let node = Application::build(settings(&self.db.url, self.output_dir.path(), &options)).await.expect("the node builds");
+        let guard = node.shutdown_token().drop_guard();
+        tokio::spawn(node.run_until_stopped());
+        guard
+    }
 }
 
 pub fn fixture_dir() -> PathBuf {

@@ -10,3 +10,4 @@ mod recovery;
 mod rejections;
 mod rest;
 mod rollover;
+mod scale_out;
