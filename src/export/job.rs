@@ -195,6 +195,15 @@ pub struct FileRecord {
     pub bytes: i64,
 }
 
+/// Why a task failed when its workers kept losing it: the job's OperationOutcome.
+pub fn exhausted_outcome(resource_type: &str, attempts: i32) -> String {
+    crate::fhir::OperationOutcome::error(
+        crate::fhir::IssueCode::Exception,
+        format!("exporting {resource_type} stopped {attempts} times without finishing (workers lost their lease)"),
+    )
+    .to_json()
+}
+
 /// A task a worker holds under a lease.
 #[derive(Debug, Clone)]
 pub struct ClaimedTask {

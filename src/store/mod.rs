@@ -67,6 +67,26 @@ impl Applied {
     }
 }
 
+impl Applied {
+    /// The result of deleting a resource whose current row is `current` (`(version_id,
+    /// deleted)`), and the new version to write, if there is anything to delete: deleting what
+    /// is absent or already deleted changes nothing.
+    pub fn deleted(resource_type: ResourceType, id: ResourceId, now: DateTime<Utc>, current: Option<(i64, bool)>) -> (Self, Option<i64>) {
+        let live = current.filter(|(_, deleted)| !deleted);
+        let new_version = live.map(|(version_id, _)| version_id + 1);
+        let applied = Self {
+            resource_type,
+            id,
+            version_id: new_version.or(current.map(|(v, _)| v)).unwrap_or(0),
+            last_updated: now,
+            created: false,
+            existed: live.is_some(),
+            body: None,
+        };
+        (applied, new_version)
+    }
+}
+
 /// Batches at least this large, of saves only with distinct keys, take a backend's bulk path
 /// (the loader sends thousands at a time).
 const BULK_THRESHOLD: usize = 64;

@@ -7,8 +7,7 @@ use sqlx::{PgConnection, Row};
 
 use super::PgStore;
 use crate::{
-    export::job::{ClaimedTask, FileRecord, JobId, JobStatus, TaskKind},
-    fhir::{IssueCode, OperationOutcome},
+    export::job::{exhausted_outcome, ClaimedTask, FileRecord, JobId, JobStatus, TaskKind},
     store::{Lease, StoreError, WorkQueue},
 };
 
@@ -185,11 +184,8 @@ impl WorkQueue for PgStore {
         .fetch_all(&mut *tx)
         .await?;
         for (job, resource_type, attempts) in &dead {
-            let outcome = OperationOutcome::error(
-                IssueCode::Exception,
-                format!("exporting {resource_type} stopped {attempts} times without finishing (workers lost their lease)"),
-            );
-            fail_job(&mut tx, JobId(*job), &outcome.to_json()).await?;
+            let outcome = exhausted_outcome(resource_type, *attempts);
+            fail_job(&mut tx, JobId(*job), &outcome).await?;
         }
         tx.commit().await?;
         Ok(dead.len() as u64)

@@ -8,8 +8,7 @@ use sqlx::{Row, SqliteConnection};
 
 use super::{instant, now_micros, SqliteStore};
 use crate::{
-    export::job::{ClaimedTask, FileRecord, JobId, JobStatus, TaskKind},
-    fhir::{IssueCode, OperationOutcome},
+    export::job::{exhausted_outcome, ClaimedTask, FileRecord, JobId, JobStatus, TaskKind},
     store::{Lease, StoreError, WorkQueue},
 };
 
@@ -197,12 +196,9 @@ impl WorkQueue for SqliteStore {
         .fetch_all(&mut *tx)
         .await?;
         for (job, resource_type, attempts) in &dead {
-            let outcome = OperationOutcome::error(
-                IssueCode::Exception,
-                format!("exporting {resource_type} stopped {attempts} times without finishing (workers lost their lease)"),
-            );
+            let outcome = exhausted_outcome(resource_type, *attempts);
             let job: JobId = job.parse().map_err(|_| sqlx::Error::Decode(format!("job id '{job}'").into()))?;
-            fail_job(&mut tx, job, &outcome.to_json()).await?;
+            fail_job(&mut tx, job, &outcome).await?;
         }
         tx.commit().await?;
         Ok(dead.len() as u64)

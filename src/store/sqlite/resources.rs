@@ -228,33 +228,19 @@ async fn delete_one(
 ) -> Result<Applied, StoreError> {
     let t = resource_type.as_str();
     let current = current(conn, t, id.as_str()).await?;
-    let mut applied = Applied {
-        resource_type: resource_type.clone(),
-        id: id.clone(),
-        version_id: 0,
-        last_updated: now,
-        created: false,
-        existed: false,
-        body: None,
-    };
-    match current {
-        Some((version_id, false)) => {
-            keep_history(conn, t, id.as_str(), now).await?;
-            sqlx::query(
-                "UPDATE resources SET version_id = ?3, last_updated = ?4, deleted = 1, body = NULL \
-                 WHERE resource_type = ?1 AND id = ?2",
-            )
-            .bind(t)
-            .bind(id.as_str())
-            .bind(version_id + 1)
-            .bind(micros(now))
-            .execute(&mut *conn)
-            .await?;
-            applied.version_id = version_id + 1;
-            applied.existed = true;
-        }
-        Some((version_id, true)) => applied.version_id = version_id,
-        None => {}
+    let (applied, new_version) = Applied::deleted(resource_type.clone(), id.clone(), now, current);
+    if let Some(version_id) = new_version {
+        keep_history(conn, t, id.as_str(), now).await?;
+        sqlx::query(
+            "UPDATE resources SET version_id = ?3, last_updated = ?4, deleted = 1, body = NULL \
+             WHERE resource_type = ?1 AND id = ?2",
+        )
+        .bind(t)
+        .bind(id.as_str())
+        .bind(version_id)
+        .bind(micros(now))
+        .execute(&mut *conn)
+        .await?;
     }
     Ok(applied)
 }
