@@ -145,6 +145,11 @@ impl Resource {
         text
     }
 
+    /// The size of the stored text, less the server's two meta fields.
+    pub fn text_len(&self) -> usize {
+        self.head.len() + self.tail.len()
+    }
+
     /// The resource as JSON, as it would be stored at version 1 now (for inspection).
     pub fn to_value(&self) -> Value {
         serde_json::from_str(&self.render(1, Utc::now())).expect("rendered text is JSON")

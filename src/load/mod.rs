@@ -154,14 +154,14 @@ impl<'a> Batcher<'a> {
         Self { tx, batch: Vec::new(), keys: HashSet::new(), bytes: 0 }
     }
 
-    fn push(&mut self, resource: Resource, size: usize) -> bool {
+    fn push(&mut self, resource: Resource) -> bool {
         let key = (resource.resource_type.to_string(), resource.id.to_string());
         if self.keys.contains(&key) && !self.flush() {
             return false;
         }
         self.keys.insert(key);
+        self.bytes += resource.text_len();
         self.batch.push(resource);
-        self.bytes += size;
         if self.batch.len() >= BATCH_RESOURCES || self.bytes >= BATCH_BYTES {
             return self.flush();
         }
@@ -195,7 +195,7 @@ fn read_ndjson(path: &Path, batcher: &mut Batcher) -> Result<bool, LoadError> {
             continue;
         }
         let ok = match Resource::parse(&line) {
-            Ok(resource) => batcher.push(resource, line.len()),
+            Ok(resource) => batcher.push(resource),
             Err(e) => batcher.fail(LoadFailure { file: path.to_owned(), location: format!("line {number}"), reason: e.to_string() }),
         };
         if !ok {
@@ -217,7 +217,7 @@ fn read_bundle(path: &Path, batcher: &mut Batcher) -> Result<bool, LoadError> {
     };
     if value.get("resourceType").and_then(Value::as_str) != Some("Bundle") {
         return Ok(match Resource::from_value(value) {
-            Ok(r) => batcher.push(r, text.len()),
+            Ok(r) => batcher.push(r),
             Err(e) => batcher.fail(failure("file", e.to_string())),
         });
     }
@@ -252,7 +252,7 @@ fn read_bundle(path: &Path, batcher: &mut Batcher) -> Result<bool, LoadError> {
                 return Ok(batcher.flush());
             }
             for resource in saves {
-                if !batcher.push(resource, 0) {
+                if !batcher.push(resource) {
                     return Ok(false);
                 }
             }
@@ -262,7 +262,7 @@ fn read_bundle(path: &Path, batcher: &mut Batcher) -> Result<bool, LoadError> {
             for (i, entry) in entries.into_iter().enumerate() {
                 let Some(resource) = entry.get("resource").cloned() else { continue };
                 let ok = match Resource::from_value(resource) {
-                    Ok(r) => batcher.push(r, 0),
+                    Ok(r) => batcher.push(r),
                     Err(e) => batcher.fail(failure(&format!("entry {i}"), e.to_string())),
                 };
                 if !ok {
