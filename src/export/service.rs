@@ -103,12 +103,9 @@ impl Exports {
         id: JobId,
         name: &str,
     ) -> Result<(FileRecord, u64, BoxStream<'static, Result<Bytes, OutputError>>), ExportError> {
-        let job = self.live_job(id).await?;
         let not_found = || ExportError::FileNotFound { job: id.to_string(), name: name.to_owned() };
-        if job.status != JobStatus::Completed {
-            return Err(not_found());
-        }
-        let file = self.stores.jobs.files(id).await?.into_iter().find(|f| f.name == name).ok_or_else(not_found)?;
+        let ExportState::Completed(_, files) = self.state(id).await? else { return Err(not_found()) };
+        let file = files.into_iter().find(|f| f.name == name).ok_or_else(not_found)?;
         let (size, body) = self.output.read(&file.key).await?;
         Ok((file, size, body))
     }
