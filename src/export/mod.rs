@@ -6,6 +6,7 @@ pub mod janitor;
 pub mod job;
 pub mod manifest;
 pub mod params;
+pub mod pipeline;
 pub mod request;
 pub mod roller;
 pub mod service;

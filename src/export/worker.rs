@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{
     job::{ClaimedTask, FileKind, FileRecord, TaskKind},
+    pipeline::Pipeline,
     request::ExportLevel,
     roller::Roller,
 };
@@ -153,8 +154,12 @@ impl Worker {
                     ExportLevel::Patient => Scope::AllPatients,
                     ExportLevel::Group { .. } => Scope::JobPatients(task.job_id),
                 };
+                let pipeline = match Pipeline::for_type(&task.request, &resource_type) {
+                    Ok(pipeline) => pipeline,
+                    Err(reason) => return TaskEnd::Failed(reason),
+                };
                 let selection = Selection { resource_type, as_of: task.transaction_time, since: task.request.since, scope };
-                (FileKind::Output, self.stores.resources.export_stream(selection))
+                (FileKind::Output, pipeline.apply_to(self.stores.resources.export_stream(selection)))
             }
             TaskKind::Outcomes => {
                 let lines: Vec<Result<bytes::Bytes, _>> = task

@@ -1,0 +1,142 @@
+//! What happens to each exported resource between the store and the file. Most exports need
+//! nothing here: the store's text goes out byte for byte. Parameters that look inside resources
+//! (`_typeFilter`, `_elements`) add stages; a type with stages has each line parsed once, run
+//! through the stages in order, and written back out only if a stage changed it.
+
+use bytes::{Bytes, BytesMut};
+use futures::{stream::BoxStream, StreamExt};
+use serde_json::Value;
+
+use super::request::ExportRequest;
+use crate::{fhir::ResourceType, store::StoreError};
+
+/// What a stage decided for one resource.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Verdict {
+    Keep,
+    /// Kept, and the stage changed it: it must be written from the parsed value.
+    Changed,
+    Drop,
+}
+
+pub trait Stage: Send + Sync {
+    /// Decides on one resource, possibly rewriting it. An error fails the task.
+    fn apply(&self, resource: &mut Value) -> Result<Verdict, String>;
+}
+
+/// The stages for one type of one export, in the order they run.
+#[derive(Default)]
+pub struct Pipeline {
+    stages: Vec<Box<dyn Stage>>,
+}
+
+impl Pipeline {
+    /// The stages the request asks for on this type. Every parameter that looks inside
+    /// resources adds its stage here, filters before rewrites.
+    pub fn for_type(_request: &ExportRequest, _resource_type: &ResourceType) -> Result<Self, String> {
+        Ok(Self::default())
+    }
+
+    pub fn with(mut self, stage: impl Stage + 'static) -> Self {
+        self.stages.push(Box::new(stage));
+        self
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.stages.is_empty()
+    }
+
+    /// Runs one line (one resource's JSON, no newline) through the stages: None when a stage
+    /// dropped it, otherwise the text to write.
+    pub fn run_line<'a>(&self, line: &'a [u8]) -> Result<Option<std::borrow::Cow<'a, [u8]>>, String> {
+        if self.stages.is_empty() {
+            return Ok(Some(line.into()));
+        }
+        let mut resource: Value = serde_json::from_slice(line).map_err(|e| format!("stored resource is not valid JSON: {e}"))?;
+        let mut changed = false;
+        for stage in &self.stages {
+            match stage.apply(&mut resource)? {
+                Verdict::Keep => {}
+                Verdict::Changed => changed = true,
+                Verdict::Drop => return Ok(None),
+            }
+        }
+        if changed {
+            Ok(Some(serde_json::to_vec(&resource).map_err(|e| e.to_string())?.into()))
+        } else {
+            Ok(Some(line.into()))
+        }
+    }
+
+    /// Applies the stages to a stream of whole NDJSON lines; an empty pipeline passes it through.
+    pub fn apply_to(self, source: BoxStream<'static, Result<Bytes, StoreError>>) -> BoxStream<'static, Result<Bytes, PipelineError>> {
+        if self.is_empty() {
+            return source.map(|chunk| chunk.map_err(PipelineError::Store)).boxed();
+        }
+        source
+            .map(move |chunk| {
+                let chunk = chunk.map_err(PipelineError::Store)?;
+                let mut out = BytesMut::with_capacity(chunk.len());
+                for line in chunk.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+                    if let Some(text) = self.run_line(line).map_err(PipelineError::Stage)? {
+                        out.extend_from_slice(&text);
+                        out.extend_from_slice(b"\n");
+                    }
+                }
+                Ok(out.freeze())
+            })
+            .filter(|chunk| futures::future::ready(!matches!(chunk, Ok(c) if c.is_empty())))
+            .boxed()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("{0}")]
+    Stage(String),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct DropMale;
+    impl Stage for DropMale {
+        fn apply(&self, r: &mut Value) -> Result<Verdict, String> {
+            Ok(if r["gender"] == "male" { Verdict::Drop } else { Verdict::Keep })
+        }
+    }
+
+    struct Stamp;
+    impl Stage for Stamp {
+        fn apply(&self, r: &mut Value) -> Result<Verdict, String> {
+            r["stamped"] = true.into();
+            Ok(Verdict::Changed)
+        }
+    }
+
+    async fn run(pipeline: Pipeline, chunks: &[&str]) -> String {
+        let chunks: Vec<_> = chunks.iter().map(|c| Ok(Bytes::from(c.to_string()))).collect();
+        let source = futures::stream::iter(chunks).boxed();
+        let out: Vec<_> = pipeline.apply_to(source).collect().await;
+        out.into_iter().map(|c| String::from_utf8(c.unwrap().to_vec()).unwrap()).collect()
+    }
+
+    #[tokio::test]
+    async fn an_empty_pipeline_passes_bytes_through_untouched() {
+        let text = "{\"id\":\"a\",  \"x\":1}\n";
+        assert_eq!(run(Pipeline::default(), &[text]).await, text);
+    }
+
+    #[tokio::test]
+    async fn filters_keep_original_bytes_and_rewrites_reserialize() {
+        let chunks = ["{\"id\":\"a\", \"gender\":\"male\"}\n{\"id\":\"b\", \"gender\":\"female\"}\n", "{\"id\":\"c\",\"gender\":\"male\"}\n"];
+        assert_eq!(run(Pipeline::default().with(DropMale), &chunks).await, "{\"id\":\"b\", \"gender\":\"female\"}\n");
+        assert_eq!(
+            run(Pipeline::default().with(DropMale).with(Stamp), &chunks).await,
+            "{\"id\":\"b\",\"gender\":\"female\",\"stamped\":true}\n"
+        );
+    }
+}
