@@ -189,7 +189,8 @@ async fn load_files(settings: &Settings, paths: &[PathBuf]) -> anyhow::Result<Ex
 }
 
 async fn manage_clients(settings: &Settings, command: ClientsCommand) -> anyhow::Result<ExitCode> {
-    let stores = Stores::connect(&settings.database_url, 1).await?;
+    // Two connections: Postgres keeps one for LISTEN.
+    let stores = Stores::connect(&settings.database_url, 2).await?;
     match command {
         ClientsCommand::Add { client_id, jwks, jwks_url, scopes } => {
             let jwks = jwks
