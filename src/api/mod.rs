@@ -93,3 +93,23 @@ async fn time_limit(limit: Duration, request: Request, next: Next) -> Response {
             .into_response(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use axum::{body::Body, routing::get};
+    use tower::ServiceExt;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn a_request_past_the_time_limit_gets_a_503_outcome() {
+        let limit = Duration::from_millis(50);
+        let app = Router::new()
+            .route("/slow", get(|| async { tokio::time::sleep(Duration::from_secs(5)).await }))
+            .layer(middleware::from_fn(move |request: Request, next: Next| time_limit(limit, request, next)));
+        let response = app.oneshot(Request::get("/slow").body(Body::empty()).unwrap()).await.unwrap();
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        let body = axum::body::to_bytes(response.into_body(), 4096).await.unwrap();
+        assert!(String::from_utf8_lossy(&body).contains("\"OperationOutcome\""));
+    }
+}
