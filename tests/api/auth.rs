@@ -160,6 +160,11 @@ backend_tests! {
         let types: Vec<&str> = manifest["output"].as_array().unwrap().iter().map(|o| o["type"].as_str().unwrap()).collect();
         assert_eq!(types, ["Patient"]);
 
+        // A file needs the type's scope on the token that downloads it, even the owner's.
+        let observations_only = access_token(&app, &key, "narrow", "system/Observation.rs").await;
+        let file = app.client.get(manifest["output"][0]["url"].as_str().unwrap()).bearer_auth(&observations_only).send().await.unwrap();
+        assert_outcome(file, StatusCode::FORBIDDEN, "Patient").await;
+
         // FHIR REST follows the same scopes: reads of allowed types only, no writes.
         let some_patient = app.client.get(manifest["output"][0]["url"].as_str().unwrap()).bearer_auth(&token).send().await.unwrap().text().await.unwrap();
         let id = serde_json::from_str::<Value>(some_patient.lines().next().unwrap()).unwrap()["id"].as_str().unwrap().to_owned();
