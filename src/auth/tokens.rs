@@ -119,4 +119,13 @@ mod tests {
         assert!(keys.verify(&elsewhere.issue("app", &scopes, 300)).is_err());
         assert!(keys.verify("not.a.token").is_err());
     }
+
+    #[test]
+    fn a_configured_pem_key_signs_and_an_rsa_one_is_refused() {
+        let fixture = |name: &str| std::fs::read(format!("{}/tests/fixtures/auth/{name}", env!("CARGO_MANIFEST_DIR"))).unwrap();
+        let keys = TokenKeys::from_pem(&fixture("ec-384.pem"), "http://a/fhir").unwrap();
+        let scopes = Scopes::parse_lenient("system/*.rs");
+        assert_eq!(keys.verify(&keys.issue("app", &scopes, 300)).unwrap().scopes, scopes);
+        assert!(TokenKeys::from_pem(&fixture("rsa-384.pem"), "http://a/fhir").is_err());
+    }
 }

@@ -235,6 +235,13 @@ backend_tests! {
         assert!(statuses.contains(&StatusCode::TOO_MANY_REQUESTS), "{statuses:?}");
     }
 
+    async fn with_allow_open_off_a_server_without_clients_refuses_everyone(backend: Backend) {
+        let app = spawn_secured(backend, Vec::new(), |o| o.auth.allow_open = false).await;
+        assert_challenged(&app.kick_off_raw("/$export").await);
+        let metadata: Value = app.client.get(app.url("/metadata")).send().await.unwrap().json().await.unwrap();
+        assert_eq!(metadata["rest"][0]["security"]["extension"][0]["extension"][0]["valueUri"], token_url(&app));
+    }
+
     async fn without_clients_the_server_runs_open_and_says_so(backend: Backend) {
         let app = spawn_app(backend).await;
         let metadata: Value = app.client.get(app.url("/metadata")).send().await.unwrap().json().await.unwrap();
