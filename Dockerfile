@@ -59,7 +59,8 @@ EXPOSE 8080
 VOLUME ["/var/lib/bulkfhir/exports", "/var/lib/bulkfhir/data"]
 
 # No curl in the slim image: bash's /dev/tcp sends a bare HTTP/1.0 request to
-# /fhir/metadata (static, no database) on the port taken from BULKFHIR_LISTEN.
+# /fhir/metadata (200 while the database answers: it says whether authorization
+# is on) on the port taken from BULKFHIR_LISTEN.
 HEALTHCHECK --interval=30s --timeout=5s --start-period=10s --retries=3 \
   CMD ["bash", "-c", "exec 3<>\"/dev/tcp/127.0.0.1/${BULKFHIR_LISTEN##*:}\" && printf 'GET /fhir/metadata HTTP/1.0\\r\\n\\r\\n' >&3 && read -r -t 4 _ code _ <&3 && [ \"$code\" = 200 ]"]
 

@@ -10,7 +10,7 @@ use figment::{
 };
 use serde::{Deserialize, Serialize};
 
-use crate::export::worker::WorkerSettings;
+use crate::{auth::clients::Client, export::worker::WorkerSettings};
 
 const DEFAULTS: &str = include_str!("../config/default.toml");
 
@@ -31,6 +31,62 @@ pub struct Settings {
     pub sweep_seconds: u64,
     pub max_body_bytes: usize,
     pub log_format: LogFormat,
+    /// Request timeout (seconds) for everything but the streaming of file bodies.
+    pub request_timeout_seconds: u64,
+    pub auth: AuthSettings,
+}
+
+/// SMART Backend Services authorization (`auth.*`).
+#[derive(Debug, Clone, Deserialize)]
+pub struct AuthSettings {
+    /// Run without authorization while no client is registered (the quick start). Once a
+    /// client is registered, authorization is on regardless.
+    pub allow_open: bool,
+    /// Lifetime of access tokens.
+    pub token_seconds: u64,
+    /// Leeway for client assertions' `exp` against our clock.
+    pub clock_skew_seconds: u64,
+    /// A P-384 PKCS#8 PEM key to sign access tokens with; without it, the server generates
+    /// one and keeps it in the database.
+    pub signing_key_file: Option<PathBuf>,
+    /// Queued or running exports per client.
+    pub max_concurrent_exports: u32,
+    /// Status polls per client per second before 429s.
+    pub status_polls_per_second: u32,
+    /// Clients registered from the configuration file (stored in the database at start).
+    #[serde(default)]
+    pub clients: Vec<ClientSettings>,
+}
+
+impl Default for AuthSettings {
+    /// The built-in defaults (as in config/default.toml).
+    fn default() -> Self {
+        Self {
+            allow_open: true,
+            token_seconds: 300,
+            clock_skew_seconds: 30,
+            signing_key_file: None,
+            max_concurrent_exports: 4,
+            status_polls_per_second: 20,
+            clients: Vec::new(),
+        }
+    }
+}
+
+/// One client in the configuration file: `[[auth.clients]]`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct ClientSettings {
+    pub client_id: String,
+    /// The JWKS as JSON text.
+    pub jwks: Option<String>,
+    pub jwks_url: Option<String>,
+    pub scopes: Vec<String>,
+}
+
+impl ClientSettings {
+    pub fn to_client(&self) -> Result<Client, String> {
+        Client::new(&self.client_id, self.jwks.as_deref(), self.jwks_url.as_deref(), &self.scopes)
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -70,7 +126,8 @@ impl Settings {
         }
         let settings: Self = figment
             .merge(Env::raw().only(&["DATABASE_URL"]).map(|_| "database_url".into()))
-            .merge(Env::prefixed("BULKFHIR_"))
+            // BULKFHIR_AUTH__ALLOW_OPEN sets auth.allow_open.
+            .merge(Env::prefixed("BULKFHIR_").split("__"))
             .merge(Serialized::defaults(overrides))
             .extract()
             .map_err(|e| format!("invalid configuration: {e}"))?;
@@ -87,12 +144,22 @@ impl Settings {
             ("max_attempts", self.max_attempts.max(0) as u128),
             ("sweep_seconds", self.sweep_seconds as u128),
             ("database_pool_size", self.database_pool_size as u128),
+            ("request_timeout_seconds", self.request_timeout_seconds as u128),
+            ("auth.token_seconds", self.auth.token_seconds as u128),
+            ("auth.max_concurrent_exports", self.auth.max_concurrent_exports as u128),
+            ("auth.status_polls_per_second", self.auth.status_polls_per_second as u128),
         ];
         if let Some((key, _)) = positive.iter().find(|(_, v)| *v == 0) {
             return Err(format!("invalid configuration: '{key}' must be greater than 0"));
         }
         if self.heartbeat_millis >= self.lease_seconds * 1000 {
             return Err("invalid configuration: 'heartbeat_millis' must be shorter than 'lease_seconds'".into());
+        }
+        if self.auth.token_seconds > 3600 {
+            return Err("invalid configuration: 'auth.token_seconds' must be at most 3600 (SMART suggests 300)".into());
+        }
+        if let Some(bad) = self.auth.clients.iter().find_map(|c| c.to_client().err()) {
+            return Err(format!("invalid configuration: 'auth.clients': {bad}"));
         }
         if !self.base_url.is_empty() {
             url::Url::parse(&self.base_url).map_err(|e| format!("invalid configuration: 'base_url' {e}"))?;
@@ -137,5 +204,16 @@ mod tests {
     fn a_bad_value_names_its_key() {
         let overrides = Overrides { max_file_bytes: Some(0), ..Default::default() };
         assert!(Settings::load(None, &overrides).unwrap_err().contains("max_file_bytes"));
+    }
+
+    #[test]
+    fn the_built_in_auth_defaults_match_the_defaults_file() {
+        let s = Settings::load(None, &Overrides::default()).unwrap();
+        let d = AuthSettings::default();
+        assert_eq!(
+            (s.auth.allow_open, s.auth.token_seconds, s.auth.clock_skew_seconds, s.auth.max_concurrent_exports, s.auth.status_polls_per_second),
+            (d.allow_open, d.token_seconds, d.clock_skew_seconds, d.max_concurrent_exports, d.status_polls_per_second)
+        );
+        assert!(s.auth.signing_key_file.is_none() && s.auth.clients.is_empty());
     }
 }

@@ -1,8 +1,9 @@
-//! The `bulkfhir` command: `serve`, `load`, `migrate`.
+//! The `bulkfhir` command: `serve`, `load`, `migrate`, `clients`.
 
 use std::{path::PathBuf, process::ExitCode};
 
 use bulkfhir::{
+    auth::clients::Client,
     config::{Overrides, Settings},
     load,
     startup::Application,
@@ -42,6 +43,35 @@ enum Command {
         #[command(flatten)]
         database: DatabaseArgs,
     },
+    /// Register, list and remove SMART backend clients. Authorization is on while any exists.
+    Clients {
+        #[command(flatten)]
+        database: DatabaseArgs,
+        #[command(subcommand)]
+        command: ClientsCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum ClientsCommand {
+    /// Register a client (or replace the registration of the same client id).
+    Add {
+        /// The client_id the client puts in `iss` and `sub` of its assertions.
+        client_id: String,
+        /// The client's public keys: a JWKS file, or the JWKS JSON itself.
+        #[arg(long, conflicts_with = "jwks_url", required_unless_present = "jwks_url")]
+        jwks: Option<String>,
+        /// Where the client publishes its JWKS (https).
+        #[arg(long)]
+        jwks_url: Option<String>,
+        /// A scope the client may be granted, e.g. system/*.read or system/Observation.rs (repeatable).
+        #[arg(long = "scope", required = true)]
+        scopes: Vec<String>,
+    },
+    /// List registered clients.
+    List,
+    /// Remove a client: its tokens stop working at once.
+    Remove { client_id: String },
 }
 
 #[derive(Args)]
@@ -88,7 +118,7 @@ async fn main() -> ExitCode {
             workers: a.workers,
             retention: a.retention,
         },
-        Command::Load { database, .. } | Command::Migrate { database } => {
+        Command::Load { database, .. } | Command::Migrate { database } | Command::Clients { database, .. } => {
             Overrides { database_url: database.database_url.clone(), ..Default::default() }
         }
     };
@@ -103,6 +133,7 @@ async fn main() -> ExitCode {
     let result = match cli.command {
         Command::Serve(_) => serve(settings).await,
         Command::Load { paths, .. } => load_files(&settings, &paths).await,
+        Command::Clients { command, .. } => manage_clients(&settings, command).await,
         Command::Migrate { .. } => Stores::connect(&settings.database_url, 1).await.map(|_| {
             eprintln!("migrations applied");
             ExitCode::SUCCESS
@@ -155,4 +186,34 @@ async fn load_files(settings: &Settings, paths: &[PathBuf]) -> anyhow::Result<Ex
         report.failures.len()
     );
     Ok(if report.failures.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+async fn manage_clients(settings: &Settings, command: ClientsCommand) -> anyhow::Result<ExitCode> {
+    // Two connections: Postgres keeps one for LISTEN.
+    let stores = Stores::connect(&settings.database_url, 2).await?;
+    match command {
+        ClientsCommand::Add { client_id, jwks, jwks_url, scopes } => {
+            let jwks = jwks
+                .map(|given| if given.trim_start().starts_with('{') { Ok(given) } else { std::fs::read_to_string(&given) })
+                .transpose()
+                .map_err(|e| anyhow::anyhow!("cannot read the JWKS file: {e}"))?;
+            let client = Client::new(&client_id, jwks.as_deref(), jwks_url.as_deref(), &scopes).map_err(|e| anyhow::anyhow!("{e}"))?;
+            stores.auth.put_client(&client.to_record()).await?;
+            println!("client '{}' registered with scopes: {}", client.id, client.scopes);
+        }
+        ClientsCommand::List => {
+            for client in stores.auth.clients().await? {
+                let keys = client.jwks_url.as_deref().unwrap_or("inline JWKS");
+                println!("{}\t{}\t{}", client.client_id, client.scopes, keys);
+            }
+        }
+        ClientsCommand::Remove { client_id } => {
+            if !stores.auth.remove_client(&client_id).await? {
+                eprintln!("bulkfhir: no client '{client_id}'");
+                return Ok(ExitCode::FAILURE);
+            }
+            println!("client '{client_id}' removed");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }

@@ -7,6 +7,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     api::{self, AppState},
+    auth::Auth,
     config::Settings,
     export::{janitor, worker::Worker, Exports},
     output::Output,
@@ -22,7 +23,7 @@ pub struct Application {
     output: Output,
     shutdown: CancellationToken,
     background: Vec<JoinHandle<()>>,
-    max_body_bytes: usize,
+    limits: api::Limits,
 }
 
 impl Application {
@@ -39,6 +40,7 @@ impl Application {
             .map_err(|e| anyhow::anyhow!("cannot open the database: {e}"))?;
         let output = Output::local(&settings.output_dir, settings.part_size_bytes)?;
         let exports = Exports::new(stores.clone(), output.clone(), Duration::from_secs(settings.retention), settings.max_file_bytes);
+        let auth = Auth::start(stores.auth.clone(), &settings.auth, &base_url).await?;
         let shutdown = CancellationToken::new();
         let mut background = Worker::spawn_pool(stores.clone(), output.clone(), settings.worker_settings(), shutdown.clone());
         background.push(janitor::spawn(
@@ -48,8 +50,9 @@ impl Application {
             settings.max_attempts,
             shutdown.clone(),
         ));
-        let state = AppState { exports, stores: stores.clone(), base_url: base_url.clone() };
-        Ok(Self { listener, address, base_url, state, stores, output, shutdown, background, max_body_bytes: settings.max_body_bytes })
+        let state = AppState { exports, stores: stores.clone(), base_url: base_url.clone(), auth };
+        let limits = api::Limits { max_body_bytes: settings.max_body_bytes, request_timeout: Duration::from_secs(settings.request_timeout_seconds) };
+        Ok(Self { listener, address, base_url, state, stores, output, shutdown, background, limits })
     }
 
     pub fn port(&self) -> u16 {
@@ -76,7 +79,7 @@ impl Application {
     /// Serves until the shutdown token is cancelled, then waits for workers to stop.
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
         tracing::info!(address = %self.address, base_url = %self.base_url, "bulkfhir serving");
-        let app = api::app(self.state, self.max_body_bytes);
+        let app = api::app(self.state, self.limits);
         let shutdown = self.shutdown.clone();
         let service = axum::ServiceExt::<axum::extract::Request>::into_make_service(app);
         let served = axum::serve(self.listener, service).with_graceful_shutdown(async move { shutdown.cancelled().await }).await;

@@ -2,7 +2,7 @@
 //! Internal causes are logged, never sent.
 
 use axum::{
-    http::{header, HeaderValue, StatusCode},
+    http::{header, HeaderName, HeaderValue, StatusCode},
     response::{IntoResponse, Response},
 };
 
@@ -15,15 +15,25 @@ use crate::{
 
 pub const FHIR_JSON: &str = "application/fhir+json";
 
+/// Seconds a client should wait after a 429 for too many exports.
+const TOO_MANY_RETRY_AFTER_SECONDS: u32 = 30;
+
 #[derive(Debug)]
 pub struct ApiError {
     pub status: StatusCode,
     pub outcome: OperationOutcome,
+    /// Headers the status calls for (`WWW-Authenticate`, `Retry-After`).
+    pub headers: Vec<(HeaderName, HeaderValue)>,
 }
 
 impl ApiError {
     pub fn new(status: StatusCode, code: IssueCode, diagnostics: impl Into<String>) -> Self {
-        Self { status, outcome: OperationOutcome::error(code, diagnostics) }
+        Self { status, outcome: OperationOutcome::error(code, diagnostics), headers: Vec::new() }
+    }
+
+    pub fn with_header(mut self, name: HeaderName, value: HeaderValue) -> Self {
+        self.headers.push((name, value));
+        self
     }
 
     pub fn bad_request(diagnostics: impl Into<String>) -> Self {
@@ -55,7 +65,9 @@ fn error_chain(error: &dyn std::error::Error) -> String {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        fhir_json(self.status, self.outcome.to_json())
+        let mut response = fhir_json(self.status, self.outcome.to_json());
+        response.headers_mut().extend(self.headers);
+        response
     }
 }
 
@@ -75,6 +87,9 @@ impl From<ExportError> for ApiError {
             ExportError::GroupNotFound(_) | ExportError::JobNotFound(_) | ExportError::FileNotFound { .. } => {
                 Self::not_found(text)
             }
+            ExportError::Forbidden(_) => Self::new(StatusCode::FORBIDDEN, IssueCode::Forbidden, text),
+            ExportError::TooManyExports { .. } => Self::new(StatusCode::TOO_MANY_REQUESTS, IssueCode::Throttled, text)
+                .with_header(header::RETRY_AFTER, HeaderValue::from(TOO_MANY_RETRY_AFTER_SECONDS)),
             ExportError::Store(e) => e.into(),
             ExportError::Output(e) => e.into(),
         }

@@ -14,12 +14,13 @@ use futures::TryStreamExt;
 use tower_http::compression::CompressionLayer;
 
 use super::{
+    auth::Authorized,
     error::{fhir_json, ApiError},
     AppState,
 };
 use crate::{
     export::{manifest::manifest, service::ExportState, JobId},
-    fhir::OperationOutcome,
+    fhir::{IssueCode, OperationOutcome},
 };
 
 /// Seconds a client should wait between polls.
@@ -35,9 +36,13 @@ fn job_id(raw: &str) -> Result<JobId, ApiError> {
     raw.parse().map_err(|_| ApiError::not_found(format!("no export job {raw}")))
 }
 
-async fn export_status(State(app): State<AppState>, Path(id): Path<String>) -> Result<Response, ApiError> {
+async fn export_status(State(app): State<AppState>, Authorized(caller): Authorized, Path(id): Path<String>) -> Result<Response, ApiError> {
     let id = job_id(&id)?;
-    let mut response = match app.exports.state(id).await? {
+    if !app.auth.poll_allowed(&caller) {
+        return Err(ApiError::new(StatusCode::TOO_MANY_REQUESTS, IssueCode::Throttled, "status polled too often; wait as Retry-After asks")
+            .with_header(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECONDS)));
+    }
+    let mut response = match app.exports.state(id, &caller.requester.owner).await? {
         ExportState::InProgress(job) => {
             let mut response = StatusCode::ACCEPTED.into_response();
             let headers = response.headers_mut();
@@ -66,23 +71,32 @@ async fn export_status(State(app): State<AppState>, Path(id): Path<String>) -> R
     Ok(response)
 }
 
-async fn cancel_export(State(app): State<AppState>, Path(id): Path<String>) -> Result<Response, ApiError> {
+async fn cancel_export(State(app): State<AppState>, Authorized(caller): Authorized, Path(id): Path<String>) -> Result<Response, ApiError> {
     let id = job_id(&id)?;
-    app.exports.cancel(id).await?;
+    app.exports.cancel(id, &caller.requester.owner).await?;
     Ok(fhir_json(
         StatusCode::ACCEPTED,
         OperationOutcome::information(format!("export job {id} cancelled; its files are being deleted")).to_json(),
     ))
 }
 
-async fn download_file(State(app): State<AppState>, Path((id, name)): Path<(String, String)>) -> Result<Response, ApiError> {
+async fn download_file(
+    State(app): State<AppState>,
+    Authorized(caller): Authorized,
+    Path((id, name)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
     let id = job_id(&id)?;
-    let (_, size, content) = app.exports.open_file(id, &name).await?;
+    let (_, size, content) = app.exports.open_file(id, &name, &caller.requester).await?;
     let mut response = Body::from_stream(content.map_err(std::io::Error::other)).into_response();
     let headers = response.headers_mut();
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/fhir+ndjson"));
     headers.insert(header::CONTENT_LENGTH, HeaderValue::from(size));
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("private, no-store"));
     headers.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    // Health records: never rendered, framed or stored along the way.
+    headers.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static("default-src 'none'; frame-ancestors 'none'; sandbox"));
+    headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    headers.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    headers.insert(header::STRICT_TRANSPORT_SECURITY, HeaderValue::from_static("max-age=31536000"));
     Ok(response)
 }

@@ -9,17 +9,16 @@ use axum::{
 };
 
 use super::{
+    auth::Authorized,
     error::{fhir_json, ApiError},
     extract::{check_kickoff_accept, kickoff_handling, JsonBody},
     AppState,
 };
 use crate::{
+    auth::Caller,
     export::{params::RawParams, ExportLevel, ExportRequest},
     fhir::{types::ResourceId, OperationOutcome},
 };
-
-/// Owner of jobs until authorization exists.
-const ANONYMOUS: &str = "anonymous";
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -28,34 +27,35 @@ pub fn router() -> Router<AppState> {
         .route("/Group/{id}/$export", get(group_get).post(group_post))
 }
 
-async fn system_get(State(app): State<AppState>, headers: HeaderMap, OriginalUri(uri): OriginalUri) -> Result<Response, ApiError> {
-    kick_off(app, ExportLevel::System, &headers, &uri, None).await
+async fn system_get(State(app): State<AppState>, Authorized(caller): Authorized, headers: HeaderMap, OriginalUri(uri): OriginalUri) -> Result<Response, ApiError> {
+    kick_off(app, &caller, ExportLevel::System, &headers, &uri, None).await
 }
 
-async fn system_post(State(app): State<AppState>, headers: HeaderMap, OriginalUri(uri): OriginalUri, body: JsonBody) -> Result<Response, ApiError> {
-    kick_off(app, ExportLevel::System, &headers, &uri, Some(body)).await
+async fn system_post(State(app): State<AppState>, Authorized(caller): Authorized, headers: HeaderMap, OriginalUri(uri): OriginalUri, body: JsonBody) -> Result<Response, ApiError> {
+    kick_off(app, &caller, ExportLevel::System, &headers, &uri, Some(body)).await
 }
 
-async fn patient_get(State(app): State<AppState>, headers: HeaderMap, OriginalUri(uri): OriginalUri) -> Result<Response, ApiError> {
-    kick_off(app, ExportLevel::Patient, &headers, &uri, None).await
+async fn patient_get(State(app): State<AppState>, Authorized(caller): Authorized, headers: HeaderMap, OriginalUri(uri): OriginalUri) -> Result<Response, ApiError> {
+    kick_off(app, &caller, ExportLevel::Patient, &headers, &uri, None).await
 }
 
-async fn patient_post(State(app): State<AppState>, headers: HeaderMap, OriginalUri(uri): OriginalUri, body: JsonBody) -> Result<Response, ApiError> {
-    kick_off(app, ExportLevel::Patient, &headers, &uri, Some(body)).await
+async fn patient_post(State(app): State<AppState>, Authorized(caller): Authorized, headers: HeaderMap, OriginalUri(uri): OriginalUri, body: JsonBody) -> Result<Response, ApiError> {
+    kick_off(app, &caller, ExportLevel::Patient, &headers, &uri, Some(body)).await
 }
 
-async fn group_get(State(app): State<AppState>, Path(id): Path<String>, headers: HeaderMap, OriginalUri(uri): OriginalUri) -> Result<Response, ApiError> {
-    kick_off(app, group_level(&id)?, &headers, &uri, None).await
+async fn group_get(State(app): State<AppState>, Authorized(caller): Authorized, Path(id): Path<String>, headers: HeaderMap, OriginalUri(uri): OriginalUri) -> Result<Response, ApiError> {
+    kick_off(app, &caller, group_level(&id)?, &headers, &uri, None).await
 }
 
 async fn group_post(
     State(app): State<AppState>,
+    Authorized(caller): Authorized,
     Path(id): Path<String>,
     headers: HeaderMap,
     OriginalUri(uri): OriginalUri,
     body: JsonBody,
 ) -> Result<Response, ApiError> {
-    kick_off(app, group_level(&id)?, &headers, &uri, Some(body)).await
+    kick_off(app, &caller, group_level(&id)?, &headers, &uri, Some(body)).await
 }
 
 fn group_level(id: &str) -> Result<ExportLevel, ApiError> {
@@ -64,7 +64,7 @@ fn group_level(id: &str) -> Result<ExportLevel, ApiError> {
 }
 
 #[tracing::instrument(skip_all, fields(method = %if body.is_some() { Method::POST } else { Method::GET }))]
-async fn kick_off(app: AppState, level: ExportLevel, headers: &HeaderMap, uri: &Uri, body: Option<JsonBody>) -> Result<Response, ApiError> {
+async fn kick_off(app: AppState, caller: &Caller, level: ExportLevel, headers: &HeaderMap, uri: &Uri, body: Option<JsonBody>) -> Result<Response, ApiError> {
     check_kickoff_accept(headers)?;
     let handling = kickoff_handling(headers)?;
     let mut params = RawParams::from_query(uri.query().unwrap_or(""))?;
@@ -75,7 +75,7 @@ async fn kick_off(app: AppState, level: ExportLevel, headers: &HeaderMap, uri: &
     let path_and_query = uri.path_and_query().map_or("", |p| p.as_str());
     let request_url = format!("{}{}", app.base_url, path_and_query.strip_prefix("/fhir").unwrap_or(path_and_query));
     let request = ExportRequest::parse(level, request_url, &params, handling)?;
-    let job = app.exports.kick_off(request, ANONYMOUS).await?;
+    let job = app.exports.kick_off(request, &caller.requester).await?;
 
     let status_url = app.status_url(job);
     let mut response = fhir_json(

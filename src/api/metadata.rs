@@ -3,7 +3,10 @@
 use axum::{extract::State, http::StatusCode, response::Response, routing::get, Router};
 use serde_json::{json, Value};
 
-use super::{error::fhir_json, AppState};
+use super::{
+    error::{fhir_json, ApiError},
+    AppState,
+};
 use crate::fhir::ResourceType;
 
 const BULK: &str = "http://hl7.org/fhir/uv/bulkdata";
@@ -12,11 +15,30 @@ pub fn router() -> Router<AppState> {
     Router::new().route("/metadata", get(capability_statement))
 }
 
-async fn capability_statement(State(app): State<AppState>) -> Response {
-    fhir_json(StatusCode::OK, capabilities(&app.base_url).to_string())
+async fn capability_statement(State(app): State<AppState>) -> Result<Response, ApiError> {
+    let token_url = app.auth.enforced().await?.then(|| app.auth.token_url());
+    Ok(fhir_json(StatusCode::OK, capabilities(&app.base_url, token_url).to_string()))
 }
 
-fn capabilities(base_url: &str) -> Value {
+/// `rest.security`: SMART Backend Services with the token endpoint, or a plain statement that
+/// the server runs open.
+fn security(token_url: Option<&str>) -> Value {
+    match token_url {
+        Some(token_url) => json!({
+            "extension": [{
+                "url": "http://fhir-registry.smarthealthit.org/StructureDefinition/oauth-uris",
+                "extension": [{"url": "token", "valueUri": token_url}],
+            }],
+            "service": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/restful-security-service", "code": "SMART-on-FHIR"}]}],
+            "description": "SMART Backend Services: client_credentials with a private_key_jwt assertion (RS384 or ES384); system scopes.",
+        }),
+        None => json!({
+            "description": "Authorization is OFF: this server runs open (no client is registered and auth.allow_open is true). Anyone who can reach it can export all of its data.",
+        }),
+    }
+}
+
+fn capabilities(base_url: &str, token_url: Option<&str>) -> Value {
     let export = |name: &str, definition: &str| json!({"name": name, "definition": format!("{BULK}/OperationDefinition/{definition}")});
     let resources: Vec<Value> = ResourceType::all()
         .into_iter()
@@ -49,7 +71,8 @@ fn capabilities(base_url: &str) -> Value {
             "mode": "server",
             "documentation": "Bulk Data $export at system, Patient and Group level. Parameters: _outputFormat, _type, _since, _container. \
                               Patient and Group exports cover the Patient compartment. Not supported yet: _typeFilter, _elements, _until, \
-                              patient, includeAssociatedData, organizeOutputBy, allowPartialManifests. Authorization is not enabled.",
+                              patient, includeAssociatedData, organizeOutputBy, allowPartialManifests. Authorization: see security.",
+            "security": security(token_url),
             "interaction": [{"code": "batch"}, {"code": "transaction"}],
             "operation": [export("export", "export")],
             "resource": resources,

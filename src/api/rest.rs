@@ -10,11 +10,13 @@ use axum::{
 use serde_json::{json, Value};
 
 use super::{
+    auth::{require, Authorized},
     error::{fhir_json, ApiError},
     extract::JsonBody,
     AppState,
 };
 use crate::{
+    auth::Caller,
     fhir::{
         bundle::{self, BundleKind, EntryOp},
         instant,
@@ -46,8 +48,9 @@ fn resource_id(id: &str) -> Result<ResourceId, ApiError> {
     ResourceId::parse(id).ok_or_else(|| ApiError::bad_request(format!("'{id}' is not a valid id")))
 }
 
-async fn read_resource(State(app): State<AppState>, Path((t, id)): Path<(String, String)>) -> Result<Response, ApiError> {
+async fn read_resource(State(app): State<AppState>, Authorized(caller): Authorized, Path((t, id)): Path<(String, String)>) -> Result<Response, ApiError> {
     let (t, id) = (resource_type(&t)?, resource_id(&id)?);
+    require(&caller, t.as_str(), 'r')?;
     match app.stores.resources.read(&t, &id).await? {
         None => Err(ApiError::not_found(format!("{t}/{id} does not exist"))),
         Some(stored) if stored.deleted => {
@@ -63,16 +66,24 @@ async fn read_resource(State(app): State<AppState>, Path((t, id)): Path<(String,
 
 async fn update_resource(
     State(app): State<AppState>,
+    Authorized(caller): Authorized,
     Path((t, id)): Path<(String, String)>,
     JsonBody(body): JsonBody,
 ) -> Result<Response, ApiError> {
     let (t, id) = (resource_type(&t)?, resource_id(&id)?);
+    require(&caller, t.as_str(), 'u')?;
     let resource = Resource::for_update(body, &t, &id)?;
     save(app, resource).await
 }
 
-async fn create_resource(State(app): State<AppState>, Path(t): Path<String>, JsonBody(body): JsonBody) -> Result<Response, ApiError> {
+async fn create_resource(
+    State(app): State<AppState>,
+    Authorized(caller): Authorized,
+    Path(t): Path<String>,
+    JsonBody(body): JsonBody,
+) -> Result<Response, ApiError> {
     let t = resource_type(&t)?;
+    require(&caller, t.as_str(), 'c')?;
     let resource = Resource::for_create(body, Some(&t), ResourceId::generate())?;
     save(app, resource).await
 }
@@ -87,17 +98,20 @@ async fn save(app: AppState, resource: Resource) -> Result<Response, ApiError> {
     Ok(response)
 }
 
-async fn delete_resource(State(app): State<AppState>, Path((t, id)): Path<(String, String)>) -> Result<Response, ApiError> {
+async fn delete_resource(State(app): State<AppState>, Authorized(caller): Authorized, Path((t, id)): Path<(String, String)>) -> Result<Response, ApiError> {
     let (t, id) = (resource_type(&t)?, resource_id(&id)?);
+    require(&caller, t.as_str(), 'd')?;
     single(app.stores.resources.apply(vec![Write::Delete { resource_type: t, id }]).await?);
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
 /// `POST [base]` with a batch (entries independent) or transaction (all or nothing) Bundle.
-async fn process_bundle(State(app): State<AppState>, JsonBody(body): JsonBody) -> Result<Response, ApiError> {
+async fn process_bundle(State(app): State<AppState>, Authorized(caller): Authorized, JsonBody(body): JsonBody) -> Result<Response, ApiError> {
     let request = bundle::read(body)?;
     let entries: Vec<Value> = match request.kind {
         BundleKind::Transaction => {
+            // A transaction runs only if the caller may do every one of its operations.
+            request.entries.iter().flatten().try_for_each(|op| permitted(&caller, op))?;
             let writes = request
                 .entries
                 .into_iter()
@@ -109,12 +123,13 @@ async fn process_bundle(State(app): State<AppState>, JsonBody(body): JsonBody) -
         BundleKind::Batch => {
             let mut entries = Vec::with_capacity(request.entries.len());
             for entry in request.entries {
-                entries.push(match entry {
+                let op = entry.map_err(ApiError::bad_request).and_then(|op| permitted(&caller, &op).map(|()| op));
+                entries.push(match op {
                     Ok(op) => match app.stores.resources.apply(vec![to_write(op)]).await {
                         Ok(applied) => response_entry(&single(applied)),
                         Err(e) => error_entry(ApiError::from(e)),
                     },
-                    Err(reason) => error_entry(ApiError::bad_request(reason)),
+                    Err(error) => error_entry(error),
                 });
             }
             entries
@@ -122,6 +137,16 @@ async fn process_bundle(State(app): State<AppState>, JsonBody(body): JsonBody) -
     };
     let bundle = json!({"resourceType": "Bundle", "type": request.kind.response_type(), "entry": entries});
     Ok(fhir_json(StatusCode::OK, bundle.to_string()))
+}
+
+/// Each Bundle entry needs the scope of its own operation.
+fn permitted(caller: &Caller, op: &EntryOp) -> Result<(), ApiError> {
+    let (resource_type, letter) = match op {
+        EntryOp::Save { resource, created_by_post: true } => (resource.resource_type.as_str(), 'c'),
+        EntryOp::Save { resource, created_by_post: false } => (resource.resource_type.as_str(), 'u'),
+        EntryOp::Delete { resource_type, .. } => (resource_type.as_str(), 'd'),
+    };
+    require(caller, resource_type, letter)
 }
 
 fn to_write(op: EntryOp) -> Write {

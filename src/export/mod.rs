@@ -1,6 +1,7 @@
 //! The export domain: requests and their validation, jobs and tasks, the planner (kick-off),
 //! the worker pool, the NDJSON roller, the manifest and the janitor. Knows neither axum nor SQL.
 
+pub mod access;
 pub mod group;
 pub mod janitor;
 pub mod job;
@@ -32,6 +33,11 @@ pub enum ExportError {
     JobNotFound(String),
     #[error("no file '{name}' in export job {job}")]
     FileNotFound { job: String, name: String },
+    /// The requester's authorization does not cover what was asked.
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("{active} exports of this client are already queued or running (the limit is {limit}); retry when one has finished")]
+    TooManyExports { active: i64, limit: u32 },
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]

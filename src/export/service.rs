@@ -6,8 +6,9 @@ use bytes::Bytes;
 use futures::stream::BoxStream;
 
 use super::{
+    access::Requester,
     group,
-    job::{FileRecord, JobId, JobRecord, NewJob, TaskKind, TaskSpec},
+    job::{FileKind, FileRecord, JobId, JobRecord, NewJob, TaskKind, TaskSpec},
     request::{ExportLevel, ExportRequest},
     ExportError, JobStatus,
 };
@@ -37,9 +38,20 @@ impl Exports {
     }
 
     /// Plans and records a job: fixes transactionTime, resolves Group membership at that instant,
-    /// and creates one task per type to export (plus one for lenient-handling warnings).
-    #[tracing::instrument(skip_all, fields(level = ?request.level))]
-    pub async fn kick_off(&self, request: ExportRequest, owner: &str) -> Result<JobId, ExportError> {
+    /// and creates one task per type to export (plus one for lenient-handling warnings). The
+    /// requester owns the job; the export covers only the types its authorization allows.
+    #[tracing::instrument(skip_all, fields(level = ?request.level, owner = %requester.owner))]
+    pub async fn kick_off(&self, mut request: ExportRequest, requester: &Requester) -> Result<JobId, ExportError> {
+        requester.restrict(&mut request)?;
+        if let Some(limit) = requester.max_active_exports {
+            // Counted before the insert: a burst of simultaneous kick-offs may pass the limit by
+            // a few, which is acceptable for a fairness limit.
+            let active = self.stores.jobs.active_jobs(&requester.owner).await?;
+            if active >= i64::from(limit) {
+                return Err(ExportError::TooManyExports { active, limit });
+            }
+        }
+        let owner = requester.owner.as_str();
         let id = JobId::new();
         let transaction_time = self.stores.resources.snapshot_time().await?;
         let patients = match &request.level {
@@ -74,8 +86,9 @@ impl Exports {
         Ok(id)
     }
 
-    pub async fn state(&self, id: JobId) -> Result<ExportState, ExportError> {
-        let job = self.live_job(id).await?;
+    /// The state of one of the owner's jobs.
+    pub async fn state(&self, id: JobId, owner: &str) -> Result<ExportState, ExportError> {
+        let job = self.live_job(id, owner).await?;
         Ok(match job.status {
             JobStatus::Completed => {
                 let files = self.stores.jobs.files(id).await?;
@@ -88,7 +101,8 @@ impl Exports {
 
     /// Cancels a running job or releases a finished one; its files are deleted by the janitor
     /// once no worker writes them.
-    pub async fn cancel(&self, id: JobId) -> Result<(), ExportError> {
+    pub async fn cancel(&self, id: JobId, owner: &str) -> Result<(), ExportError> {
+        self.live_job(id, owner).await?;
         if self.stores.jobs.cancel(id).await? {
             tracing::info!(job = %id, "export job cancelled or released");
             Ok(())
@@ -97,22 +111,30 @@ impl Exports {
         }
     }
 
-    /// A completed job's file, by its manifest name.
+    /// A file of one of the requester's completed jobs, by its manifest name. Resource files
+    /// also need the requester's access to cover their type (access may have narrowed since
+    /// kick-off); error files hold only the job's own OperationOutcomes.
     pub async fn open_file(
         &self,
         id: JobId,
         name: &str,
+        requester: &Requester,
     ) -> Result<(FileRecord, u64, BoxStream<'static, Result<Bytes, OutputError>>), ExportError> {
         let not_found = || ExportError::FileNotFound { job: id.to_string(), name: name.to_owned() };
-        let ExportState::Completed(_, files) = self.state(id).await? else { return Err(not_found()) };
+        let ExportState::Completed(_, files) = self.state(id, &requester.owner).await? else { return Err(not_found()) };
         let file = files.into_iter().find(|f| f.name == name).ok_or_else(not_found)?;
+        if file.kind != FileKind::Error && !requester.types.allows(&file.resource_type) {
+            return Err(ExportError::Forbidden(format!("the access token's scopes do not allow reading {}", file.resource_type)));
+        }
         let (size, body) = self.output.read(&file.key).await?;
         Ok((file, size, body))
     }
 
-    async fn live_job(&self, id: JobId) -> Result<JobRecord, ExportError> {
+    /// A job that still exists and belongs to `owner`: another owner's job answers exactly as
+    /// an unknown one, so job ids reveal nothing.
+    async fn live_job(&self, id: JobId, owner: &str) -> Result<JobRecord, ExportError> {
         match self.stores.jobs.job(id).await? {
-            Some(job) if !job.status.is_gone() => Ok(job),
+            Some(job) if !job.status.is_gone() && job.owner == owner => Ok(job),
             _ => Err(ExportError::JobNotFound(id.to_string())),
         }
     }

@@ -12,6 +12,7 @@ use chrono::{DateTime, Utc};
 use futures::stream::BoxStream;
 
 use crate::{
+    auth::clients::ClientRecord,
     export::job::{ClaimedTask, FileKind, FileRecord, JobId, JobRecord, NewJob},
     fhir::{types::ResourceId, Resource, ResourceType},
 };
@@ -171,6 +172,8 @@ pub trait JobStore: Send + Sync {
     /// Marks a job cancelled (queued/running) or released (finished). False if it was unknown or
     /// already gone.
     async fn cancel(&self, id: JobId) -> Result<bool, StoreError>;
+    /// Queued and running jobs of an owner (for the per-client limit).
+    async fn active_jobs(&self, owner: &str) -> Result<i64, StoreError>;
 }
 
 /// The worker side: claims under a lease, heartbeats and fenced writes of task state.
@@ -200,6 +203,25 @@ pub trait WorkQueue: Send + Sync {
     async fn expire_jobs(&self) -> Result<u64, StoreError>;
     async fn jobs_to_release(&self) -> Result<Vec<(JobId, String)>, StoreError>;
     async fn mark_released(&self, id: JobId) -> Result<(), StoreError>;
+}
+
+/// What authorization keeps: registered clients, the `jti` of accepted assertions, and the
+/// server's token-signing key.
+#[async_trait]
+pub trait AuthStore: Send + Sync {
+    /// Registers a client, or replaces the registration of the same `client_id`.
+    async fn put_client(&self, client: &ClientRecord) -> Result<(), StoreError>;
+    async fn client(&self, client_id: &str) -> Result<Option<ClientRecord>, StoreError>;
+    async fn clients(&self) -> Result<Vec<ClientRecord>, StoreError>;
+    /// False if there was no such client.
+    async fn remove_client(&self, client_id: &str) -> Result<bool, StoreError>;
+    async fn has_clients(&self) -> Result<bool, StoreError>;
+    /// Records an assertion's `jti` until `expires_at`. False if it is already recorded (a
+    /// replay). Forgets expired ones on the way.
+    async fn remember_jti(&self, client_id: &str, jti: &str, expires_at: DateTime<Utc>) -> Result<bool, StoreError>;
+    /// The stored signing key; `candidate` is stored and returned if there is none yet (so
+    /// concurrent first starts of several nodes agree on one key).
+    async fn signing_key(&self, candidate: &str) -> Result<String, StoreError>;
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -235,12 +257,20 @@ impl From<FileRow> for FileRecord {
     }
 }
 
-/// The three roles of one backend, shared by the API and the workers.
+/// A row of `auth_clients`, the same in every backend: client_id, jwks, jwks_url, scopes.
+type ClientRow = (String, Option<String>, Option<String>, String);
+
+fn client_record((client_id, jwks, jwks_url, scopes): ClientRow) -> ClientRecord {
+    ClientRecord { client_id, jwks, jwks_url, scopes }
+}
+
+/// The roles of one backend, shared by the API, the workers and authorization.
 #[derive(Clone)]
 pub struct Stores {
     pub resources: Arc<dyn ResourceStore>,
     pub jobs: Arc<dyn JobStore>,
     pub queue: Arc<dyn WorkQueue>,
+    pub auth: Arc<dyn AuthStore>,
 }
 
 impl Stores {
@@ -248,10 +278,10 @@ impl Stores {
     pub async fn connect(url: &str, pool_size: u32) -> Result<Self, StoreError> {
         if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             let pg = Arc::new(postgres::PgStore::connect(url, pool_size).await?);
-            Ok(Self { resources: pg.clone(), jobs: pg.clone(), queue: pg })
+            Ok(Self { resources: pg.clone(), jobs: pg.clone(), queue: pg.clone(), auth: pg })
         } else if url.starts_with("sqlite:") {
             let lite = Arc::new(sqlite::SqliteStore::connect(url, pool_size).await?);
-            Ok(Self { resources: lite.clone(), jobs: lite.clone(), queue: lite })
+            Ok(Self { resources: lite.clone(), jobs: lite.clone(), queue: lite.clone(), auth: lite })
         } else {
             Err(StoreError::UnsupportedUrl(url.to_owned()))
         }

@@ -11,7 +11,7 @@ use std::{
 };
 
 use bulkfhir::{
-    config::{LogFormat, Settings},
+    config::{AuthSettings, LogFormat, Settings},
     export::worker::{Ran, Worker},
     output::Output,
     startup::Application,
@@ -137,6 +137,8 @@ pub struct AppOptions {
     pub heartbeat_millis: u64,
     pub max_attempts: i32,
     pub max_body_bytes: usize,
+    /// Authorization: open by default (no clients); auth tests register clients.
+    pub auth: AuthSettings,
 }
 
 impl Default for AppOptions {
@@ -149,6 +151,7 @@ impl Default for AppOptions {
             heartbeat_millis: 200,
             max_attempts: 3,
             max_body_bytes: 16 * 1024 * 1024,
+            auth: AuthSettings::default(),
         }
     }
 }
@@ -209,6 +212,8 @@ fn settings(database_url: &str, output_dir: &std::path::Path, options: &AppOptio
         sweep_seconds: 1,
         max_body_bytes: options.max_body_bytes,
         log_format: LogFormat::Text,
+        request_timeout_seconds: 60,
+        auth: options.auth.clone(),
     }
 }
 

@@ -1,6 +1,7 @@
 //! Integration tests: the real server over HTTP, each test against both backends (a real
 //! Postgres, and a SQLite file) from one body: `name::postgres` and `name::sqlite`.
 
+mod auth;
 mod cancel;
 mod cli;
 mod export_levels;
@@ -11,3 +12,4 @@ mod rejections;
 mod rest;
 mod rollover;
 mod scale_out;
+mod smart;

@@ -100,6 +100,14 @@ impl JobStore for PgStore {
         tx.commit().await?;
         Ok(cancelled)
     }
+
+    async fn active_jobs(&self, owner: &str) -> Result<i64, StoreError> {
+        let count = sqlx::query_scalar("SELECT count(*) FROM export_jobs WHERE owner = $1 AND status IN ('queued', 'running')")
+            .bind(owner)
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(count)
+    }
 }
 
 fn job_record(row: PgRow) -> Result<JobRecord, StoreError> {

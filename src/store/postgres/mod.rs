@@ -1,6 +1,7 @@
 //! The Postgres backend: the production store, and the way to run many server nodes on one
 //! database. Exports stream with `COPY ... TO STDOUT`; bulk loads go through `COPY ... FROM STDIN`.
 
+mod auth;
 mod jobs;
 mod queue;
 mod resources;

@@ -105,6 +105,14 @@ impl JobStore for SqliteStore {
         tx.commit().await?;
         Ok(cancelled)
     }
+
+    async fn active_jobs(&self, owner: &str) -> Result<i64, StoreError> {
+        let count = sqlx::query_scalar("SELECT count(*) FROM export_jobs WHERE owner = ? AND status IN ('queued', 'running')")
+            .bind(owner)
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(count)
+    }
 }
 
 fn decode(what: String) -> sqlx::Error {

@@ -3,6 +3,7 @@
 //! advisory lock (every write and every snapshot runs in `BEGIN IMMEDIATE`), and idle workers
 //! are woken in-process (other processes on the same file find work by polling).
 
+mod auth;
 mod jobs;
 mod queue;
 mod resources;

@@ -1,0 +1,92 @@
+//! Client JWKS published at a URL: fetched over HTTP(S) and cached as long as the response's
+//! `Cache-Control: max-age` allows (not at all without one, at most an hour).
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use jsonwebtoken::jwk::JwkSet;
+use url::Url;
+
+use super::clients::parse_jwks;
+
+const MAX_CACHE: Duration = Duration::from_secs(3600);
+/// A JWKS larger than this is refused (a key set is a few kilobytes).
+const MAX_JWKS_BYTES: usize = 256 * 1024;
+
+#[derive(Clone)]
+pub struct JwksFetcher {
+    http: reqwest13::Client,
+    cache: Arc<Mutex<HashMap<Url, (JwkSet, Instant)>>>,
+}
+
+impl JwksFetcher {
+    pub fn new() -> Self {
+        let http = reqwest13::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .redirect(reqwest13::redirect::Policy::none())
+            .build()
+            .expect("an HTTP client with rustls builds");
+        Self { http, cache: Arc::default() }
+    }
+
+    /// The key set at `url`: from the cache while it is fresh, unless `refresh` (a `kid` was
+    /// not found in the cached set, so the client may have rotated its keys).
+    pub async fn get(&self, url: &Url, refresh: bool) -> Result<(JwkSet, bool), String> {
+        if !refresh {
+            let cache = self.cache.lock().expect("the JWKS cache lock is not poisoned");
+            if let Some((set, until)) = cache.get(url)
+                && Instant::now() < *until
+            {
+                return Ok((set.clone(), true));
+            }
+        }
+        let response = self.http.get(url.clone()).send().await.map_err(|e| format!("fetching the JWKS at {url} failed: {e}"))?;
+        if !response.status().is_success() {
+            return Err(format!("the JWKS URL {url} answered {}", response.status()));
+        }
+        let max_age = response.headers().get(reqwest13::header::CACHE_CONTROL).and_then(|v| v.to_str().ok()).map_or(Duration::ZERO, max_age);
+        let body = response.bytes().await.map_err(|e| format!("reading the JWKS at {url} failed: {e}"))?;
+        if body.len() > MAX_JWKS_BYTES {
+            return Err(format!("the JWKS at {url} is larger than {MAX_JWKS_BYTES} bytes"));
+        }
+        let set = parse_jwks(&String::from_utf8_lossy(&body))?;
+        if !max_age.is_zero() {
+            let mut cache = self.cache.lock().expect("the JWKS cache lock is not poisoned");
+            cache.insert(url.clone(), (set.clone(), Instant::now() + max_age.min(MAX_CACHE)));
+        }
+        Ok((set, false))
+    }
+}
+
+impl Default for JwksFetcher {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// How long a response may be cached: `max-age`, or nothing under `no-store`/`no-cache`.
+fn max_age(cache_control: &str) -> Duration {
+    let directives: Vec<String> = cache_control.split(',').map(|d| d.trim().to_ascii_lowercase()).collect();
+    if directives.iter().any(|d| d == "no-store" || d == "no-cache") {
+        return Duration::ZERO;
+    }
+    directives
+        .iter()
+        .find_map(|d| d.strip_prefix("max-age=").and_then(|v| v.trim_matches('"').parse().ok()))
+        .map_or(Duration::ZERO, Duration::from_secs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cache_control_sets_the_lifetime() {
+        assert_eq!(max_age("public, max-age=600"), Duration::from_secs(600));
+        assert_eq!(max_age("max-age=600, no-store"), Duration::ZERO);
+        assert_eq!(max_age("private"), Duration::ZERO);
+    }
+}

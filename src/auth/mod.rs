@@ -1,0 +1,261 @@
+//! SMART Backend Services authorization: the client registry, the token endpoint's checks of a
+//! client assertion, scopes, the server's access tokens, and per-client limits. Knows neither
+//! axum nor SQL; the store keeps clients, seen `jti`s and the signing key.
+
+pub mod assertion;
+pub mod clients;
+pub mod jwks;
+pub mod limits;
+pub mod scopes;
+pub mod tokens;
+
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use clients::{Client, KeySource};
+use jwks::JwksFetcher;
+use limits::PollLimiter;
+use scopes::Scopes;
+use tokens::TokenKeys;
+
+use crate::{
+    config::AuthSettings,
+    export::access::Requester,
+    store::{AuthStore, StoreError},
+};
+
+pub const CLIENT_ASSERTION_TYPE: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
+/// The token endpoint, under the FHIR base.
+pub const TOKEN_PATH: &str = "/auth/token";
+
+/// A token request's form fields.
+#[derive(Debug, Default)]
+pub struct TokenRequest {
+    pub grant_type: Option<String>,
+    pub scope: Option<String>,
+    pub client_assertion_type: Option<String>,
+    pub client_assertion: Option<String>,
+}
+
+#[derive(Debug)]
+pub struct IssuedToken {
+    pub access_token: String,
+    pub expires_in: u64,
+    pub scope: String,
+}
+
+/// RFC 6749 §5.2 errors of the token endpoint.
+#[derive(Debug, thiserror::Error)]
+pub enum TokenError {
+    #[error("{0}")]
+    InvalidRequest(String),
+    #[error("{0}")]
+    UnsupportedGrantType(String),
+    #[error("{0}")]
+    InvalidClient(String),
+    #[error("{0}")]
+    InvalidScope(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl TokenError {
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::InvalidRequest(_) => "invalid_request",
+            Self::UnsupportedGrantType(_) => "unsupported_grant_type",
+            Self::InvalidClient(_) => "invalid_client",
+            Self::InvalidScope(_) => "invalid_scope",
+            Self::Store(_) => "server_error",
+        }
+    }
+}
+
+/// Why a request to a protected endpoint was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    #[error("this endpoint needs a bearer access token (get one at the token endpoint)")]
+    MissingToken,
+    #[error("{0}")]
+    InvalidToken(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Who is calling, as far as the server knows.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    pub requester: Requester,
+    /// The token's scopes; None when the server runs open (everything allowed).
+    pub scopes: Option<Scopes>,
+}
+
+impl Caller {
+    /// Whether the caller may use this SMART permission letter on the type.
+    pub fn may(&self, resource_type: &str, letter: char) -> bool {
+        self.scopes.as_ref().is_none_or(|s| s.allows(resource_type, letter))
+    }
+
+    pub fn client_id(&self) -> Option<&str> {
+        self.scopes.as_ref().map(|_| self.requester.owner.as_str())
+    }
+}
+
+#[derive(Clone)]
+pub struct Auth {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    store: Arc<dyn AuthStore>,
+    settings: AuthSettings,
+    keys: TokenKeys,
+    jwks: JwksFetcher,
+    polls: PollLimiter,
+    token_url: String,
+}
+
+impl Auth {
+    /// Loads (or creates) the signing key and registers the clients of the configuration.
+    pub async fn start(store: Arc<dyn AuthStore>, settings: &AuthSettings, base_url: &str) -> anyhow::Result<Self> {
+        let keys = match &settings.signing_key_file {
+            Some(path) => {
+                let pem = std::fs::read(path).map_err(|e| anyhow::anyhow!("cannot read auth.signing_key_file {}: {e}", path.display()))?;
+                TokenKeys::from_pem(&pem, base_url)
+            }
+            None => TokenKeys::from_stored(&store.signing_key(&TokenKeys::generate()).await?, base_url),
+        }
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+        for configured in &settings.clients {
+            let client = configured.to_client().map_err(|e| anyhow::anyhow!("invalid configuration: auth.clients: {e}"))?;
+            store.put_client(&client.to_record()).await?;
+        }
+        let auth = Self {
+            inner: Arc::new(Inner {
+                store,
+                settings: settings.clone(),
+                keys,
+                jwks: JwksFetcher::new(),
+                polls: PollLimiter::new(settings.status_polls_per_second),
+                token_url: format!("{base_url}{TOKEN_PATH}"),
+            }),
+        };
+        if !auth.enforced().await? {
+            tracing::warn!(
+                "authorization is OFF: no clients are registered and auth.allow_open is true, so anyone who can reach \
+                 this server can export all of its data. Register a client (bulkfhir clients add) to turn it on."
+            );
+        } else if !auth.inner.store.has_clients().await? {
+            tracing::warn!("authorization is on but no client is registered: nobody can obtain a token yet (bulkfhir clients add)");
+        }
+        Ok(auth)
+    }
+
+    pub fn token_url(&self) -> &str {
+        &self.inner.token_url
+    }
+
+    /// Authorization is on whenever a client is registered, and always unless `allow_open`.
+    /// Checked per request, so registering the first client turns it on without a restart.
+    pub async fn enforced(&self) -> Result<bool, StoreError> {
+        Ok(!self.inner.settings.allow_open || self.inner.store.has_clients().await?)
+    }
+
+    /// The caller of a protected endpoint, from its `Authorization` header.
+    pub async fn caller(&self, authorization: Option<&str>) -> Result<Caller, AuthError> {
+        if !self.enforced().await? {
+            return Ok(Caller { requester: Requester::anonymous(), scopes: None });
+        }
+        let token = authorization
+            .and_then(|h| h.split_once(' '))
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map(|(_, token)| token.trim())
+            .ok_or(AuthError::MissingToken)?;
+        let grant = self.inner.keys.verify(token).map_err(AuthError::InvalidToken)?;
+        // A client removed since the token was issued loses access at once.
+        if self.inner.store.client(&grant.client_id).await?.is_none() {
+            return Err(AuthError::InvalidToken("the access token's client is no longer registered".into()));
+        }
+        let requester = Requester {
+            owner: grant.client_id,
+            types: grant.scopes.export_access(),
+            max_active_exports: Some(self.inner.settings.max_concurrent_exports),
+        };
+        Ok(Caller { requester, scopes: Some(grant.scopes) })
+    }
+
+    /// Whether the caller may poll a status URL now. False when it polls far too often.
+    pub fn poll_allowed(&self, caller: &Caller) -> bool {
+        caller.client_id().is_none_or(|client| self.inner.polls.allow(client))
+    }
+
+    /// The token endpoint: `client_credentials` with a `private_key_jwt` client assertion.
+    pub async fn issue_token(&self, request: TokenRequest) -> Result<IssuedToken, TokenError> {
+        match request.grant_type.as_deref() {
+            Some("client_credentials") => {}
+            Some(other) => return Err(TokenError::UnsupportedGrantType(format!("grant_type '{other}' is not supported; use client_credentials"))),
+            None => return Err(TokenError::InvalidRequest("grant_type is required".into())),
+        }
+        if request.client_assertion_type.as_deref() != Some(CLIENT_ASSERTION_TYPE) {
+            return Err(TokenError::InvalidRequest(format!("client_assertion_type must be {CLIENT_ASSERTION_TYPE}")));
+        }
+        let assertion = request.client_assertion.as_deref().filter(|a| !a.is_empty()).ok_or_else(|| TokenError::InvalidRequest("client_assertion is required".into()))?;
+        let requested = request.scope.as_deref().map(str::trim).filter(|s| !s.is_empty()).ok_or_else(|| TokenError::InvalidRequest("scope is required".into()))?;
+
+        let (client, expires_at, jti) = self.authenticate_client(assertion).await?;
+        let granted = client.scopes.grant(&Scopes::parse_lenient(requested));
+        if granted.is_empty() {
+            return Err(TokenError::InvalidScope(format!("none of the requested scopes '{requested}' is allowed for this client")));
+        }
+        // The jti is recorded last, so a request refused for its scope can be retried as is.
+        if !self.inner.store.remember_jti(&client.id, &jti, expires_at).await? {
+            return Err(TokenError::InvalidClient("the client assertion's jti was already used".into()));
+        }
+        let lifetime = self.inner.settings.token_seconds;
+        let access_token = self.inner.keys.issue(&client.id, &granted, lifetime);
+        tracing::info!(client = %client.id, scope = %granted, "access token issued");
+        Ok(IssuedToken { access_token, expires_in: lifetime, scope: granted.to_string() })
+    }
+
+    async fn authenticate_client(&self, assertion: &str) -> Result<(Client, DateTime<Utc>, String), TokenError> {
+        let invalid = TokenError::InvalidClient;
+        let header = assertion::header(assertion).map_err(invalid)?;
+        let unverified = assertion::unverified_claims(assertion).map_err(invalid)?;
+        let client_id = match (unverified.iss, unverified.sub) {
+            (Some(iss), Some(sub)) if iss == sub => iss,
+            _ => return Err(invalid("the client assertion's iss and sub must both be the client_id".into())),
+        };
+        let record = self.inner.store.client(&client_id).await?.ok_or_else(|| invalid(format!("unknown client '{client_id}'")))?;
+        let client = Client::from_record(&record).map_err(|e| invalid(format!("the registration of client '{client_id}' is not usable: {e}")))?;
+        let kid = header.kid.as_deref().ok_or_else(|| invalid("the client assertion's header has no kid".into()))?;
+
+        // SMART: a `jku` must be the JWKS URL registered for the client; keys come only from
+        // the registration.
+        if let Some(jku) = &header.jku {
+            let registered = matches!(&client.keys, KeySource::Url(url) if url::Url::parse(jku).is_ok_and(|j| &j == url));
+            if !registered {
+                return Err(invalid("the client assertion's jku is not the JWKS URL registered for the client".into()));
+            }
+        }
+        let keys = match &client.keys {
+            KeySource::Inline(set) => set.clone(),
+            KeySource::Url(url) => {
+                let (set, cached) = self.inner.jwks.get(url, false).await.map_err(invalid)?;
+                if cached && assertion::select_key(&set, kid, header.alg).is_err() {
+                    self.inner.jwks.get(url, true).await.map_err(invalid)?.0
+                } else {
+                    set
+                }
+            }
+        };
+        let key = assertion::select_key(&keys, kid, header.alg).map_err(invalid)?;
+        let skew = self.inner.settings.clock_skew_seconds;
+        let claims = assertion::verify(assertion, key, header.alg, &client.id, &self.inner.token_url, skew).map_err(invalid)?;
+        let expires_at = DateTime::from_timestamp(claims.exp as i64, 0).unwrap_or_else(Utc::now);
+        Ok((client, expires_at, claims.jti.unwrap_or_default()))
+    }
+
+    pub fn store(&self) -> &Arc<dyn AuthStore> {
+        &self.inner.store
+    }
+}

@@ -1,0 +1,63 @@
+//! Who asks for an export and what they may see: the owner of the jobs they start, the resource
+//! types their authorization covers, and how many exports they may run at once.
+
+use std::collections::BTreeSet;
+
+use super::{ExportError, ExportRequest};
+use crate::fhir::ResourceType;
+
+/// Owner of jobs when the server runs without authorization.
+pub const ANONYMOUS: &str = "anonymous";
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TypeAccess {
+    All,
+    Only(BTreeSet<ResourceType>),
+}
+
+impl TypeAccess {
+    pub fn allows(&self, resource_type: &str) -> bool {
+        match self {
+            Self::All => true,
+            Self::Only(types) => types.iter().any(|t| t.as_str() == resource_type),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Requester {
+    /// Jobs and their files belong to this owner; anyone else is told they do not exist.
+    pub owner: String,
+    pub types: TypeAccess,
+    /// Queued or running exports this owner may have at once (None: no limit).
+    pub max_active_exports: Option<u32>,
+}
+
+impl Requester {
+    /// The single user of a server running without authorization.
+    pub fn anonymous() -> Self {
+        Self { owner: ANONYMOUS.into(), types: TypeAccess::All, max_active_exports: None }
+    }
+
+    /// Applies the requester's type access to a request: explicitly requested types outside it
+    /// are refused; "all types" narrows to the allowed ones.
+    pub fn restrict(&self, request: &mut ExportRequest) -> Result<(), ExportError> {
+        let TypeAccess::Only(allowed) = &self.types else { return Ok(()) };
+        if allowed.is_empty() {
+            return Err(ExportError::Forbidden("the access token's scopes allow reading no resource type".into()));
+        }
+        match &request.types {
+            Some(wanted) => {
+                let refused: Vec<&str> = wanted.iter().filter(|t| !allowed.contains(t)).map(|t| t.as_str()).collect();
+                if !refused.is_empty() {
+                    return Err(ExportError::Forbidden(format!(
+                        "the access token's scopes do not allow exporting {}",
+                        refused.join(", ")
+                    )));
+                }
+            }
+            None => request.types = Some(allowed.iter().cloned().collect()),
+        }
+        Ok(())
+    }
+}
