@@ -43,7 +43,7 @@ impl CompiledCondition {
                 values.iter().any(|(prefix, p)| ranges.iter().any(|r| date_matches(*prefix, p, r)))
             }
             Test::Number(values) => {
-                let numbers: Vec<(f64, f64)> = items.iter().filter_map(|i| number(&i.value).map(|n| (n, n))).collect();
+                let numbers: Vec<(f64, f64)> = items.iter().filter_map(number_range).collect();
                 values.iter().any(|(prefix, p)| numbers.iter().any(|r| number_matches(*prefix, p, *r)))
             }
             Test::Quantity(values) => {
@@ -229,6 +229,19 @@ fn number(value: &Value) -> Option<f64> {
     match value {
         Value::Number(n) => n.as_f64(),
         _ => None,
+    }
+}
+
+/// A number as `[v, v]`, a Range by its bounds (a missing bound is unbounded).
+fn number_range(item: &Item) -> Option<(f64, f64)> {
+    let v = item.value.as_ref();
+    if let Some(n) = number(v) {
+        return Some((n, n));
+    }
+    let bound = |key: &str| v.get(key).map(|q| q.get("value").and_then(number));
+    match (bound("low"), bound("high")) {
+        (None, None) => None,
+        (low, high) => Some((low.flatten().unwrap_or(f64::NEG_INFINITY), high.flatten().unwrap_or(f64::INFINITY))),
     }
 }
 

@@ -11,3 +11,6 @@ pub mod table;
 
 pub use pushdown::Narrowing;
 pub use query::{CompiledFilter, FilterError, TypeFilter};
+
+#[cfg(test)]
+mod tests;
