@@ -8,6 +8,12 @@ use chrono::{DateTime, Utc};
 use reqwest::{header, StatusCode};
 use serde_json::{json, Value};
 
+use bulkfhir::{
+    fhir::{search::Narrowing, ResourceType},
+    store::{Scope, Selection},
+};
+use futures::TryStreamExt;
+
 use crate::helpers::{assert_outcome, backend_tests, fixture_resources, multiset, spawn_app, without_server_meta, TestApp};
 
 /// The exported resources of a manifest per type, as multisets without the server's meta.
@@ -96,6 +102,17 @@ backend_tests! {
         assert!(got["Observation"] == observations, "exported {} of {}", got["Observation"].len(), observations.len());
         assert_eq!(got["Patient"], selected(&loaded, "Patient", |p| some_patients.contains(&p["id"].as_str().unwrap())));
 
+        // Patient references on compartment paths narrow through the compartment table.
+        let patient = some_patients[0];
+        let query = format!("/$export?_type=Observation,Condition&_typeFilter=Observation%3Fpatient%3D{patient},Condition%3Fsubject%3DPatient%2F{patient}");
+        let manifest = app.wait_for_manifest(&app.kick_off(&query).await).await;
+        let got = exported(&app, &manifest).await;
+        let reference = format!("Patient/{patient}");
+        for t in ["Observation", "Condition"] {
+            let expected = selected(&loaded, t, |r| r["subject"]["reference"] == reference.as_str());
+            assert!(!expected.is_empty() && got[t] == expected, "{t}: exported {} of {}", got[t].len(), expected.len());
+        }
+
         // A filter no resource meets: the type is absent from the output, nothing fails.
         let manifest = app.wait_for_manifest(&app.kick_off("/$export?_type=Patient&_typeFilter=Patient%3F_lastUpdated%3Dlt2000-01-01").await).await;
         assert_eq!(manifest["output"], json!([]));
@@ -140,5 +157,36 @@ backend_tests! {
         assert!(outcomes.contains("organization.name") && outcomes.contains("chained"), "{outcomes}");
         let patients = app.download(&manifest["output"][0]).await;
         assert_eq!(patients.iter().map(|p| p["id"].as_str().unwrap()).collect::<Vec<_>>(), vec!["p2"]);
+    }
+
+    async fn the_stores_apply_the_pushed_down_bounds_themselves(backend: Backend) {
+        let app = spawn_app(backend).await;
+        for resource in [
+            json!({"resourceType": "Patient", "id": "p1"}),
+            json!({"resourceType": "Patient", "id": "p2"}),
+            json!({"resourceType": "Observation", "id": "o1", "status": "final", "code": {"text": "x"}, "subject": {"reference": "Patient/p1"}}),
+            json!({"resourceType": "Observation", "id": "o2", "status": "final", "code": {"text": "x"}, "subject": {"reference": "Patient/p2"}}),
+        ] {
+            assert_eq!(app.put(&resource).await.status(), 201);
+        }
+        let as_of = app.stores.resources.snapshot_time().await.unwrap();
+        let ids = |names: &[&str]| Some(names.iter().map(|n| n.to_string()).collect());
+        let read = |t: &str, narrowing: Narrowing| {
+            let selection = Selection { resource_type: ResourceType::parse(t).unwrap(), as_of, since: None, scope: Scope::All, narrowing };
+            let stream = app.stores.resources.export_stream(selection);
+            async move {
+                let chunks: Vec<bytes::Bytes> = stream.try_collect().await.unwrap();
+                let text: String = chunks.iter().map(|c| String::from_utf8(c.to_vec()).unwrap()).collect();
+                text.lines().map(|l| serde_json::from_str::<Value>(l).unwrap()["id"].as_str().unwrap().to_owned()).collect::<Vec<_>>()
+            }
+        };
+        assert_eq!(read("Patient", Narrowing { ids: ids(&["p2", "nope"]), ..Default::default() }).await, vec!["p2"]);
+        assert_eq!(read("Patient", Narrowing { ids: ids(&[]), ..Default::default() }).await, Vec::<String>::new());
+        assert_eq!(read("Observation", Narrowing { patients: ids(&["p1"]), ..Default::default() }).await, vec!["o1"]);
+        let later = as_of + chrono::TimeDelta::seconds(5);
+        assert_eq!(read("Patient", Narrowing { updated_from: Some(later), ..Default::default() }).await, Vec::<String>::new());
+        let mut both = read("Patient", Narrowing { updated_before: Some(later), ..Default::default() }).await;
+        both.sort();
+        assert_eq!(both, vec!["p1", "p2"]);
     }
 }

@@ -1,16 +1,18 @@
 //! What a store can do ahead of the matcher: the `_id` and `_lastUpdated` conditions of a
-//! type's filters as bounds on its indexed columns. The bounds only ever select a superset of
-//! the matches; the matcher still decides each resource.
+//! type's filters as bounds on its indexed columns, and Patient references on compartment
+//! paths (`Observation?patient=Patient/1`) as compartment membership. The bounds only ever
+//! select a superset of the matches; the matcher still decides each resource.
 
 use std::collections::BTreeSet;
 
 use chrono::{DateTime, TimeDelta, Utc};
 
 use super::{
-    query::{CompiledFilter, Prefix, Test, TokenValue},
+    fhirpath::{Expr, Function},
+    query::{CompiledFilter, Prefix, ReferenceValue, Test, TokenValue},
     ranges::DateRange,
 };
-use crate::fhir::types::is_valid_id;
+use crate::fhir::{compartment, types::is_valid_id, ResourceType};
 
 /// Bounds on the id and last-updated columns; None where nothing narrows.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -20,6 +22,8 @@ pub struct Narrowing {
     pub updated_from: Option<DateTime<Utc>>,
     /// Exclusive.
     pub updated_before: Option<DateTime<Utc>>,
+    /// Patients one of whose compartments holds each match.
+    pub patients: Option<BTreeSet<String>>,
 }
 
 /// The column bounds are widened by this much: stored `meta.lastUpdated` and the column agree to
@@ -37,7 +41,8 @@ impl Narrowing {
         let ids = each.iter().map(|n| n.ids.clone()).collect::<Option<Vec<_>>>().map(|sets| sets.into_iter().flatten().collect());
         let updated_from = each.iter().map(|n| n.updated_from).collect::<Option<Vec<_>>>().and_then(|v| v.into_iter().min());
         let updated_before = each.iter().map(|n| n.updated_before).collect::<Option<Vec<_>>>().and_then(|v| v.into_iter().max());
-        Self { ids, updated_from, updated_before }
+        let patients = each.iter().map(|n| n.patients.clone()).collect::<Option<Vec<_>>>().map(|sets| sets.into_iter().flatten().collect());
+        Self { ids, updated_from, updated_before, patients }
     }
 
     /// One filter's conditions (AND-ed): each `_id` or `_lastUpdated` condition narrows.
@@ -75,10 +80,79 @@ impl Narrowing {
                         narrowing.updated_before = Some(narrowing.updated_before.map_or(before, |b| b.min(before)));
                     }
                 }
+                (_, Test::Reference(values)) => {
+                    if let Some(patients) = compartment_patients(&filter.resource_type, condition.expression, values) {
+                        narrowing.patients = Some(match narrowing.patients.take() {
+                            Some(known) => known.intersection(&patients).cloned().collect(),
+                            None => patients,
+                        });
+                    }
+                }
                 _ => {}
             }
         }
         narrowing
+    }
+}
+
+/// The patients a reference condition names, when every match must be in one of their
+/// compartments: each branch of the expression is a compartment path of `t`, and each value
+/// names a Patient (as `Patient/id`, or as an id where every branch keeps Patients only).
+fn compartment_patients(t: &ResourceType, expression: &Expr, values: &[ReferenceValue]) -> Option<BTreeSet<String>> {
+    let mut branches = Vec::new();
+    reference_paths(expression, t, &mut branches)?;
+    if branches.is_empty() || !branches.iter().all(|(path, _)| compartment::is_compartment_path(t, path)) {
+        return None;
+    }
+    let patients_only = branches.iter().all(|(_, patients_only)| *patients_only);
+    values
+        .iter()
+        .map(|v| match v {
+            ReferenceValue::Typed(ty, id) if ty == "Patient" && is_valid_id(id) => Some(id.clone()),
+            ReferenceValue::Id(id) if patients_only && is_valid_id(id) => Some(id.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The element paths of `t` an expression reads references from, each with whether it keeps
+/// Patient references only (`where(resolve() is Patient)`). Branches for other types add
+/// nothing; None when a branch is anything but such a path.
+fn reference_paths(expr: &Expr, t: &ResourceType, out: &mut Vec<(Vec<String>, bool)>) -> Option<()> {
+    if let Expr::Union(a, b) = expr {
+        reference_paths(a, t, out)?;
+        return reference_paths(b, t, out);
+    }
+    if let Some(branch) = path_of(expr, t)? {
+        out.push(branch);
+    }
+    Some(())
+}
+
+/// Some(None): a branch for another type.
+fn path_of(expr: &Expr, t: &ResourceType) -> Option<Option<(Vec<String>, bool)>> {
+    match expr {
+        Expr::Name(root) if root == t.as_str() => Some(Some((Vec::new(), false))),
+        Expr::Name(root) if ResourceType::parse(root).is_some() => Some(None),
+        Expr::Member(inner, name) => Some(path_of(inner, t)?.map(|(mut path, only)| {
+            path.push(name.clone());
+            (path, only)
+        })),
+        Expr::Call(inner, Function::Where(criteria)) => {
+            let is_patient = matches!(criteria.as_ref(), Expr::Is(target, ty)
+                if ty == "Patient" && matches!(target.as_ref(), Expr::Call(this, Function::Resolve) if **this == Expr::This));
+            if !is_patient {
+                return None;
+            }
+            Some(path_of(inner, t)?.map(|(path, _)| (path, true)))
+        }
+        // A choice element taken as one type: its JSON name carries the type.
+        Expr::Call(inner, Function::OfType(ty)) | Expr::As(inner, ty) => Some(path_of(inner, t)?.and_then(|(mut path, only)| {
+            let last = path.pop()?;
+            path.push(format!("{last}{ty}"));
+            Some((path, only))
+        })),
+        _ => None,
     }
 }
 
@@ -119,5 +193,18 @@ mod tests {
         let n = narrowing(&["Patient?_id=a", "Patient?_id=b"]);
         assert_eq!(n.ids.unwrap().len(), 2);
         assert_eq!(narrowing(&["Patient?_id:not=a&_lastUpdated=ne2024"]), Narrowing::default());
+    }
+
+    #[test]
+    fn patient_references_on_compartment_paths_narrow_to_compartments() {
+        let patients = |queries: &[&str]| narrowing(queries).patients.map(|p| p.into_iter().collect::<Vec<_>>());
+        assert_eq!(patients(&["Observation?subject=Patient/a"]), Some(vec!["a".into()]));
+        assert_eq!(patients(&["Observation?patient=a,Patient/b"]), Some(vec!["a".into(), "b".into()]));
+        // `subject=a` may name a Group; `encounter` is no compartment path; `:missing` is no value.
+        assert_eq!(patients(&["Observation?subject=a"]), None);
+        assert_eq!(patients(&["Observation?encounter=Encounter/e"]), None);
+        assert_eq!(patients(&["Observation?subject:missing=true"]), None);
+        assert_eq!(patients(&["Observation?patient=a", "Observation?status=final"]), None);
+        assert_eq!(patients(&["Observation?patient=a", "Observation?performer=Patient/b"]), Some(vec!["a".into(), "b".into()]));
     }
 }

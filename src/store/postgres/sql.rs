@@ -44,7 +44,7 @@ pub fn export_copy(selection: &Selection) -> String {
     if let Some(since) = selection.since {
         conditions.push(format!("v.last_updated > {}", timestamp(since)));
     }
-    conditions.extend(narrowing(&selection.narrowing));
+    conditions.extend(narrowing(&selection.narrowing, t));
     let member = |patients: String| {
         format!(
             "EXISTS (SELECT 1 FROM compartment_members c WHERE c.resource_type = {} AND c.id = v.id \
@@ -71,10 +71,23 @@ pub fn export_copy(selection: &Selection) -> String {
     )
 }
 
-/// `_typeFilter` bounds on the id and last_updated columns (ids are FHIR ids, which `literal`
-/// admits).
-fn narrowing(n: &Narrowing) -> Vec<String> {
+/// `_typeFilter` bounds on the id and last_updated columns and on compartment membership, all
+/// indexed (ids are FHIR ids, which `literal` admits).
+fn narrowing(n: &Narrowing, t: &str) -> Vec<String> {
     let mut conditions = Vec::new();
+    if let Some(patients) = &n.patients {
+        let list: Vec<String> = patients.iter().map(|id| literal(id)).collect();
+        conditions.push(if list.is_empty() {
+            "FALSE".to_owned()
+        } else {
+            format!(
+                "(v.id, v.version_id) IN (SELECT c.id, c.version_id FROM compartment_members c \
+                 WHERE c.patient_id IN ({}) AND c.resource_type = {})",
+                list.join(", "),
+                literal(t)
+            )
+        });
+    }
     if let Some(ids) = &n.ids {
         let list: Vec<String> = ids.iter().map(|id| literal(id)).collect();
         conditions.push(if list.is_empty() { "FALSE".to_owned() } else { format!("v.id IN ({})", list.join(", ")) });

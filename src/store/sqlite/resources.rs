@@ -129,7 +129,8 @@ impl ResourceStore for SqliteStore {
                 .bind(job)
                 .bind(ids)
                 .bind(narrowing.updated_from.map(micros))
-                .bind(narrowing.updated_before.map(micros));
+                .bind(narrowing.updated_before.map(micros))
+                .bind(narrowing.patients.as_ref().map(|ids| serde_json::to_string(ids).expect("a set of strings serializes")));
             let mut bodies = query.fetch(&mut *conn);
             let mut chunk = BytesMut::with_capacity(CHUNK_BYTES * 2);
             while let Some(body) = bodies.try_next().await? {
@@ -168,7 +169,8 @@ fn export_query(selection: &Selection) -> (String, Option<String>) {
         }
     };
     // `_typeFilter` bounds, in the text only when present so that SQLite plans them on its
-    // indexes: ?5 a JSON array of ids, ?6 and ?7 last_updated bounds.
+    // indexes: ?5 a JSON array of ids, ?6 and ?7 last_updated bounds, ?8 a JSON array
+    // of patient ids.
     let n = &selection.narrowing;
     let mut narrowing = String::new();
     if n.ids.is_some() {
@@ -179,6 +181,13 @@ fn export_query(selection: &Selection) -> (String, Option<String>) {
     }
     if n.updated_before.is_some() {
         narrowing.push_str(" AND v.last_updated < ?7");
+    }
+    if n.patients.is_some() {
+        // Driven by the compartment table's primary key (patient first), then the resource.
+        narrowing.push_str(
+            " AND (v.id, v.version_id) IN (SELECT c.id, c.version_id FROM compartment_members c \
+             WHERE c.patient_id IN (SELECT value FROM json_each(?8)) AND c.resource_type = ?1)",
+        );
     }
     (format!("SELECT v.body FROM ({VERSIONS_AT}) v WHERE (?3 IS NULL OR v.last_updated > ?3){scope}{narrowing}"), job)
 }
