@@ -79,6 +79,10 @@ static TABLE_DATA: LazyLock<Table> = LazyLock::new(|| {
 });
 
 fn compile(row: &Row) -> Result<Expr, String> {
+    if row.code == "phonetic" {
+        // R4 leaves the phonetic algorithm to the server; a plain string match would not be it.
+        return Err("phonetic matching is not implemented".into());
+    }
     match (row.search_type, &row.expression) {
         (SearchType::Composite | SearchType::Special, _) => Err(format!("{} parameters are not supported", row.search_type.name())),
         (_, None) => Err("it has no FHIRPath expression to evaluate".into()),
@@ -123,11 +127,11 @@ mod tests {
     }
 
     #[test]
-    fn evaluates_nearly_all_r4_parameters() {
+    fn coverage_of_r4_parameters() {
         let (total, handled) = coverage();
         // The README states these figures; the rest are composite, special or expression-less.
         println!("search parameters handled: {handled} of {total}");
         assert!(total > 1500, "{total}");
-        assert!(handled * 100 / total >= 95, "{handled} of {total}");
+        assert_eq!((handled, total), (1627, 1709), "update the README's figures");
     }
 }
