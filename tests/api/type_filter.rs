@@ -26,7 +26,7 @@ async fn exported(app: &TestApp, manifest: &Value) -> BTreeMap<String, Vec<Strin
         .collect()
 }
 
-fn selected<'a>(loaded: &'a BTreeMap<String, Vec<Value>>, t: &str, keep: impl Fn(&Value) -> bool) -> Vec<String> {
+fn selected(loaded: &BTreeMap<String, Vec<Value>>, t: &str, keep: impl Fn(&Value) -> bool) -> Vec<String> {
     multiset(loaded[t].iter().filter(|r| keep(r)))
 }
 
