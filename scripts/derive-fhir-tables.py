@@ -17,6 +17,9 @@ Outputs (paths relative to the repository root):
   src/fhir/data/patient-compartment.json  type -> sorted element paths whose
                                           References put a resource in a
                                           Patient's compartment
+  src/fhir/data/search-parameters.json    every R4 SearchParameter, one per line:
+                                          code, base types, type, FHIRPath
+                                          expression (for _typeFilter)
 
 Rerun with Python 3.11+ (stdlib only) from anywhere:
   python3 scripts/derive-fhir-tables.py              # npm-packs the pinned version into a temp dir
@@ -318,6 +321,32 @@ def derive_compartment(compartment: dict, searchparams: dict, sds: dict[str, dic
 # --------------------------------------------------------------------------- output
 
 
+def derive_search_params(searchparams: dict, types: list[str]) -> list[dict]:
+    """Every R4 SearchParameter as (code, base types, type, expression), sorted by code and id.
+    All are kept, composite and expression-less ones too: the server reports the share of this
+    table its FHIRPath evaluator handles, and refuses the rest by name."""
+    out = []
+    for entry in searchparams["entry"]:
+        sp = entry["resource"]
+        if sp.get("resourceType") != "SearchParameter":
+            continue
+        bases = sorted(b for b in sp.get("base", []) if b in types or b in ("Resource", "DomainResource"))
+        if not bases:
+            fail(f"SearchParameter {sp['id']} has no R4 base type: {sp.get('base')}")
+        out.append({"code": sp["code"], "base": bases, "type": sp["type"],
+                    "expression": sp.get("expression"), "id": sp["id"]})
+    out.sort(key=lambda p: (p["code"], p["id"]))
+    for p in out:
+        del p["id"]
+    return out
+
+
+def write_search_params(params: list[dict]) -> None:
+    body = "[\n" + ",\n".join(json.dumps(p, separators=(",", ":")) for p in params) + "\n]\n"
+    json.loads(body)  # sanity: valid JSON
+    (OUT_DIR / "search-parameters.json").write_text(body, encoding="utf-8")
+
+
 def write_outputs(types: list[str], table: dict[str, list[str]]) -> None:
     OUT_DIR.mkdir(parents=True, exist_ok=True)
     (OUT_DIR / "resource-types.txt").write_text("".join(t + "\n" for t in types), encoding="utf-8")
@@ -349,6 +378,8 @@ def main() -> None:
              f"{sorted(set(types) - {'Parameters'} - listed)} / {sorted(listed - set(types))}")
     table, applied, notes = derive_compartment(compartment, searchparams, sds, types)
     write_outputs(types, table)
+    params = derive_search_params(searchparams, types)
+    write_search_params(params)
 
     n_paths = sum(len(p) for p in table.values())
     print(f"source: {PACKAGE_NAME}@{PACKAGE_VERSION} (FHIR {FHIR_VERSION})")
@@ -357,6 +388,8 @@ def main() -> None:
         print(f"  skipped non-R4 StructureDefinition: {s}")
     print(f"patient compartment: {len(table)} types with params, {n_paths} paths -> "
           f"{(OUT_DIR / 'patient-compartment.json').relative_to(REPO_ROOT)}")
+    print(f"search parameters: {len(params)} -> "
+          f"{(OUT_DIR / 'search-parameters.json').relative_to(REPO_ROOT)}")
     print(f"overrides applied: {len(applied)}")
     for a in applied:
         print(f"  {a}")

@@ -83,7 +83,7 @@ impl From<ExportError> for ApiError {
         let text = e.to_string();
         match e {
             ExportError::InvalidParameter { .. } | ExportError::UnknownParameter(_) => Self::bad_request(text),
-            ExportError::UnsupportedParameter(_) => Self::new(StatusCode::BAD_REQUEST, IssueCode::NotSupported, text),
+            ExportError::UnsupportedParameter(_) | ExportError::UnsupportedSearch(_) => Self::new(StatusCode::BAD_REQUEST, IssueCode::NotSupported, text),
             ExportError::GroupNotFound(_) | ExportError::JobNotFound(_) | ExportError::FileNotFound { .. } => {
                 Self::not_found(text)
             }

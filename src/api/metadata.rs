@@ -69,8 +69,9 @@ fn capabilities(base_url: &str, token_url: Option<&str>) -> Value {
         "format": ["json"],
         "rest": [{
             "mode": "server",
-            "documentation": "Bulk Data $export at system, Patient and Group level. Parameters: _outputFormat, _type, _since, _container. \
-                              Patient and Group exports cover the Patient compartment. Not supported yet: _typeFilter, _elements, _until, \
+            "documentation": "Bulk Data $export at system, Patient and Group level. Parameters: _outputFormat, _type, _since, _container, _typeFilter \
+                              (R4 search, composite and phonetic parameters refused). \
+                              Patient and Group exports cover the Patient compartment. Not supported yet: _elements, _until, \
                               patient, includeAssociatedData, organizeOutputBy, allowPartialManifests. Authorization: see security.",
             "security": security(token_url),
             "interaction": [{"code": "batch"}, {"code": "transaction"}],

@@ -11,6 +11,7 @@ pub mod pipeline;
 pub mod request;
 pub mod roller;
 pub mod service;
+pub mod type_filter;
 pub mod worker;
 
 pub use job::{JobId, JobStatus};
@@ -25,6 +26,9 @@ pub enum ExportError {
     InvalidParameter { name: String, reason: String },
     #[error("parameter '{0}' is not supported yet")]
     UnsupportedParameter(String),
+    /// A `_typeFilter` condition outside what this server evaluates (the text names it).
+    #[error("_typeFilter {0}")]
+    UnsupportedSearch(String),
     #[error("parameter '{0}' is not a Bulk Data export parameter")]
     UnknownParameter(String),
     #[error("Group/{0} does not exist")]

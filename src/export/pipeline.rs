@@ -7,7 +7,7 @@ use bytes::{Bytes, BytesMut};
 use futures::{stream::BoxStream, StreamExt};
 use serde_json::Value;
 
-use super::request::ExportRequest;
+use super::{request::ExportRequest, type_filter::TypeFilterStage};
 use crate::{fhir::ResourceType, store::StoreError};
 
 /// What a stage decided for one resource.
@@ -33,8 +33,13 @@ pub struct Pipeline {
 impl Pipeline {
     /// The stages the request asks for on this type. Every parameter that looks inside
     /// resources adds its stage here, filters before rewrites.
-    pub fn for_type(_request: &ExportRequest, _resource_type: &ResourceType) -> Result<Self, String> {
-        Ok(Self::default())
+    pub fn for_type(request: &ExportRequest, resource_type: &ResourceType) -> Result<Self, String> {
+        let mut pipeline = Self::default();
+        let filters = request.filters_for(resource_type)?;
+        if !filters.is_empty() {
+            pipeline = pipeline.with(TypeFilterStage { filters });
+        }
+        Ok(pipeline)
     }
 
     pub fn with(mut self, stage: impl Stage + 'static) -> Self {

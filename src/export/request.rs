@@ -6,7 +6,12 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use super::{params::RawParams, ExportError};
-use crate::fhir::{compartment, instant, types::ResourceId, ResourceType};
+use crate::fhir::{
+    compartment, instant,
+    search::{CompiledFilter, FilterError, TypeFilter},
+    types::ResourceId,
+    ResourceType,
+};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "level", rename_all = "lowercase")]
@@ -85,15 +90,18 @@ pub struct ExportRequest {
     pub handling: Handling,
     /// Diagnostics for parameters ignored under lenient handling; exported as `error` files.
     pub warnings: Vec<String>,
+    /// `_typeFilter` queries, each checked at kick-off (conditions ignored under lenient
+    /// handling already removed). Several for one type are OR-ed; a type with none is whole.
+    #[serde(default)]
+    pub type_filters: Vec<TypeFilter>,
 }
 
 const OUTPUT_FORMATS: [&str; 3] = ["application/fhir+ndjson", "application/ndjson", "ndjson"];
 
 /// Spec parameters that a later version of this server implements.
-const NOT_YET_SUPPORTED: [&str; 8] = [
+const NOT_YET_SUPPORTED: [&str; 7] = [
     "_until",
     "_elements",
-    "_typeFilter",
     "patient",
     "includeAssociatedData",
     "organizeOutputBy",
@@ -119,7 +127,7 @@ impl ExportRequest {
 
         for name in raw.0.iter().map(|(n, _)| n.as_str()).collect::<BTreeSet<_>>() {
             match name {
-                "_outputFormat" | "_type" | "_since" | "_container" => {}
+                "_outputFormat" | "_type" | "_since" | "_container" | "_typeFilter" => {}
                 _ if NOT_YET_SUPPORTED.contains(&name) => refuse(ExportError::UnsupportedParameter(name.to_owned()))?,
                 _ => refuse(ExportError::UnknownParameter(name.to_owned()))?,
             }
@@ -154,7 +162,22 @@ impl ExportRequest {
         }
         let types = if raw.values("_type").next().is_some() { Some(types.into_iter().collect()) } else { None };
 
-        Ok(Self { level, request_url, types, since, container, handling, warnings })
+        let mut type_filters = Vec::new();
+        for text in raw.values("_typeFilter").map(str::trim).filter(|q| !q.is_empty()) {
+            let filter = parse_type_filter(text, &level, types.as_deref(), &mut refuse)?;
+            type_filters.push(filter);
+        }
+
+        Ok(Self { level, request_url, types, since, container, handling, warnings, type_filters })
+    }
+
+    /// The compiled `_typeFilter` queries for one type (none: the type is exported whole).
+    pub fn filters_for(&self, t: &ResourceType) -> Result<Vec<CompiledFilter>, String> {
+        self.type_filters
+            .iter()
+            .filter(|f| &f.resource_type == t)
+            .map(|f| f.compile().map_err(|e| format!("_typeFilter {}: {e}", f.describe())))
+            .collect()
     }
 
     /// The types this export may cover, among those the store holds.
@@ -166,6 +189,36 @@ impl ExportRequest {
             .cloned()
             .collect()
     }
+}
+
+/// Reads one `_typeFilter` query and checks each condition compiles: malformed ones and queries
+/// on types the export does not cover are refused; conditions outside what we evaluate are
+/// refused too, or under lenient handling dropped (through `refuse`) with a warning.
+fn parse_type_filter(
+    text: &str,
+    level: &ExportLevel,
+    types: Option<&[ResourceType]>,
+    refuse: &mut impl FnMut(ExportError) -> Result<(), ExportError>,
+) -> Result<TypeFilter, ExportError> {
+    let mut filter = TypeFilter::parse(text).map_err(|e| invalid("_typeFilter", e.to_string()))?;
+    let t = &filter.resource_type;
+    if types.is_some_and(|types| !types.contains(t)) {
+        return Err(invalid("_typeFilter", format!("'{text}' filters {t}, which _type does not export")));
+    }
+    if level.is_compartment() && !compartment::is_compartment_type(t) {
+        return Err(invalid("_typeFilter", format!("'{text}' filters {t}, which is not in the Patient compartment this export covers")));
+    }
+    let mut kept = Vec::new();
+    for condition in std::mem::take(&mut filter.conditions) {
+        let single = TypeFilter { resource_type: t.clone(), conditions: vec![condition.clone()] };
+        match single.compile() {
+            Ok(_) => kept.push(condition),
+            Err(FilterError::Invalid(reason)) => return Err(invalid("_typeFilter", format!("'{text}': {reason}"))),
+            Err(FilterError::Unsupported(reason)) => refuse(ExportError::UnsupportedSearch(format!("'{text}': {reason}")))?,
+        }
+    }
+    filter.conditions = kept;
+    Ok(filter)
 }
 
 fn invalid(name: &str, reason: impl Into<String>) -> ExportError {
@@ -217,13 +270,38 @@ mod tests {
     #[test]
     fn unsupported_parameters_fail_strict_and_warn_lenient() {
         assert!(matches!(
-            parse(ExportLevel::System, "_typeFilter=Patient%3Fgender%3Dmale", Handling::Strict),
-            Err(ExportError::UnsupportedParameter(n)) if n == "_typeFilter"
+            parse(ExportLevel::System, "_elements=id", Handling::Strict),
+            Err(ExportError::UnsupportedParameter(n)) if n == "_elements"
         ));
         let r = parse(ExportLevel::System, "_elements=id&foo=bar", Handling::Lenient).unwrap();
         assert_eq!(r.warnings.len(), 2);
         assert!(r.warnings.iter().any(|w| w.contains("_elements")));
         assert!(r.warnings.iter().any(|w| w.contains("foo")));
+    }
+
+    #[test]
+    fn type_filters_are_checked_at_kick_off() {
+        let r = parse(ExportLevel::System, "_type=Patient,Observation&_typeFilter=Patient%3Fgender%3Dmale,Observation%3Fcode%3Da%252Cb", Handling::Strict).unwrap();
+        assert_eq!(r.type_filters.len(), 2);
+        assert_eq!(r.type_filters[1].conditions[0].value, "a,b");
+        let obs = ResourceType::parse("Observation").unwrap();
+        assert_eq!(r.filters_for(&obs).unwrap().len(), 1);
+        for (query, why) in [
+            ("_type=Patient&_typeFilter=Observation%3Fcode%3Da", "_type does not export"),
+            ("_typeFilter=Observation%3Fdate%3Dsoon", "is not a FHIR date"),
+            ("_typeFilter=Observation%3Fbogus%3D1", "not an R4 search parameter"),
+        ] {
+            match parse(ExportLevel::System, query, Handling::Lenient) {
+                Err(ExportError::InvalidParameter { name, reason }) => assert!(name == "_typeFilter" && reason.contains(why), "{query}: {reason}"),
+                other => panic!("{query}: {other:?}"),
+            }
+        }
+        assert!(parse(ExportLevel::Patient, "_typeFilter=Organization%3Fname%3Dx", Handling::Strict).is_err());
+        let chained = "_typeFilter=Observation%3Fpatient.name%3Dx%26status%3Dfinal";
+        assert!(matches!(parse(ExportLevel::System, chained, Handling::Strict), Err(ExportError::UnsupportedSearch(m)) if m.contains("chained")));
+        let r = parse(ExportLevel::System, chained, Handling::Lenient).unwrap();
+        assert_eq!(r.type_filters[0].conditions.len(), 1, "the chain is dropped, status kept");
+        assert!(r.warnings[0].contains("chained") && r.warnings[0].contains("lenient"));
     }
 
     #[test]

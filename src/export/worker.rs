@@ -23,7 +23,7 @@ use super::{
     roller::Roller,
 };
 use crate::{
-    fhir::{IssueCode, OperationOutcome},
+    fhir::{search::Narrowing, IssueCode, OperationOutcome},
     output::Output,
     store::{Lease, Scope, Selection, Stores},
 };
@@ -158,7 +158,12 @@ impl Worker {
                     Ok(pipeline) => pipeline,
                     Err(reason) => return TaskEnd::Failed(reason),
                 };
-                let selection = Selection { resource_type, as_of: task.transaction_time, since: task.request.since, scope };
+                // The filters' _id and _lastUpdated bounds go to the store's indexed columns.
+                let narrowing = match task.request.filters_for(&resource_type) {
+                    Ok(filters) => Narrowing::for_filters(&filters),
+                    Err(reason) => return TaskEnd::Failed(reason),
+                };
+                let selection = Selection { resource_type, as_of: task.transaction_time, since: task.request.since, scope, narrowing };
                 (FileKind::Output, pipeline.apply_to(self.stores.resources.export_stream(selection)))
             }
             TaskKind::Outcomes => {

@@ -30,6 +30,12 @@ pub fn is_compartment_type(t: &ResourceType) -> bool {
     t.as_str() == "Patient" || PATHS.contains_key(t.as_str())
 }
 
+/// Whether a Patient reference at this element path (`subject`, `performer`) puts a resource
+/// of type `t` in that patient's compartment.
+pub fn is_compartment_path(t: &ResourceType, path: &[String]) -> bool {
+    PATHS.get(t.as_str()).is_some_and(|paths| paths.iter().any(|p| p == path))
+}
+
 /// The ids of the patients whose compartment holds this resource. A Patient belongs to its own.
 pub fn patients_of(t: &ResourceType, id: &ResourceId, body: &Map<String, Value>) -> Vec<ResourceId> {
     let mut found = BTreeSet::new();

@@ -1,11 +1,12 @@
 //! FHIR R4 knowledge without I/O: resource types, ids and instants, the Patient compartment,
-//! resource validation and stamping, Bundles, and OperationOutcome.
+//! resource validation and stamping, Bundles, OperationOutcome, and search for `_typeFilter`.
 
 pub mod bundle;
 pub mod compartment;
 pub mod instant;
 pub mod outcome;
 pub mod resource;
+pub mod search;
 pub mod types;
 
 pub use outcome::{IssueCode, OperationOutcome};

@@ -14,7 +14,7 @@ use futures::stream::BoxStream;
 use crate::{
     auth::clients::ClientRecord,
     export::job::{ClaimedTask, FileKind, FileRecord, JobId, JobRecord, NewJob},
-    fhir::{types::ResourceId, Resource, ResourceType},
+    fhir::{search::Narrowing, types::ResourceId, Resource, ResourceType},
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -121,6 +121,9 @@ pub struct Selection {
     /// Only versions last updated strictly after this instant.
     pub since: Option<DateTime<Utc>>,
     pub scope: Scope,
+    /// Bounds from `_typeFilter` on indexed columns (`_id`, `_lastUpdated`): a superset of the
+    /// matches, which the export pipeline then filters exactly.
+    pub narrowing: Narrowing,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -13,3 +13,4 @@ mod rest;
 mod rollover;
 mod scale_out;
 mod smart;
+mod type_filter;

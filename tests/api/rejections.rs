@@ -15,7 +15,7 @@ backend_tests! {
             ("/$export?_outputFormat=text/csv", StatusCode::BAD_REQUEST, "_outputFormat"),
             ("/$export?_container=..%2F..%2Fetc", StatusCode::BAD_REQUEST, "_container"),
             ("/$export?_container=Bad_Name", StatusCode::BAD_REQUEST, "_container"),
-            ("/$export?_typeFilter=Patient%3Fgender%3Dmale", StatusCode::BAD_REQUEST, "not supported yet"),
+            ("/$export?_typeFilter=Observation%3Fcode-value-quantity%3Dx", StatusCode::BAD_REQUEST, "code-value-quantity"),
             ("/$export?_elements=id", StatusCode::BAD_REQUEST, "_elements"),
             ("/$export?_until=2024-01-01T00:00:00Z", StatusCode::BAD_REQUEST, "_until"),
             ("/$export?includeAssociatedData=LatestProvenanceResources", StatusCode::BAD_REQUEST, "includeAssociatedData"),
@@ -81,7 +81,7 @@ backend_tests! {
         assert_eq!(app.put(&json!({"resourceType": "Patient", "id": "p"})).await.status(), 201);
         let response = app
             .client
-            .get(app.url("/$export?_typeFilter=Patient%3Fgender%3Dmale&_elements=id"))
+            .get(app.url("/$export?_typeFilter=Patient%3F_has%3AObservation%3Apatient%3Acode%3Dx&_elements=id"))
             .header(header::ACCEPT, "application/fhir+json")
             .header("prefer", "respond-async, handling=lenient")
             .send()

@@ -5,7 +5,7 @@
 use chrono::{DateTime, Utc};
 
 use crate::{
-    fhir::instant,
+    fhir::{instant, search::Narrowing},
     store::{Scope, Selection},
 };
 
@@ -44,6 +44,7 @@ pub fn export_copy(selection: &Selection) -> String {
     if let Some(since) = selection.since {
         conditions.push(format!("v.last_updated > {}", timestamp(since)));
     }
+    conditions.extend(narrowing(&selection.narrowing, t));
     let member = |patients: String| {
         format!(
             "EXISTS (SELECT 1 FROM compartment_members c WHERE c.resource_type = {} AND c.id = v.id \
@@ -68,6 +69,36 @@ pub fn export_copy(selection: &Selection) -> String {
         "COPY (SELECT v.body FROM ({}) v{filter}) TO STDOUT (FORMAT csv, QUOTE E'\\x01', DELIMITER E'\\x02')",
         versions_at(t, selection.as_of)
     )
+}
+
+/// `_typeFilter` bounds on the id and last_updated columns and on compartment membership, all
+/// indexed (ids are FHIR ids, which `literal` admits).
+fn narrowing(n: &Narrowing, t: &str) -> Vec<String> {
+    let mut conditions = Vec::new();
+    if let Some(patients) = &n.patients {
+        let list: Vec<String> = patients.iter().map(|id| literal(id)).collect();
+        conditions.push(if list.is_empty() {
+            "FALSE".to_owned()
+        } else {
+            format!(
+                "(v.id, v.version_id) IN (SELECT c.id, c.version_id FROM compartment_members c \
+                 WHERE c.patient_id IN ({}) AND c.resource_type = {})",
+                list.join(", "),
+                literal(t)
+            )
+        });
+    }
+    if let Some(ids) = &n.ids {
+        let list: Vec<String> = ids.iter().map(|id| literal(id)).collect();
+        conditions.push(if list.is_empty() { "FALSE".to_owned() } else { format!("v.id IN ({})", list.join(", ")) });
+    }
+    if let Some(from) = n.updated_from {
+        conditions.push(format!("v.last_updated >= {}", timestamp(from)));
+    }
+    if let Some(before) = n.updated_before {
+        conditions.push(format!("v.last_updated < {}", timestamp(before)));
+    }
+    conditions
 }
 
 /// The `COPY FROM` options matching `export_copy`, for loading JSON text untouched.

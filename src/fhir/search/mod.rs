@@ -1,0 +1,16 @@
+//! FHIR R4 search for `_typeFilter`: the R4 search-parameter table, a FHIRPath evaluator for
+//! its expressions, the query parser, the matcher, and the part of a filter a store can apply
+//! on its indexed columns.
+
+pub mod fhirpath;
+mod matcher;
+pub mod pushdown;
+pub mod query;
+pub mod ranges;
+pub mod table;
+
+pub use pushdown::Narrowing;
+pub use query::{CompiledFilter, FilterError, TypeFilter};
+
+#[cfg(test)]
+mod tests;
