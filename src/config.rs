@@ -10,7 +10,7 @@ use figment::{
 };
 use serde::{Deserialize, Serialize};
 
-use crate::export::worker::WorkerSettings;
+use crate::{export::worker::WorkerSettings, output::OutputSettings};
 
 const DEFAULTS: &str = include_str!("../config/default.toml");
 
@@ -31,6 +31,9 @@ pub struct Settings {
     pub sweep_seconds: u64,
     pub max_body_bytes: usize,
     pub log_format: LogFormat,
+    /// Where export files go (`destination`, `file_urls`, `azure_*`, `s3_*`, `storage_*`).
+    #[serde(flatten)]
+    pub output: OutputSettings,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -94,6 +97,7 @@ impl Settings {
         if self.heartbeat_millis >= self.lease_seconds * 1000 {
             return Err("invalid configuration: 'heartbeat_millis' must be shorter than 'lease_seconds'".into());
         }
+        self.output.validate().map_err(|e| format!("invalid configuration: {e}"))?;
         if !self.base_url.is_empty() {
             url::Url::parse(&self.base_url).map_err(|e| format!("invalid configuration: 'base_url' {e}"))?;
         }

@@ -37,7 +37,7 @@ impl Application {
         let stores = Stores::connect(&settings.database_url, settings.database_pool_size)
             .await
             .map_err(|e| anyhow::anyhow!("cannot open the database: {e}"))?;
-        let output = Output::local(&settings.output_dir, settings.part_size_bytes)?;
+        let output = Output::from_settings(&settings.output, &settings.output_dir, settings.part_size_bytes)?;
         let exports = Exports::new(stores.clone(), output.clone(), Duration::from_secs(settings.retention), settings.max_file_bytes);
         let shutdown = CancellationToken::new();
         let mut background = Worker::spawn_pool(stores.clone(), output.clone(), settings.worker_settings(), shutdown.clone());

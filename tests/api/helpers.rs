@@ -209,6 +209,7 @@ fn settings(database_url: &str, output_dir: &std::path::Path, options: &AppOptio
         sweep_seconds: 1,
         max_body_bytes: options.max_body_bytes,
         log_format: LogFormat::Text,
+        output: Default::default(),
     }
 }
 
