@@ -138,6 +138,12 @@ mod tests {
     }
 
     #[test]
+    fn output_defaults_in_code_match_the_defaults_file() {
+        let s = Settings::load(None, &Overrides::default()).unwrap();
+        assert_eq!(format!("{:?}", s.output), format!("{:?}", OutputSettings::default()));
+    }
+
+    #[test]
     fn a_bad_value_names_its_key() {
         let overrides = Overrides { max_file_bytes: Some(0), ..Default::default() };
         assert!(Settings::load(None, &overrides).unwrap_err().contains("max_file_bytes"));

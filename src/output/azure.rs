@@ -75,7 +75,7 @@ impl Azure {
             known: tokio::sync::Mutex::default(),
         };
         // Fails now, not at the first export, when the settings cannot make a handle.
-        azure.store("check").map_err(|e| OutputError::Config(e.to_string()))?;
+        azure.builder.clone().with_container_name("check").build().map_err(config)?;
         Ok(azure)
     }
 
@@ -117,6 +117,7 @@ impl Azure {
     /// Deletes a whole container (one created for a single job). A missing one is no error.
     pub async fn delete_container(&self, container: &str) -> Result<(), OutputError> {
         let status = self.container_call(container, Method::DELETE, "deleting the container").await?;
+        tracing::debug!(%status, container, "delete container");
         if !(status.is_success() || status == StatusCode::NOT_FOUND) {
             return Err(self.failed(container, "deleting the container", format!("the storage service answered {status}")));
         }

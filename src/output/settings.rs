@@ -56,7 +56,7 @@ impl fmt::Debug for Secret {
     }
 }
 
-#[derive(Debug, Clone, Deserialize, Default)]
+#[derive(Debug, Clone, Deserialize)]
 pub struct OutputSettings {
     pub destination: Destination,
     pub file_urls: UrlMode,
@@ -88,9 +88,32 @@ pub struct OutputSettings {
     pub storage_retry_seconds: u64,
 }
 
+/// The values of `config/default.toml`, for settings built in code (tests).
+impl Default for OutputSettings {
+    fn default() -> Self {
+        Self {
+            destination: Destination::Local,
+            file_urls: UrlMode::Auto,
+            azure_account: String::new(),
+            azure_access_key: Secret::default(),
+            azure_sas_token: Secret::default(),
+            azure_endpoint: String::new(),
+            azure_emulator: false,
+            s3_bucket: String::new(),
+            s3_region: String::new(),
+            s3_endpoint: String::new(),
+            s3_access_key_id: String::new(),
+            s3_secret_access_key: Secret::default(),
+            storage_timeout_seconds: 30,
+            storage_max_retries: 60,
+            storage_retry_seconds: 120,
+        }
+    }
+}
+
 /// Azurite's well-known development account (public, documented by Microsoft).
 pub const AZURITE_ACCOUNT: &str = "devstoreaccount1";
-pub const AZURITE_KEY: &str = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFr/JCLOA5BkvVg4VE/3Fw==";
+pub const AZURITE_KEY: &str = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==";
 
 impl OutputSettings {
     /// The URL mode in force for this destination.
@@ -106,7 +129,8 @@ impl OutputSettings {
         object_store::RetryConfig {
             backoff: object_store::BackoffConfig {
                 init_backoff: Duration::from_millis(100),
-                max_backoff: Duration::from_secs(15),
+                // Short enough that a store back from an outage is noticed within seconds.
+                max_backoff: Duration::from_secs(5),
                 base: 2.0,
             },
             max_retries: self.storage_max_retries,
@@ -139,5 +163,37 @@ impl OutputSettings {
             }
             _ => Ok(()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_are_signed_for_cloud_stores_and_proxied_for_a_directory_unless_set() {
+        let mut s = OutputSettings::default();
+        assert_eq!(s.url_mode(), UrlMode::Proxy);
+        s.destination = Destination::Azure;
+        assert_eq!(s.url_mode(), UrlMode::Signed);
+        s.file_urls = UrlMode::Proxy;
+        assert_eq!(s.url_mode(), UrlMode::Proxy);
+    }
+
+    #[test]
+    fn secrets_never_print() {
+        let s = OutputSettings { azure_access_key: Secret::new("hunter2"), ..Default::default() };
+        let text = format!("{s:?}");
+        assert!(!text.contains("hunter2") && text.contains("[redacted]"), "{text}");
+    }
+
+    #[test]
+    fn incomplete_destinations_name_the_missing_key() {
+        let azure = OutputSettings { destination: Destination::Azure, ..Default::default() };
+        assert!(azure.validate().unwrap_err().contains("azure_account"));
+        let s3 = OutputSettings { destination: Destination::S3, s3_bucket: "b".into(), s3_access_key_id: "id".into(), ..Default::default() };
+        assert!(s3.validate().unwrap_err().contains("s3_secret_access_key"));
+        let local = OutputSettings { file_urls: UrlMode::Signed, ..Default::default() };
+        assert!(local.validate().unwrap_err().contains("file_urls"));
     }
 }

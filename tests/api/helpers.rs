@@ -137,6 +137,7 @@ pub struct AppOptions {
     pub heartbeat_millis: u64,
     pub max_attempts: i32,
     pub max_body_bytes: usize,
+    pub output: bulkfhir::output::OutputSettings,
 }
 
 impl Default for AppOptions {
@@ -149,6 +150,7 @@ impl Default for AppOptions {
             heartbeat_millis: 200,
             max_attempts: 3,
             max_body_bytes: 16 * 1024 * 1024,
+            output: Default::default(),
         }
     }
 }
@@ -209,7 +211,7 @@ fn settings(database_url: &str, output_dir: &std::path::Path, options: &AppOptio
         sweep_seconds: 1,
         max_body_bytes: options.max_body_bytes,
         log_format: LogFormat::Text,
-        output: Default::default(),
+        output: options.output.clone(),
     }
 }
 

@@ -1,6 +1,8 @@
 //! Integration tests: the real server over HTTP, each test against both backends (a real
 //! Postgres, and a SQLite file) from one body: `name::postgres` and `name::sqlite`.
 
+mod azure;
+mod azurite;
 mod cancel;
 mod cli;
 mod export_levels;
