@@ -157,6 +157,10 @@ impl OutputSettings {
             Destination::Azure if self.azure_access_key.is_set() && self.azure_sas_token.is_set() => {
                 Err("set only one of 'azure_access_key' and 'azure_sas_token'".into())
             }
+            // object_store cannot sign a URL with a SAS token (a SAS cannot mint another).
+            Destination::Azure if self.azure_sas_token.is_set() && self.url_mode() == UrlMode::Signed => {
+                Err("signed file URLs cannot be made with 'azure_sas_token': set 'file_urls' = \"proxy\" or use 'azure_access_key'".into())
+            }
             Destination::S3 if self.s3_bucket.is_empty() => Err("'s3_bucket' is required for the s3 destination".into()),
             Destination::S3 if self.s3_access_key_id.is_empty() != !self.s3_secret_access_key.is_set() => {
                 Err("set both 's3_access_key_id' and 's3_secret_access_key', or neither".into())
