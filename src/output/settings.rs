@@ -162,7 +162,7 @@ impl OutputSettings {
                 Err("signed file URLs cannot be made with 'azure_sas_token': set 'file_urls' = \"proxy\" or use 'azure_access_key'".into())
             }
             Destination::S3 if self.s3_bucket.is_empty() => Err("'s3_bucket' is required for the s3 destination".into()),
-            Destination::S3 if self.s3_access_key_id.is_empty() != !self.s3_secret_access_key.is_set() => {
+            Destination::S3 if self.s3_access_key_id.is_empty() == self.s3_secret_access_key.is_set() => {
                 Err("set both 's3_access_key_id' and 's3_secret_access_key', or neither".into())
             }
             _ => Ok(()),
