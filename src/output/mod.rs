@@ -28,6 +28,8 @@ use crate::export::JobId;
 /// Uploads in flight per open file; with the part size this bounds an open file's memory.
 const MAX_PARTS_IN_FLIGHT: usize = 2;
 
+const S3_MIN_PART_SIZE: usize = 5 * 1024 * 1024;
+
 const NDJSON: &str = "application/fhir+ndjson";
 
 #[derive(Clone)]
@@ -62,10 +64,13 @@ impl Output {
     /// The destination the settings name (`output_dir` is used by the local one).
     pub fn from_settings(settings: &OutputSettings, output_dir: &FsPath, part_size: usize) -> Result<Self, OutputError> {
         settings.validate().map_err(OutputError::Config)?;
-        let place = match settings.destination {
+        let (place, part_size) = match settings.destination {
             Destination::Local => return Self::local(output_dir, part_size),
-            Destination::Azure => Place::Azure(Arc::new(azure::Azure::new(settings)?)),
-            Destination::S3 => Place::S3 { store: Arc::new(s3(settings)?), bucket: settings.s3_bucket.clone() },
+            Destination::Azure => (Place::Azure(Arc::new(azure::Azure::new(settings)?)), part_size),
+            // S3 refuses parts under 5 MiB (all but the last of a multipart upload).
+            Destination::S3 => {
+                (Place::S3 { store: Arc::new(s3(settings)?), bucket: settings.s3_bucket.clone() }, part_size.max(S3_MIN_PART_SIZE))
+            }
         };
         Ok(Self { place, part_size, url_mode: settings.url_mode() })
     }
