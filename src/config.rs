@@ -10,7 +10,7 @@ use figment::{
 };
 use serde::{Deserialize, Serialize};
 
-use crate::{auth::clients::Client, export::worker::WorkerSettings};
+use crate::{auth::clients::Client, export::worker::WorkerSettings, output::OutputSettings};
 
 const DEFAULTS: &str = include_str!("../config/default.toml");
 
@@ -34,6 +34,9 @@ pub struct Settings {
     /// Request timeout (seconds) for everything but the streaming of file bodies.
     pub request_timeout_seconds: u64,
     pub auth: AuthSettings,
+    /// Where export files go (`destination`, `file_urls`, `azure_*`, `s3_*`, `storage_*`).
+    #[serde(flatten)]
+    pub output: OutputSettings,
 }
 
 /// SMART Backend Services authorization (`auth.*`).
@@ -161,6 +164,7 @@ impl Settings {
         if let Some(bad) = self.auth.clients.iter().find_map(|c| c.to_client().err()) {
             return Err(format!("invalid configuration: 'auth.clients': {bad}"));
         }
+        self.output.validate().map_err(|e| format!("invalid configuration: {e}"))?;
         if !self.base_url.is_empty() {
             url::Url::parse(&self.base_url).map_err(|e| format!("invalid configuration: 'base_url' {e}"))?;
         }
@@ -198,6 +202,12 @@ mod tests {
         assert_eq!(s.workers, 7);
         assert_eq!(s.max_file_bytes, 1000);
         assert_eq!(s.retention, 86400);
+    }
+
+    #[test]
+    fn output_defaults_in_code_match_the_defaults_file() {
+        let s = Settings::load(None, &Overrides::default()).unwrap();
+        assert_eq!(format!("{:?}", s.output), format!("{:?}", OutputSettings::default()));
     }
 
     #[test]

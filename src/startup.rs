@@ -38,7 +38,7 @@ impl Application {
         let stores = Stores::connect(&settings.database_url, settings.database_pool_size)
             .await
             .map_err(|e| anyhow::anyhow!("cannot open the database: {e}"))?;
-        let output = Output::local(&settings.output_dir, settings.part_size_bytes)?;
+        let output = Output::from_settings(&settings.output, &settings.output_dir, settings.part_size_bytes)?;
         let exports = Exports::new(stores.clone(), output.clone(), Duration::from_secs(settings.retention), settings.max_file_bytes);
         let auth = Auth::start(stores.auth.clone(), &settings.auth, &base_url).await?;
         let shutdown = CancellationToken::new();

@@ -110,7 +110,7 @@ impl From<StoreError> for ApiError {
 impl From<OutputError> for ApiError {
     fn from(e: OutputError) -> Self {
         match e {
-            OutputError::Store(object_store::Error::NotFound { .. }) => Self::not_found("the file no longer exists"),
+            OutputError::NotFound { .. } => Self::not_found("the file no longer exists"),
             e => Self::internal(&e, "the output storage failed"),
         }
     }

@@ -52,7 +52,10 @@ async fn export_status(State(app): State<AppState>, Authorized(caller): Authoriz
             response
         }
         ExportState::Completed(job, files) => {
-            let body = manifest(&job, &files, |f| format!("{}/files/{}", app.status_url(id), f.name));
+            let body = match app.exports.signed_urls(&job, &files).await? {
+                Some(signed) => manifest(&job, &files, false, |f| signed.get(&f.key).cloned().unwrap_or_default()),
+                None => manifest(&job, &files, true, |f| format!("{}/files/{}", app.status_url(id), f.name)),
+            };
             let mut response = Json(body).into_response();
             if let Some(expires) = job.expires_at {
                 let date = httpdate::fmt_http_date(SystemTime::from(expires));

@@ -5,8 +5,9 @@ use serde_json::{json, Value};
 use super::job::{FileKind, FileRecord, JobRecord};
 use crate::fhir::instant;
 
-/// Builds the manifest. File URLs are minted by the caller (the HTTP edge knows the base URL).
-pub fn manifest(job: &JobRecord, files: &[FileRecord], url_of: impl Fn(&FileRecord) -> String) -> Value {
+/// Builds the manifest. File URLs are minted by the caller (the HTTP edge knows the base URL);
+/// signed URLs need no token, files served by this server do.
+pub fn manifest(job: &JobRecord, files: &[FileRecord], requires_access_token: bool, url_of: impl Fn(&FileRecord) -> String) -> Value {
     let entries = |kind: FileKind| -> Vec<Value> {
         files
             .iter()
@@ -17,7 +18,7 @@ pub fn manifest(job: &JobRecord, files: &[FileRecord], url_of: impl Fn(&FileReco
     json!({
         "transactionTime": instant::format(job.transaction_time),
         "request": job.request.request_url,
-        "requiresAccessToken": true,
+        "requiresAccessToken": requires_access_token,
         "output": entries(FileKind::Output),
         "deleted": entries(FileKind::Deleted),
         // Always present, even empty: some clients fail without it.

@@ -1,6 +1,6 @@
 //! The export operations the HTTP edge calls: kick off, status, cancel, and file lookup.
 
-use std::time::Duration;
+use std::{collections::HashMap, time::Duration};
 
 use bytes::Bytes;
 use futures::stream::BoxStream;
@@ -13,7 +13,7 @@ use super::{
     ExportError, JobStatus,
 };
 use crate::{
-    output::{Output, OutputError},
+    output::{Output, OutputError, UrlMode},
     store::Stores,
 };
 
@@ -69,7 +69,7 @@ impl Exports {
         if !request.warnings.is_empty() {
             tasks.push(TaskSpec { kind: TaskKind::Outcomes, resource_type: "OperationOutcome".into() });
         }
-        let folder = Output::job_folder(request.container.as_ref().map(|c| c.as_str()), transaction_time, id);
+        let folder = self.output.job_folder(request.container.as_ref().map(|c| c.as_str()), transaction_time, id);
         let job = NewJob {
             id,
             owner: owner.to_owned(),
@@ -128,6 +128,24 @@ impl Exports {
         }
         let (size, body) = self.output.read(&file.key).await?;
         Ok((file, size, body))
+    }
+
+    /// Signed URLs of a completed job's files, by key, valid until the export expires; None
+    /// when this server serves the files itself.
+    pub async fn signed_urls(&self, job: &JobRecord, files: &[FileRecord]) -> Result<Option<HashMap<String, String>>, ExportError> {
+        if self.output.url_mode() != UrlMode::Signed {
+            return Ok(None);
+        }
+        let expires = job.expires_at.unwrap_or_else(|| chrono::Utc::now() + self.retention);
+        // At least a minute, so a URL handed out just before expiry can still be used.
+        let valid_for = (expires - chrono::Utc::now()).to_std().unwrap_or_default().max(Duration::from_secs(60));
+        let mut urls = HashMap::with_capacity(files.len());
+        for file in files {
+            if let Some(url) = self.output.signed_url(&file.key, valid_for).await? {
+                urls.insert(file.key.clone(), url);
+            }
+        }
+        Ok(Some(urls))
     }
 
     /// A job that still exists and belongs to `owner`: another owner's job answers exactly as

@@ -1,88 +1,204 @@
-//! Where export files go: one `object_store` handle (a local directory now; Azure Blob and S3
-//! are the same interface). Files are written as streamed multipart uploads, so memory per open
-//! file is bounded by the part size.
+//! Where export files go: one `object_store` interface over a local directory, Azure Blob
+//! Storage or an S3 bucket, chosen by configuration. Files are written as streamed multipart
+//! uploads (Azure: blocks committed by a block list), so memory per open file is bounded by the
+//! part size. Manifest URLs are either signed (SAS, presigned) or served by this server.
 
-use std::{path::Path as FsPath, sync::Arc};
+mod azure;
+mod error;
+pub mod settings;
+
+use std::{path::Path as FsPath, sync::Arc, time::Duration};
 
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use futures::{stream::BoxStream, StreamExt, TryStreamExt};
-use object_store::{local::LocalFileSystem, path::Path, ObjectStore, ObjectStoreExt, WriteMultipart};
+use object_store::{
+    aws::{AmazonS3, AmazonS3Builder},
+    local::LocalFileSystem,
+    path::Path,
+    signer::Signer,
+    ObjectStore, ObjectStoreExt, WriteMultipart,
+};
+
+pub use error::OutputError;
+pub use settings::{Destination, OutputSettings, Secret, UrlMode};
 
 use crate::export::JobId;
-
-#[derive(Debug, thiserror::Error)]
-pub enum OutputError {
-    #[error("output storage error: {0}")]
-    Store(#[from] object_store::Error),
-    #[error("cannot use output directory '{path}': {source}")]
-    Directory { path: String, source: std::io::Error },
-}
 
 /// Uploads in flight per open file; with the part size this bounds an open file's memory.
 const MAX_PARTS_IN_FLIGHT: usize = 2;
 
+const S3_MIN_PART_SIZE: usize = 5 * 1024 * 1024;
+
+const NDJSON: &str = "application/fhir+ndjson";
+
 #[derive(Clone)]
 pub struct Output {
-    store: Arc<dyn ObjectStore>,
+    place: Place,
     part_size: usize,
+    url_mode: UrlMode,
+}
+
+#[derive(Clone)]
+enum Place {
+    Local { store: Arc<dyn ObjectStore>, root: String },
+    /// Keys are `{container}/{path}`: the first segment names the Azure container.
+    Azure(Arc<azure::Azure>),
+    /// Keys are used as they are: a container is a top-level prefix in the bucket.
+    S3 { store: Arc<AmazonS3>, bucket: String },
 }
 
 impl Output {
-    /// Files under a local directory (created if missing).
+    /// Files under a local directory (created if missing), served by this server.
     pub fn local(root: &FsPath, part_size: usize) -> Result<Self, OutputError> {
         let directory = |source| OutputError::Directory { path: root.display().to_string(), source };
         std::fs::create_dir_all(root).map_err(directory)?;
         let root = root.canonicalize().map_err(directory)?;
-        let store = LocalFileSystem::new_with_prefix(&root)?.with_automatic_cleanup(true);
-        Ok(Self { store: Arc::new(store), part_size })
+        let store = LocalFileSystem::new_with_prefix(&root)
+            .map_err(|e| OutputError::Config(format!("output directory '{}': {e}", root.display())))?
+            .with_automatic_cleanup(true);
+        let place = Place::Local { store: Arc::new(store), root: root.display().to_string() };
+        Ok(Self { place, part_size, url_mode: UrlMode::Proxy })
     }
 
-    /// The folder of one job: `[container/]{yyyyMMddTHHmmss}-{jobId}`, as in the seed system.
-    pub fn job_folder(container: Option<&str>, transaction_time: DateTime<Utc>, job: JobId) -> String {
+    /// The destination the settings name (`output_dir` is used by the local one).
+    pub fn from_settings(settings: &OutputSettings, output_dir: &FsPath, part_size: usize) -> Result<Self, OutputError> {
+        settings.validate().map_err(OutputError::Config)?;
+        let (place, part_size) = match settings.destination {
+            Destination::Local => return Self::local(output_dir, part_size),
+            Destination::Azure => (Place::Azure(Arc::new(azure::Azure::new(settings)?)), part_size),
+            // S3 refuses parts under 5 MiB (all but the last of a multipart upload).
+            Destination::S3 => {
+                (Place::S3 { store: Arc::new(s3(settings)?), bucket: settings.s3_bucket.clone() }, part_size.max(S3_MIN_PART_SIZE))
+            }
+        };
+        Ok(Self { place, part_size, url_mode: settings.url_mode() })
+    }
+
+    pub fn url_mode(&self) -> UrlMode {
+        self.url_mode
+    }
+
+    /// The folder of one job, as in the seed system: `{container}/{yyyyMMddTHHmmss}-{jobId}`
+    /// with `_container`, else `{yyyyMMddTHHmmss}-{jobId}`. On Azure the latter is a container
+    /// of its own, so it is lowercased to a valid container name (52 characters).
+    pub fn job_folder(&self, container: Option<&str>, transaction_time: DateTime<Utc>, job: JobId) -> String {
         let folder = format!("{}-{job}", transaction_time.format("%Y%m%dT%H%M%S"));
-        match container {
-            Some(container) => format!("{container}/{folder}"),
-            None => folder,
+        match (container, &self.place) {
+            (Some(container), _) => format!("{container}/{folder}"),
+            (None, Place::Azure(_)) => folder.to_lowercase(),
+            (None, _) => folder,
+        }
+    }
+
+    /// Where `key` lives: the store, the path in it, and the destination in words.
+    async fn locate(&self, key: &str, create_container: bool) -> Result<(Arc<dyn ObjectStore>, Path, String), OutputError> {
+        match &self.place {
+            Place::Local { store, root } => Ok((store.clone(), Path::from(key), format!("output directory '{root}'"))),
+            Place::S3 { store, bucket } => Ok((store.clone(), Path::from(key), format!("S3 bucket '{bucket}'"))),
+            Place::Azure(azure) => {
+                let (container, rest) = key.split_once('/').unwrap_or((key, ""));
+                if create_container {
+                    azure.ensure_container(container).await?;
+                }
+                Ok((azure.store(container)?, Path::from(rest), azure.describe(container)))
+            }
         }
     }
 
     pub async fn create(&self, key: &str) -> Result<OutputFile, OutputError> {
-        let upload = self.store.put_multipart(&Path::from(key)).await?;
-        Ok(OutputFile { upload: WriteMultipart::new_with_chunk_size(upload, self.part_size), bytes: 0 })
+        let (store, path, destination) = self.locate(key, true).await?;
+        let action = format!("writing {key}");
+        // Signed URLs are fetched from the store directly: the blob carries the NDJSON type.
+        let mut options = object_store::PutMultipartOptions::default();
+        if !matches!(self.place, Place::Local { .. }) {
+            options.attributes.insert(object_store::Attribute::ContentType, NDJSON.into());
+        }
+        let upload = store.put_multipart_opts(&path, options).await.map_err(|e| OutputError::store(&destination, &action, e))?;
+        Ok(OutputFile { upload: WriteMultipart::new_with_chunk_size(upload, self.part_size), bytes: 0, destination, action })
     }
 
     /// The size and content of a file.
     pub async fn read(&self, key: &str) -> Result<(u64, BoxStream<'static, Result<Bytes, OutputError>>), OutputError> {
-        let result = self.store.get(&Path::from(key)).await?;
+        let (store, path, destination) = self.locate(key, false).await?;
+        let action = format!("reading {key}");
+        let result = store.get(&path).await.map_err(|e| OutputError::store(&destination, &action, e))?;
         let size = result.meta.size;
-        Ok((size, result.into_stream().map_err(OutputError::from).boxed()))
+        Ok((size, result.into_stream().map_err(move |e| OutputError::store(&destination, &action, e)).boxed()))
     }
 
-    /// Deletes every file under a folder.
-    pub async fn delete_folder(&self, folder: &str) -> Result<(), OutputError> {
-        let prefix = Path::from(folder);
-        let locations = self.store.list(Some(&prefix)).map_ok(|meta| meta.location).boxed();
-        self.store
-            .delete_stream(locations)
-            .try_for_each(|_| async { Ok(()) })
-            .await
-            .or_else(|e| match e {
-                object_store::Error::NotFound { .. } => Ok(()),
-                e => Err(e.into()),
-            })
+    /// A signed URL for a file, valid for `valid_for`; None when files are served by proxy.
+    pub async fn signed_url(&self, key: &str, valid_for: Duration) -> Result<Option<String>, OutputError> {
+        if self.url_mode != UrlMode::Signed {
+            return Ok(None);
+        }
+        let action = format!("signing a URL for {key}");
+        let (signer, path, destination): (Arc<dyn Signer>, Path, String) = match &self.place {
+            Place::Local { .. } => return Ok(None),
+            Place::S3 { store, bucket } => (store.clone(), Path::from(key), format!("S3 bucket '{bucket}'")),
+            Place::Azure(azure) => {
+                let (container, rest) = key.split_once('/').unwrap_or((key, ""));
+                (azure.store(container)?, Path::from(rest), azure.describe(container))
+            }
+        };
+        let url = signer.signed_url(http::Method::GET, &path, valid_for).await.map_err(|e| OutputError::store(&destination, &action, e))?;
+        Ok(Some(url.to_string()))
     }
+
+    /// Deletes every file under a job's folder; on Azure, a container made for the job goes too.
+    pub async fn delete_folder(&self, folder: &str) -> Result<(), OutputError> {
+        if let Place::Azure(azure) = &self.place
+            && !folder.contains('/')
+        {
+            return azure.delete_container(folder).await;
+        }
+        let (store, prefix, destination) = self.locate(folder, false).await?;
+        let action = format!("deleting {folder}");
+        let locations = store.list(Some(&prefix)).map_ok(|meta| meta.location).boxed();
+        store.delete_stream(locations).try_for_each(|_| async { Ok(()) }).await.or_else(|e| match e {
+            object_store::Error::NotFound { .. } => Ok(()),
+            e => Err(OutputError::store(&destination, &action, e)),
+        })
+    }
+}
+
+fn s3(settings: &OutputSettings) -> Result<AmazonS3, OutputError> {
+    let options = object_store::ClientOptions::new().with_timeout(settings.request_timeout());
+    // from_env picks up the AWS default chain (AWS_* variables, web identity, instance metadata).
+    let mut builder = AmazonS3Builder::from_env()
+        .with_bucket_name(&settings.s3_bucket)
+        .with_client_options(options)
+        .with_retry(settings.retry());
+    if !settings.s3_region.is_empty() {
+        builder = builder.with_region(&settings.s3_region);
+    }
+    if !settings.s3_endpoint.is_empty() {
+        builder = builder
+            .with_endpoint(&settings.s3_endpoint)
+            .with_allow_http(settings.s3_endpoint.starts_with("http://"))
+            .with_virtual_hosted_style_request(false);
+    }
+    if !settings.s3_access_key_id.is_empty() {
+        builder = builder
+            .with_access_key_id(&settings.s3_access_key_id)
+            .with_secret_access_key(settings.s3_secret_access_key.expose());
+    }
+    builder
+        .build()
+        .map_err(|e| OutputError::Config(format!("S3 bucket '{}': {}", settings.s3_bucket, error::plain_reason(&e))))
 }
 
 /// A file being written. Nothing is visible under its key until `finish`.
 pub struct OutputFile {
     upload: WriteMultipart,
     bytes: u64,
+    destination: String,
+    action: String,
 }
 
 impl OutputFile {
     pub async fn write(&mut self, data: &[u8]) -> Result<(), OutputError> {
-        self.upload.wait_for_capacity(MAX_PARTS_IN_FLIGHT).await?;
+        self.upload.wait_for_capacity(MAX_PARTS_IN_FLIGHT).await.map_err(|e| self.error(e))?;
         self.upload.write(data);
         self.bytes += data.len() as u64;
         Ok(())
@@ -93,12 +209,18 @@ impl OutputFile {
     }
 
     pub async fn finish(self) -> Result<(), OutputError> {
-        self.upload.finish().await?;
+        let (destination, action) = (self.destination, self.action);
+        self.upload.finish().await.map_err(|e| OutputError::store(&destination, &action, e))?;
         Ok(())
     }
 
     pub async fn abort(self) -> Result<(), OutputError> {
-        self.upload.abort().await?;
+        let (destination, action) = (self.destination, self.action);
+        self.upload.abort().await.map_err(|e| OutputError::store(&destination, &action, e))?;
         Ok(())
+    }
+
+    fn error(&self, e: object_store::Error) -> OutputError {
+        OutputError::store(&self.destination, &self.action, e)
     }
 }

@@ -18,7 +18,7 @@ fn output_entries(app: &TestApp) -> usize {
     count(app.output_dir.path())
 }
 
-async fn wait_until(what: &str, seconds: u64, mut done: impl AsyncFnMut() -> bool) {
+pub(crate) async fn wait_until(what: &str, seconds: u64, mut done: impl AsyncFnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(seconds);
     while !done().await {
         assert!(Instant::now() < deadline, "timed out waiting until {what}");

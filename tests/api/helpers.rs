@@ -139,6 +139,7 @@ pub struct AppOptions {
     pub max_body_bytes: usize,
     /// Authorization: open by default (no clients); auth tests register clients.
     pub auth: AuthSettings,
+    pub output: bulkfhir::output::OutputSettings,
 }
 
 impl Default for AppOptions {
@@ -152,6 +153,7 @@ impl Default for AppOptions {
             max_attempts: 3,
             max_body_bytes: 16 * 1024 * 1024,
             auth: AuthSettings::default(),
+            output: Default::default(),
         }
     }
 }
@@ -214,6 +216,7 @@ fn settings(database_url: &str, output_dir: &std::path::Path, options: &AppOptio
         log_format: LogFormat::Text,
         request_timeout_seconds: 60,
         auth: options.auth.clone(),
+        output: options.output.clone(),
     }
 }
 

@@ -2,15 +2,19 @@
 //! Postgres, and a SQLite file) from one body: `name::postgres` and `name::sqlite`.
 
 mod auth;
+mod azure;
+mod azurite;
 mod cancel;
 mod cli;
 mod export_levels;
 mod helpers;
+mod moto;
 mod point_in_time;
 mod recovery;
 mod rejections;
 mod rest;
 mod rollover;
+mod s3;
 mod scale_out;
 mod smart;
 mod type_filter;
