@@ -59,6 +59,6 @@ fi
 cargo test --locked --all-targets --no-fail-fast
 
 # The README's walkthrough as a person follows it (SQLite default, load, export, poll, download,
-# release), on the debug binary the tests just built rather than a second, release build.
-cargo build --locked --bin bulkfhir
+# release), on the debug binary `cargo test` just built for the integration tests: a separate
+# `cargo build` would resolve features without the dev-dependencies and recompile a dozen crates.
 BULKFHIR_BIN="${CARGO_TARGET_DIR:-target}/debug/bulkfhir" bash scripts/newcomer.sh
