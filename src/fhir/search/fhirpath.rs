@@ -329,7 +329,9 @@ fn eval<'a>(expr: &Expr, context: &[Item<'a>], root_type: &ResourceType, at_root
             // parameter shared by several types that applies to this one), and nothing otherwise.
             if at_root && (name == root_type.as_str() || name == "Resource" || name == "DomainResource") {
                 context.to_vec()
-            } else if at_root && ResourceType::parse(name).is_some() {
+            } else if at_root && name.starts_with(|c: char| c.is_ascii_uppercase()) {
+                // Element names start in lower case, type names in upper case: another type's
+                // branch (no table lookup: the `code` and `date` parameters have a dozen).
                 Vec::new()
             } else {
                 members(context, name)

@@ -183,9 +183,10 @@ fn export_query(selection: &Selection) -> (String, Option<String>) {
         narrowing.push_str(" AND v.last_updated < ?7");
     }
     if n.patients.is_some() {
-        // Driven by the compartment table's primary key (patient first), then the resource.
+        // Ids that were ever in these compartments, read once through the compartment table's
+        // primary key (patient first): a superset, the matcher checks the exported version.
         narrowing.push_str(
-            " AND (v.id, v.version_id) IN (SELECT c.id, c.version_id FROM compartment_members c \
+            " AND v.id IN (SELECT c.id FROM compartment_members c \
              WHERE c.patient_id IN (SELECT value FROM json_each(?8)) AND c.resource_type = ?1)",
         );
     }
