@@ -47,9 +47,10 @@ fn capabilities(base_url: &str) -> Value {
         "format": ["json"],
         "rest": [{
             "mode": "server",
-            "documentation": "Bulk Data $export at system, Patient and Group level. Parameters: _outputFormat, _type, _since, _container. \
-                              Patient and Group exports cover the Patient compartment. Not supported yet: _typeFilter, _elements, _until, \
-                              patient, includeAssociatedData, organizeOutputBy, allowPartialManifests. Authorization is not enabled.",
+            "documentation": "Bulk Data $export at system, Patient and Group level. Parameters: _outputFormat, _type, _since (with deleted files), \
+                              _until, patient (Patient and Group level), _container. \
+                              Patient and Group exports cover the Patient compartment. Not supported yet: _typeFilter, _elements, \
+                              includeAssociatedData, organizeOutputBy, allowPartialManifests. Authorization is not enabled.",
             "interaction": [{"code": "batch"}, {"code": "transaction"}],
             "operation": [export("export", "export")],
             "resource": resources,

@@ -81,6 +81,13 @@ pub struct ExportRequest {
     /// Requested types; None means every type the level covers.
     pub types: Option<Vec<ResourceType>>,
     pub since: Option<DateTime<Utc>>,
+    /// `_until`: only resources last updated strictly before this instant.
+    #[serde(default)]
+    pub until: Option<DateTime<Utc>>,
+    /// `patient` (Patient and Group level): only these patients' compartments. Checked against
+    /// the store at kick-off.
+    #[serde(default)]
+    pub patients: Option<Vec<ResourceId>>,
     pub container: Option<ContainerName>,
     pub handling: Handling,
     /// Diagnostics for parameters ignored under lenient handling; exported as `error` files.
@@ -90,11 +97,9 @@ pub struct ExportRequest {
 const OUTPUT_FORMATS: [&str; 3] = ["application/fhir+ndjson", "application/ndjson", "ndjson"];
 
 /// Spec parameters that a later version of this server implements.
-const NOT_YET_SUPPORTED: [&str; 8] = [
-    "_until",
+const NOT_YET_SUPPORTED: [&str; 6] = [
     "_elements",
     "_typeFilter",
-    "patient",
     "includeAssociatedData",
     "organizeOutputBy",
     "allowPartialManifests",
@@ -120,6 +125,7 @@ impl ExportRequest {
         for name in raw.0.iter().map(|(n, _)| n.as_str()).collect::<BTreeSet<_>>() {
             match name {
                 "_outputFormat" | "_type" | "_since" | "_container" => {}
+                "_until" | "patient" => {}
                 _ if NOT_YET_SUPPORTED.contains(&name) => refuse(ExportError::UnsupportedParameter(name.to_owned()))?,
                 _ => refuse(ExportError::UnknownParameter(name.to_owned()))?,
             }
@@ -135,6 +141,14 @@ impl ExportRequest {
         let since = single(raw, "_since")?
             .map(|value| instant::parse(value).map_err(|reason| invalid("_since", reason)))
             .transpose()?;
+        let until = single(raw, "_until")?
+            .map(|value| instant::parse(value).map_err(|reason| invalid("_until", reason)))
+            .transpose()?;
+        if let (Some(since), Some(until)) = (since, until)
+            && since > until {
+                return Err(invalid("_since", format!("{} is after _until {}", instant::format(since), instant::format(until))));
+            }
+        let patients = parse_patients(&level, raw, &mut refuse)?;
         let container = single(raw, "_container")?
             .map(|value| ContainerName::parse(value).map_err(|reason| invalid("_container", reason)))
             .transpose()?;
@@ -154,7 +168,7 @@ impl ExportRequest {
         }
         let types = if raw.values("_type").next().is_some() { Some(types.into_iter().collect()) } else { None };
 
-        Ok(Self { level, request_url, types, since, container, handling, warnings })
+        Ok(Self { level, request_url, types, since, until, patients, container, handling, warnings })
     }
 
     /// The types this export may cover, among those the store holds.
@@ -166,6 +180,33 @@ impl ExportRequest {
             .cloned()
             .collect()
     }
+}
+
+/// The `patient` references (`Patient/id`), for Patient and Group level only. Whether each
+/// patient exists (and is a Group member) is checked at kick-off, against the store.
+fn parse_patients(
+    level: &ExportLevel,
+    raw: &RawParams,
+    refuse: &mut impl FnMut(ExportError) -> Result<(), ExportError>,
+) -> Result<Option<Vec<ResourceId>>, ExportError> {
+    if raw.values("patient").next().is_none() {
+        return Ok(None);
+    }
+    if !level.is_compartment() {
+        refuse(invalid("patient", "applies to Patient and Group level exports only"))?;
+        return Ok(None);
+    }
+    let mut patients = BTreeSet::new();
+    for reference in raw.values("patient") {
+        let id = reference.trim().strip_prefix("Patient/").and_then(ResourceId::parse);
+        match id {
+            Some(id) => {
+                patients.insert(id);
+            }
+            None => refuse(invalid("patient", format!("'{reference}' is not a Patient reference (Patient/id)")))?,
+        }
+    }
+    Ok(Some(patients.into_iter().collect()))
 }
 
 fn invalid(name: &str, reason: impl Into<String>) -> ExportError {
@@ -206,6 +247,8 @@ mod tests {
             ("_container=../etc", "_container"),
             ("_container=UPPER", "_container"),
             ("_since=2024-01-01&_since=2024-01-02", "_since"),
+            ("_until=soon", "_until"),
+            ("_since=2024-02-01&_until=2024-01-01", "_since"),
         ] {
             match parse(ExportLevel::System, query, Handling::Strict) {
                 Err(ExportError::InvalidParameter { name: n, .. }) => assert_eq!(n, name, "{query}"),
@@ -224,6 +267,20 @@ mod tests {
         assert_eq!(r.warnings.len(), 2);
         assert!(r.warnings.iter().any(|w| w.contains("_elements")));
         assert!(r.warnings.iter().any(|w| w.contains("foo")));
+    }
+
+    #[test]
+    fn until_and_patient_parse() {
+        let r = parse(ExportLevel::System, "_since=2024-01-01&_until=2024-01-01T00%3A00%3A01Z", Handling::Strict).unwrap();
+        assert_eq!(r.until.unwrap() - r.since.unwrap(), chrono::Duration::seconds(1));
+        let r = parse(ExportLevel::Patient, "patient=Patient/b&patient=Patient/a&patient=Patient/b", Handling::Strict).unwrap();
+        let ids: Vec<String> = r.patients.unwrap().iter().map(|p| p.to_string()).collect();
+        assert_eq!(ids, ["a", "b"]);
+        assert!(parse(ExportLevel::System, "patient=Patient/a", Handling::Strict).is_err());
+        assert!(parse(ExportLevel::Patient, "patient=Observation/a", Handling::Strict).is_err());
+        let r = parse(ExportLevel::Patient, "patient=Observation/a&patient=Patient/c", Handling::Lenient).unwrap();
+        assert_eq!(r.patients.unwrap().len(), 1);
+        assert_eq!(r.warnings.len(), 1);
     }
 
     #[test]

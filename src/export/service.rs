@@ -3,15 +3,17 @@
 use std::time::Duration;
 
 use bytes::Bytes;
+use chrono::{DateTime, Utc};
 use futures::stream::BoxStream;
 
 use super::{
     group,
     job::{FileRecord, JobId, JobRecord, NewJob, TaskKind, TaskSpec},
-    request::{ExportLevel, ExportRequest},
+    request::{ExportLevel, ExportRequest, Handling},
     ExportError, JobStatus,
 };
 use crate::{
+    fhir::{types::ResourceId, ResourceType},
     output::{Output, OutputError},
     store::Stores,
 };
@@ -39,15 +41,20 @@ impl Exports {
     /// Plans and records a job: fixes transactionTime, resolves Group membership at that instant,
     /// and creates one task per type to export (plus one for lenient-handling warnings).
     #[tracing::instrument(skip_all, fields(level = ?request.level))]
-    pub async fn kick_off(&self, request: ExportRequest, owner: &str) -> Result<JobId, ExportError> {
+    pub async fn kick_off(&self, mut request: ExportRequest, owner: &str) -> Result<JobId, ExportError> {
         let id = JobId::new();
         let transaction_time = self.stores.resources.snapshot_time().await?;
-        let patients = match &request.level {
+        let mut patients = match &request.level {
             ExportLevel::Group { id: group_id } => {
                 group::members(self.stores.resources.as_ref(), group_id, transaction_time).await?
             }
             _ => Vec::new(),
         };
+        if let Some(requested) = request.patients.take() {
+            let chosen = self.requested_patients(&mut request, requested, &patients, transaction_time).await?;
+            request.patients = Some(chosen.clone());
+            patients = chosen;
+        }
         let present = self.stores.resources.types_present().await?;
         let mut tasks: Vec<TaskSpec> = request
             .types_to_export(&present)
@@ -72,6 +79,40 @@ impl Exports {
         self.stores.jobs.create_job(job).await?;
         tracing::info!(job = %id, "export job created");
         Ok(id)
+    }
+
+    /// The `patient` parameter's patients that exist at transactionTime and, at Group level,
+    /// are members. Any other is a 400 naming it, or (lenient) left out with a warning.
+    async fn requested_patients(
+        &self,
+        request: &mut ExportRequest,
+        requested: Vec<ResourceId>,
+        members: &[ResourceId],
+        as_of: DateTime<Utc>,
+    ) -> Result<Vec<ResourceId>, ExportError> {
+        let patient_type = ResourceType::parse("Patient").expect("Patient is an R4 type");
+        let mut chosen = Vec::with_capacity(requested.len());
+        for id in requested {
+            let problem = if let ExportLevel::Group { id: group } = &request.level {
+                (!members.contains(&id)).then(|| format!("Patient/{id} is not a member of Group/{group}"))
+            } else {
+                None
+            };
+            let problem = match problem {
+                Some(p) => Some(p),
+                None => self.stores.resources.read_as_of(&patient_type, &id, as_of).await?.is_none().then(|| format!("Patient/{id} does not exist")),
+            };
+            match (problem, request.handling) {
+                (None, _) => chosen.push(id),
+                (Some(reason), Handling::Strict) => {
+                    return Err(ExportError::InvalidParameter { name: "patient".into(), reason });
+                }
+                (Some(reason), Handling::Lenient) => {
+                    request.warnings.push(format!("parameter 'patient': {reason}; left out under Prefer: handling=lenient"));
+                }
+            }
+        }
+        Ok(chosen)
     }
 
     pub async fn state(&self, id: JobId) -> Result<ExportState, ExportError> {

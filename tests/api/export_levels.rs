@@ -8,9 +8,9 @@ use serde_json::{json, Value};
 
 use crate::helpers::{backend_tests, fixture_resources, multiset, spawn_app, without_server_meta};
 
-const SYNTHEA_GROUP: &str = "d9f31445-f448-48c0-af57-295c005e07df";
+pub(crate) const SYNTHEA_GROUP: &str = "d9f31445-f448-48c0-af57-295c005e07df";
 
-fn exported_multisets(exported: BTreeMap<String, Vec<Value>>) -> BTreeMap<String, Vec<String>> {
+pub(crate) fn exported_multisets(exported: BTreeMap<String, Vec<Value>>) -> BTreeMap<String, Vec<String>> {
     exported
         .into_iter()
         .map(|(t, resources)| (t, multiset(&resources.into_iter().map(without_server_meta).collect::<Vec<_>>())))
@@ -19,7 +19,7 @@ fn exported_multisets(exported: BTreeMap<String, Vec<Value>>) -> BTreeMap<String
 
 /// Does any string in the resource reference one of these patients? Worked out from the raw
 /// JSON, independently of the server's compartment table.
-fn references_patient(value: &Value, patients: &BTreeSet<String>) -> bool {
+pub(crate) fn references_patient(value: &Value, patients: &BTreeSet<String>) -> bool {
     match value {
         Value::String(s) => s.strip_prefix("Patient/").is_some_and(|id| patients.contains(id)),
         Value::Array(items) => items.iter().any(|v| references_patient(v, patients)),
@@ -32,7 +32,7 @@ fn references_patient(value: &Value, patients: &BTreeSet<String>) -> bool {
 /// with no parameter, so they are in no patient's compartment.
 const OUTSIDE_THE_COMPARTMENT: [&str; 1] = ["Device"];
 
-fn expected_for_patients(loaded: &BTreeMap<String, Vec<Value>>, patients: &BTreeSet<String>) -> BTreeMap<String, Vec<String>> {
+pub(crate) fn expected_for_patients(loaded: &BTreeMap<String, Vec<Value>>, patients: &BTreeSet<String>) -> BTreeMap<String, Vec<String>> {
     loaded
         .iter()
         .filter(|(t, _)| !OUTSIDE_THE_COMPARTMENT.contains(&t.as_str()))
@@ -50,7 +50,7 @@ fn expected_for_patients(loaded: &BTreeMap<String, Vec<Value>>, patients: &BTree
 }
 
 /// Compares per type, naming the type and the first resource that differs.
-fn assert_same(actual: BTreeMap<String, Vec<String>>, expected: &BTreeMap<String, Vec<String>>) {
+pub(crate) fn assert_same(actual: BTreeMap<String, Vec<String>>, expected: &BTreeMap<String, Vec<String>>) {
     assert_eq!(actual.keys().collect::<Vec<_>>(), expected.keys().collect::<Vec<_>>(), "exported types");
     // The first line of `a` not in `b` (quadratic: worked out only for a failure's message).
     let first_not_in = |a: &[String], b: &[String]| a.iter().find(|l| !b.contains(l)).cloned();

@@ -304,6 +304,18 @@ impl TestApp {
             .unwrap()
     }
 
+    /// A POST kick-off with a `Parameters` body and this `Prefer` header.
+    pub async fn kick_off_post_raw(&self, path: &str, parameters: &Value, prefer: &str) -> Response {
+        self.client
+            .post(self.url(path))
+            .header(header::ACCEPT, "application/fhir+json")
+            .header("prefer", prefer)
+            .json(parameters)
+            .send()
+            .await
+            .unwrap()
+    }
+
     /// Kicks off and returns the status URL, asserting the 202.
     pub async fn kick_off(&self, path_and_query: &str) -> String {
         let response = self.kick_off_raw(path_and_query).await;
