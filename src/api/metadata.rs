@@ -48,8 +48,8 @@ fn capabilities(base_url: &str) -> Value {
         "rest": [{
             "mode": "server",
             "documentation": "Bulk Data $export at system, Patient and Group level. Parameters: _outputFormat, _type, _since (with deleted files), \
-                              _until, patient (Patient and Group level), _container. \
-                              Patient and Group exports cover the Patient compartment. Not supported yet: _typeFilter, _elements, \
+                              _until, patient (Patient and Group level), _elements, _container. \
+                              Patient and Group exports cover the Patient compartment. Not supported yet: _typeFilter, \
                               includeAssociatedData, organizeOutputBy, allowPartialManifests. Authorization is not enabled.",
             "interaction": [{"code": "batch"}, {"code": "transaction"}],
             "operation": [export("export", "export")],

@@ -8,7 +8,10 @@ use futures::{stream::BoxStream, StreamExt};
 use serde_json::Value;
 
 use super::request::ExportRequest;
-use crate::{fhir::ResourceType, store::StoreError};
+use crate::{
+    fhir::{elements::Subset, ResourceType},
+    store::StoreError,
+};
 
 /// What a stage decided for one resource.
 #[derive(Debug, PartialEq, Eq)]
@@ -33,8 +36,12 @@ pub struct Pipeline {
 impl Pipeline {
     /// The stages the request asks for on this type. Every parameter that looks inside
     /// resources adds its stage here, filters before rewrites.
-    pub fn for_type(_request: &ExportRequest, _resource_type: &ResourceType) -> Result<Self, String> {
-        Ok(Self::default())
+    pub fn for_type(request: &ExportRequest, resource_type: &ResourceType) -> Result<Self, String> {
+        let mut pipeline = Self::default();
+        if let Some(subset) = request.elements.as_deref().and_then(|specs| Subset::for_type(specs, resource_type.as_str())) {
+            pipeline = pipeline.with(ElementsStage(subset));
+        }
+        Ok(pipeline)
     }
 
     pub fn with(mut self, stage: impl Stage + 'static) -> Self {
@@ -87,6 +94,16 @@ impl Pipeline {
             })
             .filter(|chunk| futures::future::ready(!matches!(chunk, Ok(c) if c.is_empty())))
             .boxed()
+    }
+}
+
+/// `_elements`: keeps the chosen elements and tags the resource SUBSETTED.
+struct ElementsStage(Subset);
+
+impl Stage for ElementsStage {
+    fn apply(&self, resource: &mut Value) -> Result<Verdict, String> {
+        self.0.apply(resource);
+        Ok(Verdict::Changed)
     }
 }
 

@@ -6,7 +6,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use super::{params::RawParams, ExportError};
-use crate::fhir::{compartment, instant, types::ResourceId, ResourceType};
+use crate::fhir::{compartment, elements::ElementSpec, instant, types::ResourceId, ResourceType};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "level", rename_all = "lowercase")]
@@ -88,6 +88,9 @@ pub struct ExportRequest {
     /// the store at kick-off.
     #[serde(default)]
     pub patients: Option<Vec<ResourceId>>,
+    /// `_elements`: the elements to keep (None: whole resources).
+    #[serde(default)]
+    pub elements: Option<Vec<ElementSpec>>,
     pub container: Option<ContainerName>,
     pub handling: Handling,
     /// Diagnostics for parameters ignored under lenient handling; exported as `error` files.
@@ -97,8 +100,7 @@ pub struct ExportRequest {
 const OUTPUT_FORMATS: [&str; 3] = ["application/fhir+ndjson", "application/ndjson", "ndjson"];
 
 /// Spec parameters that a later version of this server implements.
-const NOT_YET_SUPPORTED: [&str; 6] = [
-    "_elements",
+const NOT_YET_SUPPORTED: [&str; 5] = [
     "_typeFilter",
     "includeAssociatedData",
     "organizeOutputBy",
@@ -125,7 +127,7 @@ impl ExportRequest {
         for name in raw.0.iter().map(|(n, _)| n.as_str()).collect::<BTreeSet<_>>() {
             match name {
                 "_outputFormat" | "_type" | "_since" | "_container" => {}
-                "_until" | "patient" => {}
+                "_until" | "patient" | "_elements" => {}
                 _ if NOT_YET_SUPPORTED.contains(&name) => refuse(ExportError::UnsupportedParameter(name.to_owned()))?,
                 _ => refuse(ExportError::UnknownParameter(name.to_owned()))?,
             }
@@ -149,6 +151,7 @@ impl ExportRequest {
                 return Err(invalid("_since", format!("{} is after _until {}", instant::format(since), instant::format(until))));
             }
         let patients = parse_patients(&level, raw, &mut refuse)?;
+        let elements = parse_elements(raw, &mut refuse)?;
         let container = single(raw, "_container")?
             .map(|value| ContainerName::parse(value).map_err(|reason| invalid("_container", reason)))
             .transpose()?;
@@ -168,7 +171,7 @@ impl ExportRequest {
         }
         let types = if raw.values("_type").next().is_some() { Some(types.into_iter().collect()) } else { None };
 
-        Ok(Self { level, request_url, types, since, until, patients, container, handling, warnings })
+        Ok(Self { level, request_url, types, since, until, patients, elements, container, handling, warnings })
     }
 
     /// The types this export may cover, among those the store holds.
@@ -207,6 +210,24 @@ fn parse_patients(
         }
     }
     Ok(Some(patients.into_iter().collect()))
+}
+
+/// The `_elements` items; a malformed one is a 400 naming it, or (lenient) left out.
+fn parse_elements(
+    raw: &RawParams,
+    refuse: &mut impl FnMut(ExportError) -> Result<(), ExportError>,
+) -> Result<Option<Vec<ElementSpec>>, ExportError> {
+    let mut specs = Vec::new();
+    let mut any = false;
+    for item in raw.values("_elements").filter(|i| !i.trim().is_empty()) {
+        any = true;
+        match ElementSpec::parse(item) {
+            Ok(spec) if !specs.contains(&spec) => specs.push(spec),
+            Ok(_) => {}
+            Err(reason) => refuse(invalid("_elements", reason))?,
+        }
+    }
+    Ok((any && !specs.is_empty()).then_some(specs))
 }
 
 fn invalid(name: &str, reason: impl Into<String>) -> ExportError {
@@ -248,6 +269,8 @@ mod tests {
             ("_container=UPPER", "_container"),
             ("_since=2024-01-01&_since=2024-01-02", "_since"),
             ("_until=soon", "_until"),
+            ("_elements=name.given", "_elements"),
+            ("_elements=Bogus.id", "_elements"),
             ("_since=2024-02-01&_until=2024-01-01", "_since"),
         ] {
             match parse(ExportLevel::System, query, Handling::Strict) {
@@ -263,9 +286,9 @@ mod tests {
             parse(ExportLevel::System, "_typeFilter=Patient%3Fgender%3Dmale", Handling::Strict),
             Err(ExportError::UnsupportedParameter(n)) if n == "_typeFilter"
         ));
-        let r = parse(ExportLevel::System, "_elements=id&foo=bar", Handling::Lenient).unwrap();
+        let r = parse(ExportLevel::System, "organizeOutputBy=Patient&foo=bar", Handling::Lenient).unwrap();
         assert_eq!(r.warnings.len(), 2);
-        assert!(r.warnings.iter().any(|w| w.contains("_elements")));
+        assert!(r.warnings.iter().any(|w| w.contains("organizeOutputBy")));
         assert!(r.warnings.iter().any(|w| w.contains("foo")));
     }
 

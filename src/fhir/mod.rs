@@ -3,6 +3,7 @@
 
 pub mod bundle;
 pub mod compartment;
+pub mod elements;
 pub mod instant;
 pub mod outcome;
 pub mod resource;

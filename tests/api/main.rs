@@ -3,6 +3,7 @@
 
 mod cancel;
 mod cli;
+mod elements;
 mod export_levels;
 mod helpers;
 mod patient_param;
