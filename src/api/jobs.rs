@@ -38,8 +38,13 @@ fn job_id(raw: &str) -> Result<JobId, ApiError> {
 async fn export_status(State(app): State<AppState>, Path(id): Path<String>) -> Result<Response, ApiError> {
     let id = job_id(&id)?;
     let mut response = match app.exports.state(id).await? {
-        ExportState::InProgress(job) => {
-            let mut response = StatusCode::ACCEPTED.into_response();
+        ExportState::InProgress(job, files) => {
+            let mut response = if job.request.allow_partial_manifests {
+                let body = manifest(&job, &files, |f| format!("{}/files/{}", app.status_url(id), f.name));
+                (StatusCode::ACCEPTED, Json(body)).into_response()
+            } else {
+                StatusCode::ACCEPTED.into_response()
+            };
             let headers = response.headers_mut();
             let progress = job.progress.describe(job.status);
             headers.insert("x-progress", HeaderValue::from_str(&progress).unwrap_or(HeaderValue::from_static("in progress")));

@@ -48,9 +48,9 @@ fn capabilities(base_url: &str) -> Value {
         "rest": [{
             "mode": "server",
             "documentation": "Bulk Data $export at system, Patient and Group level. Parameters: _outputFormat, _type, _since (with deleted files), \
-                              _until, patient (Patient and Group level), _elements, _container. \
+                              _until, patient (Patient and Group level), _elements, allowPartialManifests, _container. \
                               Patient and Group exports cover the Patient compartment. Not supported yet: _typeFilter, \
-                              includeAssociatedData, organizeOutputBy, allowPartialManifests. Authorization is not enabled.",
+                              includeAssociatedData, organizeOutputBy. Authorization is not enabled.",
             "interaction": [{"code": "batch"}, {"code": "transaction"}],
             "operation": [export("export", "export")],
             "resource": resources,

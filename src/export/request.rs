@@ -91,6 +91,9 @@ pub struct ExportRequest {
     /// `_elements`: the elements to keep (None: whole resources).
     #[serde(default)]
     pub elements: Option<Vec<ElementSpec>>,
+    /// `allowPartialManifests`: in-progress status responses list the files already complete.
+    #[serde(default)]
+    pub allow_partial_manifests: bool,
     pub container: Option<ContainerName>,
     pub handling: Handling,
     /// Diagnostics for parameters ignored under lenient handling; exported as `error` files.
@@ -100,11 +103,10 @@ pub struct ExportRequest {
 const OUTPUT_FORMATS: [&str; 3] = ["application/fhir+ndjson", "application/ndjson", "ndjson"];
 
 /// Spec parameters that a later version of this server implements.
-const NOT_YET_SUPPORTED: [&str; 5] = [
+const NOT_YET_SUPPORTED: [&str; 4] = [
     "_typeFilter",
     "includeAssociatedData",
     "organizeOutputBy",
-    "allowPartialManifests",
     "_till",
 ];
 
@@ -127,7 +129,7 @@ impl ExportRequest {
         for name in raw.0.iter().map(|(n, _)| n.as_str()).collect::<BTreeSet<_>>() {
             match name {
                 "_outputFormat" | "_type" | "_since" | "_container" => {}
-                "_until" | "patient" | "_elements" => {}
+                "_until" | "patient" | "_elements" | "allowPartialManifests" => {}
                 _ if NOT_YET_SUPPORTED.contains(&name) => refuse(ExportError::UnsupportedParameter(name.to_owned()))?,
                 _ => refuse(ExportError::UnknownParameter(name.to_owned()))?,
             }
@@ -152,6 +154,11 @@ impl ExportRequest {
             }
         let patients = parse_patients(&level, raw, &mut refuse)?;
         let elements = parse_elements(raw, &mut refuse)?;
+        let allow_partial_manifests = match single(raw, "allowPartialManifests")? {
+            None | Some("false") => false,
+            Some("true") => true,
+            Some(other) => return Err(invalid("allowPartialManifests", format!("'{other}' is not a boolean (true or false)"))),
+        };
         let container = single(raw, "_container")?
             .map(|value| ContainerName::parse(value).map_err(|reason| invalid("_container", reason)))
             .transpose()?;
@@ -171,7 +178,19 @@ impl ExportRequest {
         }
         let types = if raw.values("_type").next().is_some() { Some(types.into_iter().collect()) } else { None };
 
-        Ok(Self { level, request_url, types, since, until, patients, elements, container, handling, warnings })
+        Ok(Self {
+            level,
+            request_url,
+            types,
+            since,
+            until,
+            patients,
+            elements,
+            allow_partial_manifests,
+            container,
+            handling,
+            warnings,
+        })
     }
 
     /// The types this export may cover, among those the store holds.
@@ -271,6 +290,7 @@ mod tests {
             ("_until=soon", "_until"),
             ("_elements=name.given", "_elements"),
             ("_elements=Bogus.id", "_elements"),
+            ("allowPartialManifests=yes", "allowPartialManifests"),
             ("_since=2024-02-01&_until=2024-01-01", "_since"),
         ] {
             match parse(ExportLevel::System, query, Handling::Strict) {

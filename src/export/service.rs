@@ -28,7 +28,8 @@ pub struct Exports {
 
 /// What the status endpoint reports.
 pub enum ExportState {
-    InProgress(JobRecord),
+    /// With the files already complete when the request allowed partial manifests (else none).
+    InProgress(JobRecord, Vec<FileRecord>),
     Completed(JobRecord, Vec<FileRecord>),
     Failed(JobRecord),
 }
@@ -123,7 +124,12 @@ impl Exports {
                 ExportState::Completed(job, files)
             }
             JobStatus::Failed => ExportState::Failed(job),
-            _ => ExportState::InProgress(job),
+            _ if job.request.allow_partial_manifests => {
+                // Files are recorded only when their task completes, and never change after.
+                let files = self.stores.jobs.files(id).await?;
+                ExportState::InProgress(job, files)
+            }
+            _ => ExportState::InProgress(job, Vec::new()),
         })
     }
 
@@ -138,14 +144,16 @@ impl Exports {
         }
     }
 
-    /// A completed job's file, by its manifest name.
+    /// A file of a completed job, or one listed in a partial manifest, by its manifest name.
     pub async fn open_file(
         &self,
         id: JobId,
         name: &str,
     ) -> Result<(FileRecord, u64, BoxStream<'static, Result<Bytes, OutputError>>), ExportError> {
         let not_found = || ExportError::FileNotFound { job: id.to_string(), name: name.to_owned() };
-        let ExportState::Completed(_, files) = self.state(id).await? else { return Err(not_found()) };
+        let (ExportState::Completed(_, files) | ExportState::InProgress(_, files)) = self.state(id).await? else {
+            return Err(not_found());
+        };
         let file = files.into_iter().find(|f| f.name == name).ok_or_else(not_found)?;
         let (size, body) = self.output.read(&file.key).await?;
         Ok((file, size, body))

@@ -6,6 +6,7 @@ mod cli;
 mod elements;
 mod export_levels;
 mod helpers;
+mod partial_manifests;
 mod patient_param;
 mod point_in_time;
 mod recovery;
