@@ -49,6 +49,12 @@ impl Pipeline {
         self
     }
 
+    /// Puts a stage before all the others (a selection that must run before any rewrite).
+    pub fn first(mut self, stage: impl Stage + 'static) -> Self {
+        self.stages.insert(0, Box::new(stage));
+        self
+    }
+
     pub fn is_empty(&self) -> bool {
         self.stages.is_empty()
     }
@@ -104,6 +110,16 @@ impl Stage for ElementsStage {
     fn apply(&self, resource: &mut Value) -> Result<Verdict, String> {
         self.0.apply(resource);
         Ok(Verdict::Changed)
+    }
+}
+
+/// Keeps only the resources with these ids (Group export: the referenced ones).
+pub struct IdIn(pub std::collections::BTreeSet<crate::fhir::types::ResourceId>);
+
+impl Stage for IdIn {
+    fn apply(&self, resource: &mut Value) -> Result<Verdict, String> {
+        let id = resource.get("id").and_then(Value::as_str).and_then(crate::fhir::types::ResourceId::parse);
+        Ok(if id.is_some_and(|id| self.0.contains(&id)) { Verdict::Keep } else { Verdict::Drop })
     }
 }
 

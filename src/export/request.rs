@@ -6,7 +6,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use super::{params::RawParams, ExportError};
-use crate::fhir::{compartment, elements::ElementSpec, instant, types::ResourceId, ResourceType};
+use crate::fhir::{compartment, elements::ElementSpec, instant, references, types::ResourceId, ResourceType};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "level", rename_all = "lowercase")]
@@ -19,6 +19,16 @@ pub enum ExportLevel {
 impl ExportLevel {
     pub fn is_compartment(&self) -> bool {
         !matches!(self, Self::System)
+    }
+
+    /// Whether exports of this level can hold this type: Patient level the Patient compartment,
+    /// Group level that and the types its resources reference (Practitioner, Organization, ...).
+    pub fn covers(&self, t: &ResourceType) -> bool {
+        match self {
+            Self::System => true,
+            Self::Patient => compartment::is_compartment_type(t),
+            Self::Group { .. } => compartment::is_compartment_type(t) || references::is_referenced_type(t),
+        }
     }
 }
 
@@ -167,10 +177,15 @@ impl ExportRequest {
         for name in raw.values("_type").map(str::trim).filter(|n| !n.is_empty()) {
             let t = ResourceType::parse(name)
                 .ok_or_else(|| invalid("_type", format!("'{name}' is not a known FHIR R4 resource type")))?;
-            if level.is_compartment() && !compartment::is_compartment_type(&t) {
+            if !level.covers(&t) {
+                let also = if level.is_compartment() && !matches!(level, ExportLevel::Patient) {
+                    format!(" and the types their resources reference ({})", references::REFERENCED_TYPES.join(", "))
+                } else {
+                    String::new()
+                };
                 refuse(invalid(
                     "_type",
-                    format!("{t} is not in the Patient compartment; Patient and Group level exports cover Patient compartment types only"),
+                    format!("{t} is not in the Patient compartment; Patient and Group level exports cover Patient compartment types only{also}"),
                 ))?;
                 continue;
             }
@@ -197,7 +212,7 @@ impl ExportRequest {
     pub fn types_to_export(&self, present: &[ResourceType]) -> Vec<ResourceType> {
         present
             .iter()
-            .filter(|t| !self.level.is_compartment() || compartment::is_compartment_type(t))
+            .filter(|t| self.level.covers(t))
             .filter(|t| self.types.as_ref().is_none_or(|wanted| wanted.contains(t)))
             .cloned()
             .collect()

@@ -6,6 +6,7 @@ pub mod compartment;
 pub mod elements;
 pub mod instant;
 pub mod outcome;
+pub mod references;
 pub mod resource;
 pub mod types;
 

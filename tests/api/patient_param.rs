@@ -7,7 +7,7 @@ use reqwest::{header, StatusCode};
 use serde_json::{json, Value};
 
 use crate::{
-    export_levels::{assert_same, expected_for_patients, exported_multisets, SYNTHEA_GROUP},
+    export_levels::{assert_same, expected_for_group, expected_for_patients, exported_multisets, SYNTHEA_GROUP},
     helpers::{assert_outcome, backend_tests, fixture_resources, spawn_app},
 };
 
@@ -35,7 +35,7 @@ backend_tests! {
         let response = app.kick_off_post_raw(&group_path, &patients_body(&[p2]), "respond-async").await;
         assert_eq!(response.status(), StatusCode::ACCEPTED);
         let manifest = app.wait_for_manifest(response.headers()[header::CONTENT_LOCATION].to_str().unwrap()).await;
-        let expected = expected_for_patients(&loaded, &BTreeSet::from([p2.to_owned()]));
+        let expected = expected_for_group(&loaded, &BTreeSet::from([p2.to_owned()]));
         assert_same(exported_multisets(app.download_all(&manifest).await), &expected);
 
         // Strict: a patient that does not exist, or is not a member, is a 400 naming it.
