@@ -48,11 +48,12 @@ fn capabilities(base_url: &str) -> Value {
         "rest": [{
             "mode": "server",
             "documentation": "Bulk Data $export at system, Patient and Group level. Parameters: _outputFormat, _type, _since (with deleted files), \
-                              _until, patient (Patient and Group level), _elements, allowPartialManifests, _container. \
+                              _until, patient (Patient and Group level), _elements, allowPartialManifests, \
+                              includeAssociatedData (LatestProvenanceResources, RelevantProvenanceResources), _container. \
                               Patient and Group exports cover the Patient compartment; Group exports also export, once each, \
                               the Endpoint, HealthcareService, Location, Medication, Organization, Practitioner, PractitionerRole \
                               and Substance resources that their exported resources reference, when _type allows them. Not supported yet: _typeFilter, \
-                              includeAssociatedData, organizeOutputBy. Authorization is not enabled.",
+                              organizeOutputBy. Authorization is not enabled.",
             "interaction": [{"code": "batch"}, {"code": "transaction"}],
             "operation": [export("export", "export")],
             "resource": resources,

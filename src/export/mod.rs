@@ -10,6 +10,7 @@ pub mod pipeline;
 pub mod request;
 pub mod roller;
 pub mod service;
+pub mod sources;
 pub mod worker;
 
 pub use job::{JobId, JobStatus};

@@ -41,6 +41,15 @@ pub enum Handling {
     Lenient,
 }
 
+/// `includeAssociatedData`: which Provenance goes with the exported resources.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AssociatedData {
+    /// For each exported resource, the Provenance that targets it most recently recorded.
+    LatestProvenanceResources,
+    /// Every Provenance that targets an exported resource.
+    RelevantProvenanceResources,
+}
+
 /// An output folder name chosen by the client (`_container`). Follows Azure's container name
 /// rules, which also make it a safe single path segment on every store.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -104,6 +113,10 @@ pub struct ExportRequest {
     /// `allowPartialManifests`: in-progress status responses list the files already complete.
     #[serde(default)]
     pub allow_partial_manifests: bool,
+    /// `includeAssociatedData`: Provenance exported with the resources (None: Provenance is an
+    /// ordinary type, exported when `_type` allows it).
+    #[serde(default)]
+    pub associated: Option<AssociatedData>,
     pub container: Option<ContainerName>,
     pub handling: Handling,
     /// Diagnostics for parameters ignored under lenient handling; exported as `error` files.
@@ -113,9 +126,8 @@ pub struct ExportRequest {
 const OUTPUT_FORMATS: [&str; 3] = ["application/fhir+ndjson", "application/ndjson", "ndjson"];
 
 /// Spec parameters that a later version of this server implements.
-const NOT_YET_SUPPORTED: [&str; 4] = [
+const NOT_YET_SUPPORTED: [&str; 3] = [
     "_typeFilter",
-    "includeAssociatedData",
     "organizeOutputBy",
     "_till",
 ];
@@ -139,7 +151,7 @@ impl ExportRequest {
         for name in raw.0.iter().map(|(n, _)| n.as_str()).collect::<BTreeSet<_>>() {
             match name {
                 "_outputFormat" | "_type" | "_since" | "_container" => {}
-                "_until" | "patient" | "_elements" | "allowPartialManifests" => {}
+                "_until" | "patient" | "_elements" | "allowPartialManifests" | "includeAssociatedData" => {}
                 _ if NOT_YET_SUPPORTED.contains(&name) => refuse(ExportError::UnsupportedParameter(name.to_owned()))?,
                 _ => refuse(ExportError::UnknownParameter(name.to_owned()))?,
             }
@@ -164,6 +176,20 @@ impl ExportRequest {
             }
         let patients = parse_patients(&level, raw, &mut refuse)?;
         let elements = parse_elements(raw, &mut refuse)?;
+        let mut associated = None;
+        for value in raw.values("includeAssociatedData").map(str::trim).filter(|v| !v.is_empty()) {
+            match value {
+                "RelevantProvenanceResources" => associated = Some(AssociatedData::RelevantProvenanceResources),
+                // Relevant is a superset of Latest: it wins when both are asked for.
+                "LatestProvenanceResources" => {
+                    associated = associated.or(Some(AssociatedData::LatestProvenanceResources));
+                }
+                other => refuse(invalid(
+                    "includeAssociatedData",
+                    format!("'{other}' is not supported; use LatestProvenanceResources or RelevantProvenanceResources"),
+                ))?,
+            }
+        }
         let allow_partial_manifests = match single(raw, "allowPartialManifests")? {
             None | Some("false") => false,
             Some("true") => true,
@@ -202,6 +228,7 @@ impl ExportRequest {
             patients,
             elements,
             allow_partial_manifests,
+            associated,
             container,
             handling,
             warnings,
@@ -213,7 +240,10 @@ impl ExportRequest {
         present
             .iter()
             .filter(|t| self.level.covers(t))
-            .filter(|t| self.types.as_ref().is_none_or(|wanted| wanted.contains(t)))
+            .filter(|t| {
+                self.types.as_ref().is_none_or(|wanted| wanted.contains(t))
+                    || (self.associated.is_some() && t.as_str() == "Provenance")
+            })
             .cloned()
             .collect()
     }
@@ -306,6 +336,7 @@ mod tests {
             ("_elements=name.given", "_elements"),
             ("_elements=Bogus.id", "_elements"),
             ("allowPartialManifests=yes", "allowPartialManifests"),
+            ("includeAssociatedData=_custom", "includeAssociatedData"),
             ("_since=2024-02-01&_until=2024-01-01", "_since"),
         ] {
             match parse(ExportLevel::System, query, Handling::Strict) {

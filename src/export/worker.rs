@@ -4,7 +4,6 @@
 //! nothing.
 
 use std::{
-    collections::BTreeSet,
     sync::{
         atomic::{AtomicI64, Ordering},
         Arc,
@@ -19,14 +18,13 @@ use tokio_util::sync::CancellationToken;
 
 use super::{
     job::{ClaimedTask, FileKind, FileRecord, TaskKind},
-    pipeline::{IdIn, Pipeline},
-    request::ExportLevel,
     roller::Roller,
+    sources::{self, Halt},
 };
 use crate::{
-    fhir::{bundle, compartment, references, types::ResourceId, IssueCode, OperationOutcome, ResourceType},
+    fhir::{bundle, IssueCode, OperationOutcome},
     output::Output,
-    store::{Lease, Scope, Selection, Stores},
+    store::{Lease, Stores},
 };
 
 #[derive(Debug, Clone)]
@@ -151,37 +149,14 @@ impl Worker {
                 let Some(resource_type) = task.resource_type() else {
                     return TaskEnd::Failed(format!("unknown resource type '{}'", task.resource_type));
                 };
-                let scope = match &task.request.level {
-                    ExportLevel::System => Scope::All,
-                    ExportLevel::Patient if task.request.patients.is_none() => Scope::AllPatients,
-                    // Group members, or the `patient` parameter's patients: recorded for the job.
-                    ExportLevel::Patient | ExportLevel::Group { .. } => Scope::JobPatients(task.job_id),
-                };
-                let mut pipeline = match Pipeline::for_type(&task.request, &resource_type) {
-                    Ok(pipeline) => pipeline,
-                    Err(reason) => return TaskEnd::Failed(reason),
-                };
-                let mut selection = Selection {
-                    resource_type,
-                    as_of: task.transaction_time,
-                    since: task.request.since,
-                    until: task.request.until,
-                    scope,
-                };
-                if !compartment::is_compartment_type(&selection.resource_type) && task.request.level.is_compartment() {
-                    // A Group export's referenced type: the resources its exported ones
-                    // reference, whenever they last changed.
-                    let ids = match self.referenced_ids(task, &selection.resource_type, stop).await {
-                        Ok(ids) => ids,
-                        Err(end) => return end,
-                    };
-                    pipeline = pipeline.first(IdIn(ids));
-                    (selection.scope, selection.since) = (Scope::All, None);
-                } else if task.request.since.is_some() {
-                    // With `_since`, what was deleted since goes to `deleted` files (Bulk Data).
-                    deletions = Some(selection.clone());
+                match sources::output(&self.stores, task, resource_type, stop).await {
+                    Ok(source) => {
+                        deletions = source.deletions;
+                        (FileKind::Output, source.lines)
+                    }
+                    Err(Halt::Stopped) => return TaskEnd::Stopped,
+                    Err(Halt::Failed(reason)) => return TaskEnd::Failed(reason),
                 }
-                (FileKind::Output, pipeline.apply_to(self.stores.resources.export_stream(selection)))
             }
             TaskKind::Outcomes => {
                 let lines: Vec<Result<bytes::Bytes, _>> = task
@@ -218,39 +193,6 @@ impl Worker {
             }
         }
         TaskEnd::Done(files)
-    }
-}
-
-impl Worker {
-    /// The ids of the `target` resources that the job's exported compartment resources
-    /// reference: each compartment type's export read once, as it is written (`_typeFilter`
-    /// and `_elements` included), and searched for references without parsing.
-    async fn referenced_ids(&self, task: &ClaimedTask, target: &ResourceType, stop: &CancellationToken) -> Result<BTreeSet<ResourceId>, TaskEnd> {
-        let present = self.stores.resources.types_present().await.map_err(|e| TaskEnd::Failed(e.to_string()))?;
-        let mut found = BTreeSet::new();
-        for resource_type in task.request.types_to_export(&present).into_iter().filter(compartment::is_compartment_type) {
-            let pipeline = Pipeline::for_type(&task.request, &resource_type).map_err(TaskEnd::Failed)?;
-            let selection = Selection {
-                resource_type,
-                as_of: task.transaction_time,
-                since: task.request.since,
-                until: task.request.until,
-                scope: Scope::JobPatients(task.job_id),
-            };
-            let mut source = pipeline.apply_to(self.stores.resources.export_stream(selection));
-            loop {
-                let next = tokio::select! {
-                    _ = stop.cancelled() => return Err(TaskEnd::Stopped),
-                    next = source.next() => next,
-                };
-                match next {
-                    None => break,
-                    Some(Ok(chunk)) => references::collect_ids(&chunk, target, &mut found),
-                    Some(Err(e)) => return Err(TaskEnd::Failed(e.to_string())),
-                }
-            }
-        }
-        Ok(found)
     }
 }
 

@@ -53,6 +53,20 @@ pub fn reference_id(reference: &str, target: &ResourceType) -> Option<ResourceId
     if is_history { ResourceId::parse(id) } else { None }
 }
 
+/// The type and id a literal reference names (`Type/id`, `Type/id/_history/n`, or an absolute
+/// URL ending in those).
+pub fn split_reference(reference: &str) -> Option<(ResourceType, ResourceId)> {
+    if reference.contains(['?', '#']) {
+        return None;
+    }
+    let mut segments: Vec<&str> = reference.split('/').collect();
+    if segments.len() >= 4 && segments[segments.len() - 2] == "_history" {
+        segments.truncate(segments.len() - 2);
+    }
+    let [.., t, id] = segments.as_slice() else { return None };
+    Some((ResourceType::parse(t)?, ResourceId::parse(id)?))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -68,5 +82,8 @@ mod tests {
         assert_eq!(found.iter().map(|i| i.as_str()).collect::<Vec<_>>(), ["o1", "o2"]);
         assert!(reference_id("Organization/a/b", &org).is_none());
         assert!(reference_id("Organization", &org).is_none());
+        assert_eq!(split_reference("http://h/fhir/Observation/o/_history/2").map(|(t, id)| (t.as_str(), id.to_string())), Some(("Observation", "o".into())));
+        assert!(split_reference("Observation?code=x").is_none());
+        assert!(split_reference("o1").is_none());
     }
 }

@@ -1,6 +1,7 @@
 //! Integration tests: the real server over HTTP, each test against both backends (a real
 //! Postgres, and a SQLite file) from one body: `name::postgres` and `name::sqlite`.
 
+mod associated_data;
 mod cancel;
 mod cli;
 mod elements;

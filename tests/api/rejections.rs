@@ -21,7 +21,7 @@ backend_tests! {
             ("/$export?_since=2024-02-01&_until=2024-01-01", StatusCode::BAD_REQUEST, "_until"),
             ("/$export?organizeOutputBy=Patient", StatusCode::BAD_REQUEST, "organizeOutputBy"),
             ("/$export?allowPartialManifests=yes", StatusCode::BAD_REQUEST, "allowPartialManifests"),
-            ("/$export?includeAssociatedData=LatestProvenanceResources", StatusCode::BAD_REQUEST, "includeAssociatedData"),
+            ("/$export?includeAssociatedData=_custom", StatusCode::BAD_REQUEST, "includeAssociatedData"),
             ("/$export?colour=blue", StatusCode::BAD_REQUEST, "colour"),
             ("/Patient/$export?_type=Organization", StatusCode::BAD_REQUEST, "Patient compartment"),
             ("/Group/nope/$export", StatusCode::NOT_FOUND, "Group/nope"),
