@@ -204,15 +204,14 @@ impl ExportRequest {
             let t = ResourceType::parse(name)
                 .ok_or_else(|| invalid("_type", format!("'{name}' is not a known FHIR R4 resource type")))?;
             if !level.covers(&t) {
-                let also = if level.is_compartment() && !matches!(level, ExportLevel::Patient) {
-                    format!(" and the types their resources reference ({})", references::REFERENCED_TYPES.join(", "))
-                } else {
-                    String::new()
+                let reason = match level {
+                    ExportLevel::Group { .. } => format!(
+                        "{t} is not in the Patient compartment; Group level exports cover Patient compartment types and the types their resources reference ({})",
+                        references::REFERENCED_TYPES.join(", ")
+                    ),
+                    _ => format!("{t} is not in the Patient compartment; Patient level exports cover Patient compartment types only"),
                 };
-                refuse(invalid(
-                    "_type",
-                    format!("{t} is not in the Patient compartment; Patient and Group level exports cover Patient compartment types only{also}"),
-                ))?;
+                refuse(invalid("_type", reason))?;
                 continue;
             }
             types.insert(t);

@@ -62,5 +62,19 @@ backend_tests! {
         let patients: Vec<Value> = loaded["Patient"].iter().map(|p| subset(p, &["gender"], &[])).collect();
         let expected = BTreeMap::from([("Device".to_owned(), multiset(&loaded["Device"])), ("Patient".to_owned(), multiset(&patients))]);
         assert_same(exported_multisets(app.download_all(&manifest).await), &expected);
+
+        // Lenient: a malformed item is left out and reported; the others still apply.
+        let response = app
+            .client
+            .get(app.url("/$export?_type=Patient,Device&_elements=Patient.gender,name.given"))
+            .header("prefer", "respond-async, handling=lenient")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), reqwest::StatusCode::ACCEPTED);
+        let manifest = app.wait_for_manifest(response.headers()["content-location"].to_str().unwrap()).await;
+        let outcomes = app.download(&manifest["error"][0]).await;
+        assert!(serde_json::to_string(&outcomes).unwrap().contains("name.given"));
+        assert_same(exported_multisets(app.download_all(&manifest).await), &expected);
     }
 }

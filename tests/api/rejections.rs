@@ -24,6 +24,8 @@ backend_tests! {
             ("/$export?includeAssociatedData=_custom", StatusCode::BAD_REQUEST, "includeAssociatedData"),
             ("/$export?colour=blue", StatusCode::BAD_REQUEST, "colour"),
             ("/Patient/$export?_type=Organization", StatusCode::BAD_REQUEST, "Patient compartment"),
+            ("/Group/g/$export?_type=Device", StatusCode::BAD_REQUEST, "the types their resources reference"),
+            ("/Group/g/$export?organizeOutputBy=Patient", StatusCode::BAD_REQUEST, "not supported yet"),
             ("/Group/nope/$export", StatusCode::NOT_FOUND, "Group/nope"),
             ("/Group/bad%20id/$export", StatusCode::BAD_REQUEST, "Group id"),
             ("/Observation/$export", StatusCode::BAD_REQUEST, "$export"),
