@@ -31,9 +31,15 @@ pub fn is_referenced_type(t: &ResourceType) -> bool {
 /// compact JSON as stored (`"reference":"` with no spaces), which every stored body is.
 pub fn collect_ids(text: &[u8], target: &ResourceType, found: &mut BTreeSet<ResourceId>) {
     const KEY: &[u8] = b"\"reference\":\"";
+    let wanted = format!("{target}/");
+    let wanted = memmem::Finder::new(wanted.as_bytes());
     for at in memmem::find_iter(text, KEY) {
         let value = &text[at + KEY.len()..];
         let Some(end) = memchr::memchr(b'"', value) else { continue };
+        // Most references name other types: look closer only at those that mention this one.
+        if wanted.find(&value[..end]).is_none() {
+            continue;
+        }
         if let Some(id) = std::str::from_utf8(&value[..end]).ok().and_then(|r| reference_id(r, target)) {
             found.insert(id);
         }
