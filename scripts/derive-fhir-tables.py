@@ -20,6 +20,9 @@ Outputs (paths relative to the repository root):
   src/fhir/data/search-parameters.json    every R4 SearchParameter, one per line:
                                           code, base types, type, FHIRPath
                                           expression (for _typeFilter)
+  src/fhir/data/required-elements.json    type -> sorted top-level elements with
+                                          min >= 1 (choices keep `[x]`), which
+                                          `_elements` always keeps
 
 Rerun with Python 3.11+ (stdlib only) from anywhere:
   python3 scripts/derive-fhir-tables.py              # npm-packs the pinned version into a temp dir
@@ -318,6 +321,30 @@ def derive_compartment(compartment: dict, searchparams: dict, sds: dict[str, dic
     return dict(sorted(table.items())), applied, notes
 
 
+# ------------------------------------------------------------- required elements
+
+
+def derive_required(sds: dict[str, dict]) -> dict[str, list[str]]:
+    """Top-level elements each type requires (min >= 1), from the snapshot."""
+    table: dict[str, list[str]] = {}
+    for rtype, sd in sorted(sds.items()):
+        names = []
+        for el in sd["snapshot"]["element"]:
+            parts = el["path"].split(".")
+            if len(parts) == 2 and parts[0] == rtype and int(el.get("min", 0)) >= 1:
+                names.append(parts[1])
+        if names:
+            table[rtype] = sorted(names)
+    return table
+
+
+def write_required(table: dict[str, list[str]]) -> None:
+    lines = [f"{json.dumps(t)}: {json.dumps(p)}" for t, p in table.items()]
+    body = "{\n" + ",\n".join(lines) + "\n}\n"
+    json.loads(body)  # sanity: valid JSON
+    (OUT_DIR / "required-elements.json").write_text(body, encoding="utf-8")
+
+
 # --------------------------------------------------------------------------- output
 
 
@@ -380,6 +407,8 @@ def main() -> None:
     write_outputs(types, table)
     params = derive_search_params(searchparams, types)
     write_search_params(params)
+    required = derive_required(sds)
+    write_required(required)
 
     n_paths = sum(len(p) for p in table.values())
     print(f"source: {PACKAGE_NAME}@{PACKAGE_VERSION} (FHIR {FHIR_VERSION})")
@@ -390,6 +419,8 @@ def main() -> None:
           f"{(OUT_DIR / 'patient-compartment.json').relative_to(REPO_ROOT)}")
     print(f"search parameters: {len(params)} -> "
           f"{(OUT_DIR / 'search-parameters.json').relative_to(REPO_ROOT)}")
+    print(f"required elements: {len(required)} types, {sum(len(r) for r in required.values())} elements -> "
+          f"{(OUT_DIR / 'required-elements.json').relative_to(REPO_ROOT)}")
     print(f"overrides applied: {len(applied)}")
     for a in applied:
         print(f"  {a}")

@@ -19,7 +19,12 @@ use super::{
     AppState,
 };
 use crate::{
-    export::{manifest::manifest, service::ExportState, JobId},
+    export::{
+        job::{FileRecord, JobRecord},
+        manifest::manifest,
+        service::ExportState,
+        JobId,
+    },
     fhir::{IssueCode, OperationOutcome},
 };
 
@@ -43,8 +48,12 @@ async fn export_status(State(app): State<AppState>, Authorized(caller): Authoriz
             .with_header(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECONDS)));
     }
     let mut response = match app.exports.state(id, &caller.requester.owner).await? {
-        ExportState::InProgress(job) => {
-            let mut response = StatusCode::ACCEPTED.into_response();
+        ExportState::InProgress(job, files) => {
+            let mut response = if job.request.allow_partial_manifests {
+                (StatusCode::ACCEPTED, Json(file_manifest(&app, id, &job, &files).await?)).into_response()
+            } else {
+                StatusCode::ACCEPTED.into_response()
+            };
             let headers = response.headers_mut();
             let progress = job.progress.describe(job.status);
             headers.insert("x-progress", HeaderValue::from_str(&progress).unwrap_or(HeaderValue::from_static("in progress")));
@@ -52,11 +61,7 @@ async fn export_status(State(app): State<AppState>, Authorized(caller): Authoriz
             response
         }
         ExportState::Completed(job, files) => {
-            let body = match app.exports.signed_urls(&job, &files).await? {
-                Some(signed) => manifest(&job, &files, false, |f| signed.get(&f.key).cloned().unwrap_or_default()),
-                None => manifest(&job, &files, true, |f| format!("{}/files/{}", app.status_url(id), f.name)),
-            };
-            let mut response = Json(body).into_response();
+            let mut response = Json(file_manifest(&app, id, &job, &files).await?).into_response();
             if let Some(expires) = job.expires_at {
                 let date = httpdate::fmt_http_date(SystemTime::from(expires));
                 response.headers_mut().insert(header::EXPIRES, HeaderValue::from_str(&date).expect("an HTTP date is a valid header"));
@@ -72,6 +77,15 @@ async fn export_status(State(app): State<AppState>, Authorized(caller): Authoriz
     };
     response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     Ok(response)
+}
+
+/// The manifest of the files listed so far, each with its URL: signed by the store, or this
+/// server's own file URL.
+async fn file_manifest(app: &AppState, id: JobId, job: &JobRecord, files: &[FileRecord]) -> Result<serde_json::Value, ApiError> {
+    Ok(match app.exports.signed_urls(job, files).await? {
+        Some(signed) => manifest(job, files, false, |f| signed.get(&f.key).cloned().unwrap_or_default()),
+        None => manifest(job, files, true, |f| format!("{}/files/{}", app.status_url(id), f.name)),
+    })
 }
 
 async fn cancel_export(State(app): State<AppState>, Authorized(caller): Authorized, Path(id): Path<String>) -> Result<Response, ApiError> {

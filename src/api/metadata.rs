@@ -69,10 +69,14 @@ fn capabilities(base_url: &str, token_url: Option<&str>) -> Value {
         "format": ["json"],
         "rest": [{
             "mode": "server",
-            "documentation": "Bulk Data $export at system, Patient and Group level. Parameters: _outputFormat, _type, _since, _container, _typeFilter \
-                              (R4 search, composite and phonetic parameters refused). \
-                              Patient and Group exports cover the Patient compartment. Not supported yet: _elements, _until, \
-                              patient, includeAssociatedData, organizeOutputBy, allowPartialManifests. Authorization: see security.",
+            "documentation": "Bulk Data $export at system, Patient and Group level. Parameters: _outputFormat, _type, _since (with deleted files), \
+                              _until, patient (Patient and Group level), _elements, allowPartialManifests, \
+                              includeAssociatedData (LatestProvenanceResources, RelevantProvenanceResources), _container, \
+                              _typeFilter (R4 search; composite and phonetic parameters refused). \
+                              Patient and Group exports cover the Patient compartment; Group exports also export, once each, \
+                              the Endpoint, HealthcareService, Location, Medication, Organization, Practitioner, PractitionerRole \
+                              and Substance resources that their exported resources reference, when _type allows them. Not supported yet: \
+                              organizeOutputBy. Authorization: see security.",
             "security": security(token_url),
             "interaction": [{"code": "batch"}, {"code": "transaction"}],
             "operation": [export("export", "export")],

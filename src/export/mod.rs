@@ -11,6 +11,7 @@ pub mod pipeline;
 pub mod request;
 pub mod roller;
 pub mod service;
+pub mod sources;
 pub mod type_filter;
 pub mod worker;
 

@@ -8,7 +8,10 @@ use futures::{stream::BoxStream, StreamExt};
 use serde_json::Value;
 
 use super::{request::ExportRequest, type_filter::TypeFilterStage};
-use crate::{fhir::ResourceType, store::StoreError};
+use crate::{
+    fhir::{elements::Subset, ResourceType},
+    store::StoreError,
+};
 
 /// What a stage decided for one resource.
 #[derive(Debug, PartialEq, Eq)]
@@ -39,11 +42,20 @@ impl Pipeline {
         if !filters.is_empty() {
             pipeline = pipeline.with(TypeFilterStage { filters });
         }
+        if let Some(subset) = request.elements.as_deref().and_then(|specs| Subset::for_type(specs, resource_type.as_str())) {
+            pipeline = pipeline.with(ElementsStage(subset));
+        }
         Ok(pipeline)
     }
 
     pub fn with(mut self, stage: impl Stage + 'static) -> Self {
         self.stages.push(Box::new(stage));
+        self
+    }
+
+    /// Puts a stage before all the others (a selection that must run before any rewrite).
+    pub fn first(mut self, stage: impl Stage + 'static) -> Self {
+        self.stages.insert(0, Box::new(stage));
         self
     }
 
@@ -92,6 +104,26 @@ impl Pipeline {
             })
             .filter(|chunk| futures::future::ready(!matches!(chunk, Ok(c) if c.is_empty())))
             .boxed()
+    }
+}
+
+/// `_elements`: keeps the chosen elements and tags the resource SUBSETTED.
+struct ElementsStage(Subset);
+
+impl Stage for ElementsStage {
+    fn apply(&self, resource: &mut Value) -> Result<Verdict, String> {
+        self.0.apply(resource);
+        Ok(Verdict::Changed)
+    }
+}
+
+/// Keeps only the resources with these ids (Group export: the referenced ones).
+pub struct IdIn(pub std::collections::BTreeSet<crate::fhir::types::ResourceId>);
+
+impl Stage for IdIn {
+    fn apply(&self, resource: &mut Value) -> Result<Verdict, String> {
+        let id = resource.get("id").and_then(Value::as_str).and_then(crate::fhir::types::ResourceId::parse);
+        Ok(if id.is_some_and(|id| self.0.contains(&id)) { Verdict::Keep } else { Verdict::Drop })
     }
 }
 

@@ -7,7 +7,9 @@ use serde::{Deserialize, Serialize};
 
 use super::{params::RawParams, ExportError};
 use crate::fhir::{
-    compartment, instant,
+    compartment,
+    elements::ElementSpec,
+    instant, references,
     search::{CompiledFilter, FilterError, TypeFilter},
     types::ResourceId,
     ResourceType,
@@ -25,6 +27,16 @@ impl ExportLevel {
     pub fn is_compartment(&self) -> bool {
         !matches!(self, Self::System)
     }
+
+    /// Whether exports of this level can hold this type: Patient level the Patient compartment,
+    /// Group level that and the types its resources reference (Practitioner, Organization, ...).
+    pub fn covers(&self, t: &ResourceType) -> bool {
+        match self {
+            Self::System => true,
+            Self::Patient => compartment::is_compartment_type(t),
+            Self::Group { .. } => compartment::is_compartment_type(t) || references::is_referenced_type(t),
+        }
+    }
 }
 
 /// How unsupported or unknown parameters are treated (`Prefer: handling=...`).
@@ -34,6 +46,15 @@ pub enum Handling {
     #[default]
     Strict,
     Lenient,
+}
+
+/// `includeAssociatedData`: which Provenance goes with the exported resources.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AssociatedData {
+    /// For each exported resource, the Provenance that targets it most recently recorded.
+    LatestProvenanceResources,
+    /// Every Provenance that targets an exported resource.
+    RelevantProvenanceResources,
 }
 
 /// An output folder name chosen by the client (`_container`). Follows Azure's container name
@@ -86,6 +107,23 @@ pub struct ExportRequest {
     /// Requested types; None means every type the level covers.
     pub types: Option<Vec<ResourceType>>,
     pub since: Option<DateTime<Utc>>,
+    /// `_until`: only resources last updated strictly before this instant.
+    #[serde(default)]
+    pub until: Option<DateTime<Utc>>,
+    /// `patient` (Patient and Group level): only these patients' compartments. Checked against
+    /// the store at kick-off.
+    #[serde(default)]
+    pub patients: Option<Vec<ResourceId>>,
+    /// `_elements`: the elements to keep (None: whole resources).
+    #[serde(default)]
+    pub elements: Option<Vec<ElementSpec>>,
+    /// `allowPartialManifests`: in-progress status responses list the files already complete.
+    #[serde(default)]
+    pub allow_partial_manifests: bool,
+    /// `includeAssociatedData`: Provenance exported with the resources (None: Provenance is an
+    /// ordinary type, exported when `_type` allows it).
+    #[serde(default)]
+    pub associated: Option<AssociatedData>,
     pub container: Option<ContainerName>,
     pub handling: Handling,
     /// Diagnostics for parameters ignored under lenient handling; exported as `error` files.
@@ -99,13 +137,8 @@ pub struct ExportRequest {
 const OUTPUT_FORMATS: [&str; 3] = ["application/fhir+ndjson", "application/ndjson", "ndjson"];
 
 /// Spec parameters that a later version of this server implements.
-const NOT_YET_SUPPORTED: [&str; 7] = [
-    "_until",
-    "_elements",
-    "patient",
-    "includeAssociatedData",
+const NOT_YET_SUPPORTED: [&str; 2] = [
     "organizeOutputBy",
-    "allowPartialManifests",
     "_till",
 ];
 
@@ -128,6 +161,7 @@ impl ExportRequest {
         for name in raw.0.iter().map(|(n, _)| n.as_str()).collect::<BTreeSet<_>>() {
             match name {
                 "_outputFormat" | "_type" | "_since" | "_container" | "_typeFilter" => {}
+                "_until" | "patient" | "_elements" | "allowPartialManifests" | "includeAssociatedData" => {}
                 _ if NOT_YET_SUPPORTED.contains(&name) => refuse(ExportError::UnsupportedParameter(name.to_owned()))?,
                 _ => refuse(ExportError::UnknownParameter(name.to_owned()))?,
             }
@@ -143,6 +177,34 @@ impl ExportRequest {
         let since = single(raw, "_since")?
             .map(|value| instant::parse(value).map_err(|reason| invalid("_since", reason)))
             .transpose()?;
+        let until = single(raw, "_until")?
+            .map(|value| instant::parse(value).map_err(|reason| invalid("_until", reason)))
+            .transpose()?;
+        if let (Some(since), Some(until)) = (since, until)
+            && since > until {
+                return Err(invalid("_since", format!("{} is after _until {}", instant::format(since), instant::format(until))));
+            }
+        let patients = parse_patients(&level, raw, &mut refuse)?;
+        let elements = parse_elements(raw, &mut refuse)?;
+        let mut associated = None;
+        for value in raw.values("includeAssociatedData").map(str::trim).filter(|v| !v.is_empty()) {
+            match value {
+                "RelevantProvenanceResources" => associated = Some(AssociatedData::RelevantProvenanceResources),
+                // Relevant is a superset of Latest: it wins when both are asked for.
+                "LatestProvenanceResources" => {
+                    associated = associated.or(Some(AssociatedData::LatestProvenanceResources));
+                }
+                other => refuse(invalid(
+                    "includeAssociatedData",
+                    format!("'{other}' is not supported; use LatestProvenanceResources or RelevantProvenanceResources"),
+                ))?,
+            }
+        }
+        let allow_partial_manifests = match single(raw, "allowPartialManifests")? {
+            None | Some("false") => false,
+            Some("true") => true,
+            Some(other) => return Err(invalid("allowPartialManifests", format!("'{other}' is not a boolean (true or false)"))),
+        };
         let container = single(raw, "_container")?
             .map(|value| ContainerName::parse(value).map_err(|reason| invalid("_container", reason)))
             .transpose()?;
@@ -151,11 +213,15 @@ impl ExportRequest {
         for name in raw.values("_type").map(str::trim).filter(|n| !n.is_empty()) {
             let t = ResourceType::parse(name)
                 .ok_or_else(|| invalid("_type", format!("'{name}' is not a known FHIR R4 resource type")))?;
-            if level.is_compartment() && !compartment::is_compartment_type(&t) {
-                refuse(invalid(
-                    "_type",
-                    format!("{t} is not in the Patient compartment; Patient and Group level exports cover Patient compartment types only"),
-                ))?;
+            if !level.covers(&t) {
+                let reason = match level {
+                    ExportLevel::Group { .. } => format!(
+                        "{t} is not in the Patient compartment; Group level exports cover Patient compartment types and the types their resources reference ({})",
+                        references::REFERENCED_TYPES.join(", ")
+                    ),
+                    _ => format!("{t} is not in the Patient compartment; Patient level exports cover Patient compartment types only"),
+                };
+                refuse(invalid("_type", reason))?;
                 continue;
             }
             types.insert(t);
@@ -168,7 +234,21 @@ impl ExportRequest {
             type_filters.push(filter);
         }
 
-        Ok(Self { level, request_url, types, since, container, handling, warnings, type_filters })
+        Ok(Self {
+            level,
+            request_url,
+            types,
+            since,
+            until,
+            patients,
+            elements,
+            allow_partial_manifests,
+            associated,
+            container,
+            handling,
+            warnings,
+            type_filters,
+        })
     }
 
     /// The compiled `_typeFilter` queries for one type (none: the type is exported whole).
@@ -184,8 +264,11 @@ impl ExportRequest {
     pub fn types_to_export(&self, present: &[ResourceType]) -> Vec<ResourceType> {
         present
             .iter()
-            .filter(|t| !self.level.is_compartment() || compartment::is_compartment_type(t))
-            .filter(|t| self.types.as_ref().is_none_or(|wanted| wanted.contains(t)))
+            .filter(|t| self.level.covers(t))
+            .filter(|t| {
+                self.types.as_ref().is_none_or(|wanted| wanted.contains(t))
+                    || (self.associated.is_some() && t.as_str() == "Provenance")
+            })
             .cloned()
             .collect()
     }
@@ -205,8 +288,8 @@ fn parse_type_filter(
     if types.is_some_and(|types| !types.contains(t)) {
         return Err(invalid("_typeFilter", format!("'{text}' filters {t}, which _type does not export")));
     }
-    if level.is_compartment() && !compartment::is_compartment_type(t) {
-        return Err(invalid("_typeFilter", format!("'{text}' filters {t}, which is not in the Patient compartment this export covers")));
+    if !level.covers(t) {
+        return Err(invalid("_typeFilter", format!("'{text}' filters {t}, which this export level does not cover")));
     }
     let mut kept = Vec::new();
     for condition in std::mem::take(&mut filter.conditions) {
@@ -219,6 +302,51 @@ fn parse_type_filter(
     }
     filter.conditions = kept;
     Ok(filter)
+}
+
+/// The `patient` references (`Patient/id`), for Patient and Group level only. Whether each
+/// patient exists (and is a Group member) is checked at kick-off, against the store.
+fn parse_patients(
+    level: &ExportLevel,
+    raw: &RawParams,
+    refuse: &mut impl FnMut(ExportError) -> Result<(), ExportError>,
+) -> Result<Option<Vec<ResourceId>>, ExportError> {
+    if raw.values("patient").next().is_none() {
+        return Ok(None);
+    }
+    if !level.is_compartment() {
+        refuse(invalid("patient", "applies to Patient and Group level exports only"))?;
+        return Ok(None);
+    }
+    let mut patients = BTreeSet::new();
+    for reference in raw.values("patient") {
+        let id = reference.trim().strip_prefix("Patient/").and_then(ResourceId::parse);
+        match id {
+            Some(id) => {
+                patients.insert(id);
+            }
+            None => refuse(invalid("patient", format!("'{reference}' is not a Patient reference (Patient/id)")))?,
+        }
+    }
+    Ok(Some(patients.into_iter().collect()))
+}
+
+/// The `_elements` items; a malformed one is a 400 naming it, or (lenient) left out.
+fn parse_elements(
+    raw: &RawParams,
+    refuse: &mut impl FnMut(ExportError) -> Result<(), ExportError>,
+) -> Result<Option<Vec<ElementSpec>>, ExportError> {
+    let mut specs = Vec::new();
+    let mut any = false;
+    for item in raw.values("_elements").filter(|i| !i.trim().is_empty()) {
+        any = true;
+        match ElementSpec::parse(item) {
+            Ok(spec) if !specs.contains(&spec) => specs.push(spec),
+            Ok(_) => {}
+            Err(reason) => refuse(invalid("_elements", reason))?,
+        }
+    }
+    Ok((any && !specs.is_empty()).then_some(specs))
 }
 
 fn invalid(name: &str, reason: impl Into<String>) -> ExportError {
@@ -259,6 +387,12 @@ mod tests {
             ("_container=../etc", "_container"),
             ("_container=UPPER", "_container"),
             ("_since=2024-01-01&_since=2024-01-02", "_since"),
+            ("_until=soon", "_until"),
+            ("_elements=name.given", "_elements"),
+            ("_elements=Bogus.id", "_elements"),
+            ("allowPartialManifests=yes", "allowPartialManifests"),
+            ("includeAssociatedData=_custom", "includeAssociatedData"),
+            ("_since=2024-02-01&_until=2024-01-01", "_since"),
         ] {
             match parse(ExportLevel::System, query, Handling::Strict) {
                 Err(ExportError::InvalidParameter { name: n, .. }) => assert_eq!(n, name, "{query}"),
@@ -270,12 +404,12 @@ mod tests {
     #[test]
     fn unsupported_parameters_fail_strict_and_warn_lenient() {
         assert!(matches!(
-            parse(ExportLevel::System, "_elements=id", Handling::Strict),
-            Err(ExportError::UnsupportedParameter(n)) if n == "_elements"
+            parse(ExportLevel::System, "organizeOutputBy=Patient", Handling::Strict),
+            Err(ExportError::UnsupportedParameter(n)) if n == "organizeOutputBy"
         ));
-        let r = parse(ExportLevel::System, "_elements=id&foo=bar", Handling::Lenient).unwrap();
+        let r = parse(ExportLevel::System, "organizeOutputBy=Patient&foo=bar", Handling::Lenient).unwrap();
         assert_eq!(r.warnings.len(), 2);
-        assert!(r.warnings.iter().any(|w| w.contains("_elements")));
+        assert!(r.warnings.iter().any(|w| w.contains("organizeOutputBy")));
         assert!(r.warnings.iter().any(|w| w.contains("foo")));
     }
 
@@ -302,6 +436,20 @@ mod tests {
         let r = parse(ExportLevel::System, chained, Handling::Lenient).unwrap();
         assert_eq!(r.type_filters[0].conditions.len(), 1, "the chain is dropped, status kept");
         assert!(r.warnings[0].contains("chained") && r.warnings[0].contains("lenient"));
+    }
+
+    #[test]
+    fn until_and_patient_parse() {
+        let r = parse(ExportLevel::System, "_since=2024-01-01&_until=2024-01-01T00%3A00%3A01Z", Handling::Strict).unwrap();
+        assert_eq!(r.until.unwrap() - r.since.unwrap(), chrono::Duration::seconds(1));
+        let r = parse(ExportLevel::Patient, "patient=Patient/b&patient=Patient/a&patient=Patient/b", Handling::Strict).unwrap();
+        let ids: Vec<String> = r.patients.unwrap().iter().map(|p| p.to_string()).collect();
+        assert_eq!(ids, ["a", "b"]);
+        assert!(parse(ExportLevel::System, "patient=Patient/a", Handling::Strict).is_err());
+        assert!(parse(ExportLevel::Patient, "patient=Observation/a", Handling::Strict).is_err());
+        let r = parse(ExportLevel::Patient, "patient=Observation/a&patient=Patient/c", Handling::Lenient).unwrap();
+        assert_eq!(r.patients.unwrap().len(), 1);
+        assert_eq!(r.warnings.len(), 1);
     }
 
     #[test]

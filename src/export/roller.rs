@@ -11,6 +11,8 @@ pub struct Roller<'a> {
     output: &'a Output,
     kind: FileKind,
     resource_type: String,
+    /// File names are `{stem}-{n}.ndjson`; the stem is the resource type unless set.
+    stem: String,
     /// The folder the object keys go under.
     key_dir: String,
     max_bytes: u64,
@@ -34,6 +36,7 @@ impl<'a> Roller<'a> {
             output,
             kind,
             resource_type: resource_type.to_owned(),
+            stem: resource_type.to_owned(),
             key_dir,
             max_bytes,
             open: None,
@@ -41,6 +44,12 @@ impl<'a> Roller<'a> {
             partial: Vec::new(),
             lines: 0,
         }
+    }
+
+    /// Names the files `{stem}-{n}.ndjson` (deleted files of several types are all `Bundle`).
+    pub fn with_stem(mut self, stem: String) -> Self {
+        self.stem = stem;
+        self
     }
 
     /// Lines written so far.
@@ -123,7 +132,7 @@ impl<'a> Roller<'a> {
 
     async fn open_next(&mut self) -> Result<(), OutputError> {
         let n = self.done.len() + 1;
-        let name = format!("{}-{n}.ndjson", self.resource_type);
+        let name = format!("{}-{n}.ndjson", self.stem);
         let key = format!("{}/{name}", self.key_dir);
         let file = self.output.create(&key).await?;
         self.open = Some(OpenFile { file, name, key, count: 0 });

@@ -3,16 +3,18 @@
 use std::{collections::HashMap, time::Duration};
 
 use bytes::Bytes;
+use chrono::{DateTime, Utc};
 use futures::stream::BoxStream;
 
 use super::{
     access::Requester,
     group,
     job::{FileKind, FileRecord, JobId, JobRecord, NewJob, TaskKind, TaskSpec},
-    request::{ExportLevel, ExportRequest},
+    request::{ExportLevel, ExportRequest, Handling},
     ExportError, JobStatus,
 };
 use crate::{
+    fhir::{types::ResourceId, ResourceType},
     output::{Output, OutputError, UrlMode},
     store::Stores,
 };
@@ -27,7 +29,8 @@ pub struct Exports {
 
 /// What the status endpoint reports.
 pub enum ExportState {
-    InProgress(JobRecord),
+    /// With the files already complete when the request allowed partial manifests (else none).
+    InProgress(JobRecord, Vec<FileRecord>),
     Completed(JobRecord, Vec<FileRecord>),
     Failed(JobRecord),
 }
@@ -54,12 +57,17 @@ impl Exports {
         let owner = requester.owner.as_str();
         let id = JobId::new();
         let transaction_time = self.stores.resources.snapshot_time().await?;
-        let patients = match &request.level {
+        let mut patients = match &request.level {
             ExportLevel::Group { id: group_id } => {
                 group::members(self.stores.resources.as_ref(), group_id, transaction_time).await?
             }
             _ => Vec::new(),
         };
+        if let Some(requested) = request.patients.take() {
+            let chosen = self.requested_patients(&mut request, requested, &patients, transaction_time).await?;
+            request.patients = Some(chosen.clone());
+            patients = chosen;
+        }
         let present = self.stores.resources.types_present().await?;
         let mut tasks: Vec<TaskSpec> = request
             .types_to_export(&present)
@@ -86,6 +94,40 @@ impl Exports {
         Ok(id)
     }
 
+    /// The `patient` parameter's patients that exist at transactionTime and, at Group level,
+    /// are members. Any other is a 400 naming it, or (lenient) left out with a warning.
+    async fn requested_patients(
+        &self,
+        request: &mut ExportRequest,
+        requested: Vec<ResourceId>,
+        members: &[ResourceId],
+        as_of: DateTime<Utc>,
+    ) -> Result<Vec<ResourceId>, ExportError> {
+        let patient_type = ResourceType::parse("Patient").expect("Patient is an R4 type");
+        let mut chosen = Vec::with_capacity(requested.len());
+        for id in requested {
+            let problem = if let ExportLevel::Group { id: group } = &request.level {
+                (!members.contains(&id)).then(|| format!("Patient/{id} is not a member of Group/{group}"))
+            } else {
+                None
+            };
+            let problem = match problem {
+                Some(p) => Some(p),
+                None => self.stores.resources.read_as_of(&patient_type, &id, as_of).await?.is_none().then(|| format!("Patient/{id} does not exist")),
+            };
+            match (problem, request.handling) {
+                (None, _) => chosen.push(id),
+                (Some(reason), Handling::Strict) => {
+                    return Err(ExportError::InvalidParameter { name: "patient".into(), reason });
+                }
+                (Some(reason), Handling::Lenient) => {
+                    request.warnings.push(format!("parameter 'patient': {reason}; left out under Prefer: handling=lenient"));
+                }
+            }
+        }
+        Ok(chosen)
+    }
+
     /// The state of one of the owner's jobs.
     pub async fn state(&self, id: JobId, owner: &str) -> Result<ExportState, ExportError> {
         let job = self.live_job(id, owner).await?;
@@ -95,7 +137,12 @@ impl Exports {
                 ExportState::Completed(job, files)
             }
             JobStatus::Failed => ExportState::Failed(job),
-            _ => ExportState::InProgress(job),
+            _ if job.request.allow_partial_manifests => {
+                // Files are recorded only when their task completes, and never change after.
+                let files = self.stores.jobs.files(id).await?;
+                ExportState::InProgress(job, files)
+            }
+            _ => ExportState::InProgress(job, Vec::new()),
         })
     }
 
@@ -111,7 +158,7 @@ impl Exports {
         }
     }
 
-    /// A file of one of the requester's completed jobs, by its manifest name. Resource files
+    /// A file of one of the requester's jobs, completed or listed in a partial manifest, by its manifest name. Resource files
     /// also need the requester's access to cover their type (access may have narrowed since
     /// kick-off); error files hold only the job's own OperationOutcomes.
     pub async fn open_file(
@@ -121,7 +168,9 @@ impl Exports {
         requester: &Requester,
     ) -> Result<(FileRecord, u64, BoxStream<'static, Result<Bytes, OutputError>>), ExportError> {
         let not_found = || ExportError::FileNotFound { job: id.to_string(), name: name.to_owned() };
-        let ExportState::Completed(_, files) = self.state(id, &requester.owner).await? else { return Err(not_found()) };
+        let (ExportState::Completed(_, files) | ExportState::InProgress(_, files)) = self.state(id, &requester.owner).await? else {
+            return Err(not_found());
+        };
         let file = files.into_iter().find(|f| f.name == name).ok_or_else(not_found)?;
         if file.kind != FileKind::Error && !requester.types.allows(&file.resource_type) {
             return Err(ExportError::Forbidden(format!("the access token's scopes do not allow reading {}", file.resource_type)));

@@ -18,14 +18,13 @@ use tokio_util::sync::CancellationToken;
 
 use super::{
     job::{ClaimedTask, FileKind, FileRecord, TaskKind},
-    pipeline::Pipeline,
-    request::ExportLevel,
     roller::Roller,
+    sources::{self, Halt},
 };
 use crate::{
-    fhir::{search::Narrowing, IssueCode, OperationOutcome},
+    fhir::{bundle, IssueCode, OperationOutcome},
     output::Output,
-    store::{Lease, Scope, Selection, Stores},
+    store::{Lease, Stores},
 };
 
 #[derive(Debug, Clone)]
@@ -144,27 +143,20 @@ impl Worker {
     async fn execute(&self, task: &ClaimedTask, stop: &CancellationToken, written: &AtomicI64) -> TaskEnd {
         // A retry writes beside, never over, what an earlier holder of the task may still write.
         let key_dir = if task.fence <= 1 { task.folder.clone() } else { format!("{}/attempt-{}", task.folder, task.fence) };
-        let (kind, mut source) = match task.kind {
+        let mut deletions = None;
+        let (kind, source) = match task.kind {
             TaskKind::Export => {
                 let Some(resource_type) = task.resource_type() else {
                     return TaskEnd::Failed(format!("unknown resource type '{}'", task.resource_type));
                 };
-                let scope = match &task.request.level {
-                    ExportLevel::System => Scope::All,
-                    ExportLevel::Patient => Scope::AllPatients,
-                    ExportLevel::Group { .. } => Scope::JobPatients(task.job_id),
-                };
-                let pipeline = match Pipeline::for_type(&task.request, &resource_type) {
-                    Ok(pipeline) => pipeline,
-                    Err(reason) => return TaskEnd::Failed(reason),
-                };
-                // The filters' _id and _lastUpdated bounds go to the store's indexed columns.
-                let narrowing = match task.request.filters_for(&resource_type) {
-                    Ok(filters) => Narrowing::for_filters(&filters),
-                    Err(reason) => return TaskEnd::Failed(reason),
-                };
-                let selection = Selection { resource_type, as_of: task.transaction_time, since: task.request.since, scope, narrowing };
-                (FileKind::Output, pipeline.apply_to(self.stores.resources.export_stream(selection)))
+                match sources::output(&self.stores, task, resource_type, stop).await {
+                    Ok(source) => {
+                        deletions = source.deletions;
+                        (FileKind::Output, source.lines)
+                    }
+                    Err(Halt::Stopped) => return TaskEnd::Stopped,
+                    Err(Halt::Failed(reason)) => return TaskEnd::Failed(reason),
+                }
             }
             TaskKind::Outcomes => {
                 let lines: Vec<Result<bytes::Bytes, _>> = task
@@ -176,36 +168,68 @@ impl Worker {
                 (FileKind::Error, futures::stream::iter(lines).boxed())
             }
         };
-        let mut roller = Roller::new(&self.output, kind, &task.resource_type, key_dir, task.max_file_bytes);
-        loop {
-            let next = tokio::select! {
-                _ = stop.cancelled() => {
-                    roller.abort().await;
-                    return TaskEnd::Stopped;
+        let roller = Roller::new(&self.output, kind, &task.resource_type, key_dir.clone(), task.max_file_bytes);
+        let mut files = match pump(source, roller, stop, written, 0).await {
+            Ok(files) => files,
+            Err(end) => return end,
+        };
+        if let Some(selection) = deletions {
+            let resource_type = task.resource_type.clone();
+            let source = self.stores.resources.deleted_stream(selection).map(move |ids| {
+                let ids = ids?;
+                let mut lines = Vec::with_capacity(ids.len() * 4);
+                for id in ids.split(|b| *b == b'\n').filter(|id| !id.is_empty()) {
+                    lines.extend_from_slice(bundle::deletion(&resource_type, &String::from_utf8_lossy(id)).as_bytes());
+                    lines.push(b'\n');
                 }
-                next = source.next() => next,
-            };
-            match next {
-                None => break,
-                Some(Ok(chunk)) => {
-                    if let Err(e) = roller.write(&chunk).await {
-                        roller.abort().await;
-                        return TaskEnd::Failed(e.to_string());
-                    }
-                    written.store(roller.lines() as i64, Ordering::Relaxed);
-                }
-                Some(Err(e)) => {
-                    roller.abort().await;
-                    return TaskEnd::Failed(e.to_string());
-                }
+                Ok::<_, crate::store::StoreError>(bytes::Bytes::from(lines))
+            });
+            let roller = Roller::new(&self.output, FileKind::Deleted, "Bundle", key_dir, task.max_file_bytes)
+                .with_stem(format!("{}-deleted", task.resource_type));
+            let base = written.load(Ordering::Relaxed);
+            match pump(source.boxed(), roller, stop, written, base).await {
+                Ok(deleted) => files.extend(deleted),
+                Err(end) => return end,
             }
         }
-        drop(source);
-        match roller.finish().await {
-            Ok(files) => TaskEnd::Done(files),
-            Err(e) => TaskEnd::Failed(e.to_string()),
+        TaskEnd::Done(files)
+    }
+}
+
+/// Moves a stream of NDJSON chunks into the roller's files until it ends, the task is stopped,
+/// or something fails. `written` counts lines for the heartbeat, from `base`.
+async fn pump<E: std::fmt::Display>(
+    mut source: futures::stream::BoxStream<'static, Result<bytes::Bytes, E>>,
+    mut roller: Roller<'_>,
+    stop: &CancellationToken,
+    written: &AtomicI64,
+    base: i64,
+) -> Result<Vec<FileRecord>, TaskEnd> {
+    loop {
+        let next = tokio::select! {
+            _ = stop.cancelled() => {
+                roller.abort().await;
+                return Err(TaskEnd::Stopped);
+            }
+            next = source.next() => next,
+        };
+        match next {
+            None => break,
+            Some(Ok(chunk)) => {
+                if let Err(e) = roller.write(&chunk).await {
+                    roller.abort().await;
+                    return Err(TaskEnd::Failed(e.to_string()));
+                }
+                written.store(base + roller.lines() as i64, Ordering::Relaxed);
+            }
+            Some(Err(e)) => {
+                roller.abort().await;
+                return Err(TaskEnd::Failed(e.to_string()));
+            }
         }
     }
+    drop(source);
+    roller.finish().await.map_err(|e| TaskEnd::Failed(e.to_string()))
 }
 
 /// Renews the lease until stopped; stops the task when the lease is lost or the job cancelled.

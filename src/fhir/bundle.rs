@@ -109,6 +109,16 @@ enum Method {
     Delete,
 }
 
+/// A `deleted` file line (Bulk Data): a transaction Bundle whose one entry deletes `Type/id`.
+pub fn deletion(resource_type: &str, id: &str) -> String {
+    serde_json::json!({
+        "resourceType": "Bundle",
+        "type": "transaction",
+        "entry": [{"request": {"method": "DELETE", "url": format!("{resource_type}/{id}")}}],
+    })
+    .to_string()
+}
+
 fn target_of(entry: &Value) -> Result<Target, String> {
     let request = entry.get("request").ok_or("has no 'request'")?;
     let method = request.get("method").and_then(Value::as_str).ok_or("has no request.method")?;

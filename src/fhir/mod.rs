@@ -3,8 +3,10 @@
 
 pub mod bundle;
 pub mod compartment;
+pub mod elements;
 pub mod instant;
 pub mod outcome;
+pub mod references;
 pub mod resource;
 pub mod search;
 pub mod types;

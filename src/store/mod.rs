@@ -120,6 +120,8 @@ pub struct Selection {
     pub as_of: DateTime<Utc>,
     /// Only versions last updated strictly after this instant.
     pub since: Option<DateTime<Utc>>,
+    /// Only versions last updated strictly before this instant (`_until`).
+    pub until: Option<DateTime<Utc>>,
     pub scope: Scope,
     /// Bounds from `_typeFilter` on indexed columns (`_id`, `_lastUpdated`): a superset of the
     /// matches, which the export pipeline then filters exactly.
@@ -162,6 +164,12 @@ pub trait ResourceStore: Send + Sync {
     /// Streams the stored text of the selected resources as NDJSON: each resource's compact JSON
     /// followed by `\n`, in chunks of whole lines. Dropping the stream stops the query.
     fn export_stream(&self, selection: Selection) -> BoxStream<'static, Result<Bytes, StoreError>>;
+
+    /// Streams the ids of the selected type's resources that stood deleted at `as_of`, deleted
+    /// within `since`..`until`, one per line, in chunks of whole lines. In a compartment scope a
+    /// deletion counts when the version it ended was in the compartment (Patient level: in any
+    /// patient's, so deleted patients are reported too).
+    fn deleted_stream(&self, selection: Selection) -> BoxStream<'static, Result<Bytes, StoreError>>;
 }
 
 /// The API side of export jobs.

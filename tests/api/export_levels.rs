@@ -19,7 +19,7 @@ pub(crate) fn exported_multisets(exported: BTreeMap<String, Vec<Value>>) -> BTre
 
 /// Does any string in the resource reference one of these patients? Worked out from the raw
 /// JSON, independently of the server's compartment table.
-fn references_patient(value: &Value, patients: &BTreeSet<String>) -> bool {
+pub(crate) fn references_patient(value: &Value, patients: &BTreeSet<String>) -> bool {
     match value {
         Value::String(s) => s.strip_prefix("Patient/").is_some_and(|id| patients.contains(id)),
         Value::Array(items) => items.iter().any(|v| references_patient(v, patients)),
@@ -32,7 +32,8 @@ fn references_patient(value: &Value, patients: &BTreeSet<String>) -> bool {
 /// with no parameter, so they are in no patient's compartment.
 const OUTSIDE_THE_COMPARTMENT: [&str; 1] = ["Device"];
 
-pub(crate) fn expected_for_patients(loaded: &BTreeMap<String, Vec<Value>>, patients: &BTreeSet<String>) -> BTreeMap<String, Vec<String>> {
+/// The resources in these patients' compartments, by type.
+fn in_compartments<'a>(loaded: &'a BTreeMap<String, Vec<Value>>, patients: &BTreeSet<String>) -> BTreeMap<String, Vec<&'a Value>> {
     loaded
         .iter()
         .filter(|(t, _)| !OUTSIDE_THE_COMPARTMENT.contains(&t.as_str()))
@@ -43,10 +44,45 @@ pub(crate) fn expected_for_patients(loaded: &BTreeMap<String, Vec<Value>>, patie
                     (t == "Patient" && patients.contains(r["id"].as_str().unwrap())) || references_patient(r, patients)
                 })
                 .collect();
-            (t.clone(), multiset(selected))
+            (t.clone(), selected)
         })
-        .filter(|(_, lines)| !lines.is_empty())
+        .filter(|(_, selected)| !selected.is_empty())
         .collect()
+}
+
+pub(crate) fn expected_for_patients(loaded: &BTreeMap<String, Vec<Value>>, patients: &BTreeSet<String>) -> BTreeMap<String, Vec<String>> {
+    in_compartments(loaded, patients).into_iter().map(|(t, selected)| (t, multiset(selected))).collect()
+}
+
+/// Every `reference` string in the value.
+fn collect_references(value: &Value, found: &mut BTreeSet<String>) {
+    match value {
+        Value::Array(items) => items.iter().for_each(|v| collect_references(v, found)),
+        Value::Object(map) => {
+            if let Some(Value::String(r)) = map.get("reference") {
+                found.insert(r.clone());
+            }
+            map.values().for_each(|v| collect_references(v, found));
+        }
+        _ => {}
+    }
+}
+
+/// A Group export: the compartments, plus the Organizations and Practitioners (the referenced
+/// types the sample holds) that those resources reference, once each.
+pub(crate) fn expected_for_group(loaded: &BTreeMap<String, Vec<Value>>, patients: &BTreeSet<String>) -> BTreeMap<String, Vec<String>> {
+    let selected = in_compartments(loaded, patients);
+    let mut references = BTreeSet::new();
+    selected.values().flatten().for_each(|r| collect_references(r, &mut references));
+    let mut expected = expected_for_patients(loaded, patients);
+    for t in ["Organization", "Practitioner"] {
+        let referenced: Vec<&Value> =
+            loaded[t].iter().filter(|r| references.contains(&format!("{t}/{}", r["id"].as_str().unwrap()))).collect();
+        if !referenced.is_empty() {
+            expected.insert(t.to_owned(), multiset(referenced));
+        }
+    }
+    expected
 }
 
 /// Compares per type, naming the type and the first resource that differs.
@@ -87,6 +123,8 @@ backend_tests! {
         assert_same(exported_multisets(app.download_all(&patient).await), &expected);
 
         let group = app.wait_for_manifest(&app.kick_off(&format!("/Group/{SYNTHEA_GROUP}/$export")).await).await;
+        let expected = expected_for_group(&loaded, &all_patients);
+        assert!(expected["Organization"].len() > 10 && expected["Practitioner"].len() > 10);
         assert_same(exported_multisets(app.download_all(&group).await), &expected);
     }
 
@@ -145,5 +183,25 @@ backend_tests! {
         let manifest = app.wait_for_manifest(&app.kick_off("/Patient/$export?_type=Observation").await).await;
         let exported = app.download_all(&manifest).await;
         assert_eq!(exported["Observation"].len(), 7, "six own observations plus the shared one, once");
+    }
+}
+
+backend_tests! {
+    async fn group_export_adds_the_referenced_types_that_type_allows(backend: Backend) {
+        let app = spawn_app(backend).await;
+        app.load_synthea().await;
+        let loaded = fixture_resources();
+        let path = format!("/Group/{SYNTHEA_GROUP}/$export?_type=Encounter,Organization");
+        let manifest = app.wait_for_manifest(&app.kick_off(&path).await).await;
+        let mut references = BTreeSet::new();
+        loaded["Encounter"].iter().for_each(|e| collect_references(e, &mut references));
+        let organizations: Vec<&Value> =
+            loaded["Organization"].iter().filter(|o| references.contains(&format!("Organization/{}", o["id"].as_str().unwrap()))).collect();
+        assert!(!organizations.is_empty() && organizations.len() < loaded["Organization"].len(), "a real subset");
+        let expected = BTreeMap::from([
+            ("Encounter".to_owned(), multiset(&loaded["Encounter"])),
+            ("Organization".to_owned(), multiset(organizations)),
+        ]);
+        assert_same(exported_multisets(app.download_all(&manifest).await), &expected);
     }
 }

@@ -312,6 +312,18 @@ impl TestApp {
             .unwrap()
     }
 
+    /// A POST kick-off with a `Parameters` body and this `Prefer` header.
+    pub async fn kick_off_post_raw(&self, path: &str, parameters: &Value, prefer: &str) -> Response {
+        self.client
+            .post(self.url(path))
+            .header(header::ACCEPT, "application/fhir+json")
+            .header("prefer", prefer)
+            .json(parameters)
+            .send()
+            .await
+            .unwrap()
+    }
+
     /// Kicks off and returns the status URL, asserting the 202.
     pub async fn kick_off(&self, path_and_query: &str) -> String {
         let response = self.kick_off_raw(path_and_query).await;
@@ -375,6 +387,16 @@ impl TestApp {
     /// Runs export tasks in this test's own worker until none is left (for apps started
     /// with no workers).
     pub async fn drain(&self) {
+        let worker = self.test_worker();
+        while worker.run_next_task().await.expect("the worker runs") == Ran::Task {}
+    }
+
+    /// Runs one export task in this test's own worker; false when there was none.
+    pub async fn run_one_task(&self) -> bool {
+        self.test_worker().run_next_task().await.expect("the worker runs") == Ran::Task
+    }
+
+    fn test_worker(&self) -> Worker {
         let settings = bulkfhir::export::worker::WorkerSettings {
             workers: 1,
             lease: Duration::from_secs(self.options.lease_seconds),
@@ -382,8 +404,7 @@ impl TestApp {
             max_attempts: self.options.max_attempts,
             idle_poll: Duration::from_millis(100),
         };
-        let worker = Worker::new("test-worker".into(), self.stores.clone(), self.output.clone(), settings, CancellationToken::new());
-        while worker.run_next_task().await.expect("the worker runs") == Ran::Task {}
+        Worker::new("test-worker".into(), self.stores.clone(), self.output.clone(), settings, CancellationToken::new())
     }
 }
 

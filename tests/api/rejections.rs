@@ -16,11 +16,16 @@ backend_tests! {
             ("/$export?_container=..%2F..%2Fetc", StatusCode::BAD_REQUEST, "_container"),
             ("/$export?_container=Bad_Name", StatusCode::BAD_REQUEST, "_container"),
             ("/$export?_typeFilter=Observation%3Fcode-value-quantity%3Dx", StatusCode::BAD_REQUEST, "code-value-quantity"),
-            ("/$export?_elements=id", StatusCode::BAD_REQUEST, "_elements"),
-            ("/$export?_until=2024-01-01T00:00:00Z", StatusCode::BAD_REQUEST, "_until"),
-            ("/$export?includeAssociatedData=LatestProvenanceResources", StatusCode::BAD_REQUEST, "includeAssociatedData"),
+            ("/$export?_elements=name.given", StatusCode::BAD_REQUEST, "_elements"),
+            ("/$export?_until=tomorrow", StatusCode::BAD_REQUEST, "_until"),
+            ("/$export?_since=2024-02-01&_until=2024-01-01", StatusCode::BAD_REQUEST, "_until"),
+            ("/$export?organizeOutputBy=Patient", StatusCode::BAD_REQUEST, "organizeOutputBy"),
+            ("/$export?allowPartialManifests=yes", StatusCode::BAD_REQUEST, "allowPartialManifests"),
+            ("/$export?includeAssociatedData=_custom", StatusCode::BAD_REQUEST, "includeAssociatedData"),
             ("/$export?colour=blue", StatusCode::BAD_REQUEST, "colour"),
             ("/Patient/$export?_type=Organization", StatusCode::BAD_REQUEST, "Patient compartment"),
+            ("/Group/g/$export?_type=Device", StatusCode::BAD_REQUEST, "the types their resources reference"),
+            ("/Group/g/$export?organizeOutputBy=Patient", StatusCode::BAD_REQUEST, "not supported yet"),
             ("/Group/nope/$export", StatusCode::NOT_FOUND, "Group/nope"),
             ("/Group/bad%20id/$export", StatusCode::BAD_REQUEST, "Group id"),
             ("/Observation/$export", StatusCode::BAD_REQUEST, "$export"),
@@ -81,7 +86,7 @@ backend_tests! {
         assert_eq!(app.put(&json!({"resourceType": "Patient", "id": "p"})).await.status(), 201);
         let response = app
             .client
-            .get(app.url("/$export?_typeFilter=Patient%3F_has%3AObservation%3Apatient%3Acode%3Dx&_elements=id"))
+            .get(app.url("/$export?_typeFilter=Patient%3F_has%3AObservation%3Apatient%3Acode%3Dx&organizeOutputBy=Patient"))
             .header(header::ACCEPT, "application/fhir+json")
             .header("prefer", "respond-async, handling=lenient")
             .send()
@@ -94,7 +99,7 @@ backend_tests! {
         assert_eq!(errors[0]["type"], "OperationOutcome");
         let outcomes = app.download(&errors[0]).await;
         let text = serde_json::to_string(&outcomes).unwrap();
-        assert!(text.contains("_typeFilter") && text.contains("_elements"), "{text}");
+        assert!(text.contains("_typeFilter") && text.contains("organizeOutputBy"), "{text}");
         assert_eq!(manifest["output"][0]["type"], "Patient");
     }
 

@@ -82,5 +82,12 @@ backend_tests! {
             assert_eq!(listed, names);
         }
         assert!(resources.len() > 140);
+        let documentation = cs["rest"][0]["documentation"].as_str().unwrap();
+        let (supported, rest) = documentation.split_once("Not supported yet").unwrap();
+        for parameter in ["_since (with deleted files)", "_until", "patient", "_elements", "allowPartialManifests", "includeAssociatedData", "_typeFilter"] {
+            assert!(supported.contains(parameter), "{parameter} listed as supported");
+        }
+        assert!(supported.contains("Group exports also export") && supported.contains("Practitioner"));
+        assert!(rest.contains("organizeOutputBy"));
     }
 }

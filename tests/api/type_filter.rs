@@ -172,7 +172,7 @@ backend_tests! {
         let as_of = app.stores.resources.snapshot_time().await.unwrap();
         let ids = |names: &[&str]| Some(names.iter().map(|n| n.to_string()).collect());
         let read = |t: &str, narrowing: Narrowing| {
-            let selection = Selection { resource_type: ResourceType::parse(t).unwrap(), as_of, since: None, scope: Scope::All, narrowing };
+            let selection = Selection { resource_type: ResourceType::parse(t).unwrap(), as_of, since: None, until: None, scope: Scope::All, narrowing };
             let stream = app.stores.resources.export_stream(selection);
             async move {
                 let chunks: Vec<bytes::Bytes> = stream.try_collect().await.unwrap();

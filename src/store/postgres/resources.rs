@@ -122,19 +122,26 @@ impl ResourceStore for PgStore {
     }
 
     fn export_stream(&self, selection: Selection) -> BoxStream<'static, Result<Bytes, StoreError>> {
-        let pool = self.pool.clone();
-        let statement = sql::export_copy(&selection);
-        async_stream::try_stream! {
-            let mut guard = CopyGuard { conn: pool.acquire().await?, finished: false };
-            let mut chunks = guard.conn.copy_out_raw(&statement).await?;
-            while let Some(chunk) = chunks.next().await {
-                yield chunk?;
-            }
-            drop(chunks);
-            guard.finished = true;
-        }
-        .boxed()
+        copy_out(self.pool.clone(), sql::export_copy(&selection))
     }
+
+    fn deleted_stream(&self, selection: Selection) -> BoxStream<'static, Result<Bytes, StoreError>> {
+        copy_out(self.pool.clone(), sql::deleted_copy(&selection))
+    }
+}
+
+/// Streams the output of a `COPY ... TO STDOUT` statement.
+fn copy_out(pool: sqlx::PgPool, statement: String) -> BoxStream<'static, Result<Bytes, StoreError>> {
+    async_stream::try_stream! {
+        let mut guard = CopyGuard { conn: pool.acquire().await?, finished: false };
+        let mut chunks = guard.conn.copy_out_raw(&statement).await?;
+        while let Some(chunk) = chunks.next().await {
+            yield chunk?;
+        }
+        drop(chunks);
+        guard.finished = true;
+    }
+    .boxed()
 }
 
 /// Closes the connection when a COPY OUT is dropped unfinished (a cancelled task), instead of

@@ -44,6 +44,9 @@ pub fn export_copy(selection: &Selection) -> String {
     if let Some(since) = selection.since {
         conditions.push(format!("v.last_updated > {}", timestamp(since)));
     }
+    if let Some(until) = selection.until {
+        conditions.push(format!("v.last_updated < {}", timestamp(until)));
+    }
     conditions.extend(narrowing(&selection.narrowing, t));
     let member = |patients: String| {
         format!(
@@ -102,6 +105,52 @@ fn narrowing(n: &Narrowing, t: &str) -> Vec<String> {
         conditions.push(format!("v.last_updated < {}", timestamp(before)));
     }
     conditions
+}
+
+/// The deletions of one type that stand at `as_of`: `(id, version_id, last_updated)`, where
+/// `version_id - 1` is the live version the deletion ended.
+fn deletions_at(resource_type: &str, as_of: DateTime<Utc>) -> String {
+    let (t, at) = (literal(resource_type), timestamp(as_of));
+    format!(
+        "SELECT id, version_id, last_updated FROM resources \
+           WHERE resource_type = {t} AND last_updated <= {at} AND deleted \
+         UNION ALL \
+         SELECT id, version_id, last_updated FROM resource_history \
+           WHERE resource_type = {t} AND last_updated <= {at} AND superseded_at > {at} AND deleted"
+    )
+}
+
+/// `COPY` of the ids of the selected deletions, one per line (ids admit no character that CSV
+/// would quote).
+pub fn deleted_copy(selection: &Selection) -> String {
+    let t = selection.resource_type.as_str();
+    let mut conditions = Vec::new();
+    if let Some(since) = selection.since {
+        conditions.push(format!("v.last_updated > {}", timestamp(since)));
+    }
+    if let Some(until) = selection.until {
+        conditions.push(format!("v.last_updated < {}", timestamp(until)));
+    }
+    let member = |patients: &str| {
+        format!(
+            "EXISTS (SELECT 1 FROM compartment_members c WHERE c.resource_type = {} AND c.id = v.id \
+             AND c.version_id = v.version_id - 1{patients})",
+            literal(t)
+        )
+    };
+    match &selection.scope {
+        Scope::All => {}
+        Scope::AllPatients => conditions.push(member("")),
+        Scope::JobPatients(job) => conditions.push(member(&format!(
+            " AND c.patient_id IN (SELECT patient_id FROM export_job_patients WHERE job_id = {}::uuid)",
+            literal(&job.to_string())
+        ))),
+    }
+    let filter = if conditions.is_empty() { String::new() } else { format!(" WHERE {}", conditions.join(" AND ")) };
+    format!(
+        "COPY (SELECT v.id FROM ({}) v{filter}) TO STDOUT (FORMAT csv, QUOTE E'\\x01', DELIMITER E'\\x02')",
+        deletions_at(t, selection.as_of)
+    )
 }
 
 /// The `COPY FROM` options matching `export_copy`, for loading JSON text untouched.

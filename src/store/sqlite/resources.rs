@@ -30,6 +30,14 @@ const VERSIONS_AT: &str = "SELECT id, version_id, last_updated, body FROM resour
      SELECT id, version_id, last_updated, body FROM resource_history \
        WHERE resource_type = ?1 AND last_updated <= ?2 AND superseded_at > ?2 AND deleted = 0";
 
+/// Deletions of `?1` that stand at `?2`: `(id, version_id, last_updated)`, where
+/// `version_id - 1` is the live version the deletion ended.
+const DELETIONS_AT: &str = "SELECT id, version_id, last_updated FROM resources \
+       WHERE resource_type = ?1 AND last_updated <= ?2 AND deleted = 1 \
+     UNION ALL \
+     SELECT id, version_id, last_updated FROM resource_history \
+       WHERE resource_type = ?1 AND last_updated <= ?2 AND superseded_at > ?2 AND deleted = 1";
+
 /// Patients that exist at `?2`.
 const PATIENTS_AT: &str = "SELECT id FROM resources WHERE resource_type = 'Patient' AND last_updated <= ?2 AND deleted = 0 \
      UNION ALL \
@@ -116,36 +124,68 @@ impl ResourceStore for SqliteStore {
     }
 
     fn export_stream(&self, selection: Selection) -> BoxStream<'static, Result<Bytes, StoreError>> {
-        let pool = self.pool.clone();
-        async_stream::try_stream! {
-            let (sql, job) = export_query(&selection);
-            let mut conn = pool.acquire().await?;
-            let narrowing = &selection.narrowing;
-            let ids = narrowing.ids.as_ref().map(|ids| serde_json::to_string(ids).expect("a set of strings serializes"));
-            let query = sqlx::query_scalar::<_, String>(sqlx::AssertSqlSafe(sql))
-                .bind(selection.resource_type.as_str())
-                .bind(micros(selection.as_of))
-                .bind(selection.since.map(micros))
-                .bind(job)
-                .bind(ids)
-                .bind(narrowing.updated_from.map(micros))
-                .bind(narrowing.updated_before.map(micros))
-                .bind(narrowing.patients.as_ref().map(|ids| serde_json::to_string(ids).expect("a set of strings serializes")));
-            let mut bodies = query.fetch(&mut *conn);
-            let mut chunk = BytesMut::with_capacity(CHUNK_BYTES * 2);
-            while let Some(body) = bodies.try_next().await? {
-                chunk.put_slice(body.as_bytes());
-                chunk.put_u8(b'\n');
-                if chunk.len() >= CHUNK_BYTES {
-                    yield chunk.split().freeze();
-                }
-            }
-            if !chunk.is_empty() {
-                yield chunk.freeze();
+        let (sql, job) = export_query(&selection);
+        text_lines(self.pool.clone(), sql, selection, job)
+    }
+
+    fn deleted_stream(&self, selection: Selection) -> BoxStream<'static, Result<Bytes, StoreError>> {
+        let (sql, job) = deleted_query(&selection);
+        text_lines(self.pool.clone(), sql, selection, job)
+    }
+}
+
+/// Runs a selection query of one text column and streams the values as lines, in chunks. Binds
+/// `?1` type, `?2` as_of, `?3` since, `?4` job (or NULL), `?5`-`?8` the `_typeFilter`
+/// narrowing (see `export_query`), `?9` until.
+fn text_lines(pool: sqlx::SqlitePool, sql: String, selection: Selection, job: Option<String>) -> BoxStream<'static, Result<Bytes, StoreError>> {
+    async_stream::try_stream! {
+        let mut conn = pool.acquire().await?;
+        let narrowing = &selection.narrowing;
+        let query = sqlx::query_scalar::<_, String>(sqlx::AssertSqlSafe(sql))
+            .bind(selection.resource_type.as_str())
+            .bind(micros(selection.as_of))
+            .bind(selection.since.map(micros))
+            .bind(job)
+            .bind(narrowing.ids.as_ref().map(|ids| serde_json::to_string(ids).expect("a set of strings serializes")))
+            .bind(narrowing.updated_from.map(micros))
+            .bind(narrowing.updated_before.map(micros))
+            .bind(narrowing.patients.as_ref().map(|ids| serde_json::to_string(ids).expect("a set of strings serializes")))
+            .bind(selection.until.map(micros));
+        let mut bodies = query.fetch(&mut *conn);
+        let mut chunk = BytesMut::with_capacity(CHUNK_BYTES * 2);
+        while let Some(body) = bodies.try_next().await? {
+            chunk.put_slice(body.as_bytes());
+            chunk.put_u8(b'\n');
+            if chunk.len() >= CHUNK_BYTES {
+                yield chunk.split().freeze();
             }
         }
-        .boxed()
+        if !chunk.is_empty() {
+            yield chunk.freeze();
+        }
     }
+    .boxed()
+}
+
+/// The query of the selected deletions' ids, and the job id to bind as `?4` for a Group export.
+fn deleted_query(selection: &Selection) -> (String, Option<String>) {
+    let member = |patients: &str| {
+        format!(
+            " AND EXISTS (SELECT 1 FROM compartment_members c WHERE c.resource_type = ?1 AND c.id = v.id \
+             AND c.version_id = v.version_id - 1{patients})"
+        )
+    };
+    let (scope, job) = match &selection.scope {
+        Scope::All => (String::new(), None),
+        Scope::AllPatients => (member(""), None),
+        Scope::JobPatients(job) => {
+            (member(" AND +c.patient_id IN (SELECT patient_id FROM export_job_patients WHERE job_id = ?4)"), Some(job.to_string()))
+        }
+    };
+    (
+        format!("SELECT v.id FROM ({DELETIONS_AT}) v WHERE (?3 IS NULL OR v.last_updated > ?3) AND (?9 IS NULL OR v.last_updated < ?9){scope}"),
+        job,
+    )
 }
 
 /// The export query for a selection, and the job id to bind as `?4` for a Group export (NULL
@@ -190,7 +230,7 @@ fn export_query(selection: &Selection) -> (String, Option<String>) {
              WHERE c.patient_id IN (SELECT value FROM json_each(?8)) AND c.resource_type = ?1)",
         );
     }
-    (format!("SELECT v.body FROM ({VERSIONS_AT}) v WHERE (?3 IS NULL OR v.last_updated > ?3){scope}{narrowing}"), job)
+    (format!("SELECT v.body FROM ({VERSIONS_AT}) v WHERE (?3 IS NULL OR v.last_updated > ?3) AND (?9 IS NULL OR v.last_updated < ?9){scope}{narrowing}"), job)
 }
 
 async fn current(conn: &mut SqliteConnection, t: &str, id: &str) -> Result<Option<(i64, bool)>, StoreError> {

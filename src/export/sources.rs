@@ -1,0 +1,216 @@
+//! What an export task of one type writes: the store's selection for the job's level and
+//! parameters, run through the type's pipeline. Two parameters reach across types: a Group
+//! export's referenced types (the resources its compartment references) and
+//! `includeAssociatedData` (the Provenance of what is exported).
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use futures::{stream::BoxStream, StreamExt};
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+
+use super::{
+    job::ClaimedTask,
+    pipeline::{IdIn, Pipeline, PipelineError},
+    request::{AssociatedData, ExportLevel},
+};
+use crate::{
+    fhir::{compartment, instant, references, search::Narrowing, types::ResourceId, ResourceType},
+    store::{Scope, Selection, Stores},
+};
+
+/// Why a task stopped before its source was ready.
+pub enum Halt {
+    Stopped,
+    Failed(String),
+}
+
+pub type Lines = BoxStream<'static, Result<Bytes, PipelineError>>;
+
+/// A type's output lines, and the selection whose deletions go to `deleted` files (`_since`).
+pub struct OutputSource {
+    pub lines: Lines,
+    pub deletions: Option<Selection>,
+}
+
+fn provenance() -> ResourceType {
+    ResourceType::parse("Provenance").expect("Provenance is an R4 type")
+}
+
+fn scope(task: &ClaimedTask) -> Scope {
+    match &task.request.level {
+        ExportLevel::System => Scope::All,
+        ExportLevel::Patient if task.request.patients.is_none() => Scope::AllPatients,
+        // Group members, or the `patient` parameter's patients: recorded for the job.
+        ExportLevel::Patient | ExportLevel::Group { .. } => Scope::JobPatients(task.job_id),
+    }
+}
+
+/// The `_typeFilter` bounds on indexed columns for one type's selection.
+fn narrowing(task: &ClaimedTask, resource_type: &ResourceType) -> Result<Narrowing, Halt> {
+    task.request.filters_for(resource_type).map(|filters| Narrowing::for_filters(&filters)).map_err(Halt::Failed)
+}
+
+/// The lines the task for `resource_type` exports.
+pub async fn output(stores: &Stores, task: &ClaimedTask, resource_type: ResourceType, stop: &CancellationToken) -> Result<OutputSource, Halt> {
+    let mut pipeline = Pipeline::for_type(&task.request, &resource_type).map_err(Halt::Failed)?;
+    let narrowing = narrowing(task, &resource_type)?;
+    let mut selection = Selection {
+        resource_type,
+        as_of: task.transaction_time,
+        since: task.request.since,
+        until: task.request.until,
+        scope: scope(task),
+        narrowing,
+    };
+    let mut deletions = None;
+    if let (Some(associated), true) = (task.request.associated, selection.resource_type == provenance()) {
+        // The Provenance of the exported resources, whenever it was recorded.
+        let ids = Box::pin(associated_provenance(stores, task, associated, stop)).await?;
+        pipeline = pipeline.first(IdIn(ids));
+        (selection.scope, selection.since) = (Scope::All, None);
+    } else if task.request.level.is_compartment() && !compartment::is_compartment_type(&selection.resource_type) {
+        // A Group export's referenced type: the resources its exported ones reference,
+        // whenever they last changed.
+        let ids = referenced_ids(stores, task, &selection.resource_type, stop).await?;
+        pipeline = pipeline.first(IdIn(ids));
+        (selection.scope, selection.since) = (Scope::All, None);
+    } else if task.request.since.is_some() {
+        // Deleted resources have no body for a filter to judge: every deletion is listed.
+        deletions = Some(Selection { narrowing: Narrowing::default(), ..selection.clone() });
+    }
+    Ok(OutputSource { lines: pipeline.apply_to(stores.resources.export_stream(selection)), deletions })
+}
+
+/// Calls `each` on every chunk of whole lines, until the end or a stop.
+async fn read_all(mut lines: Lines, stop: &CancellationToken, mut each: impl FnMut(&[u8]) -> Result<(), String>) -> Result<(), Halt> {
+    loop {
+        let next = tokio::select! {
+            _ = stop.cancelled() => return Err(Halt::Stopped),
+            next = lines.next() => next,
+        };
+        match next {
+            None => return Ok(()),
+            Some(Ok(chunk)) => each(&chunk).map_err(Halt::Failed)?,
+            Some(Err(e)) => return Err(Halt::Failed(e.to_string())),
+        }
+    }
+}
+
+/// The ids of the `target` resources that the job's exported compartment resources reference:
+/// each compartment type's export read once, as it is written (`_typeFilter` and `_elements`
+/// included), and searched for references without parsing. Provenance counts as the
+/// compartment type it is, even under `includeAssociatedData`.
+async fn referenced_ids(stores: &Stores, task: &ClaimedTask, target: &ResourceType, stop: &CancellationToken) -> Result<BTreeSet<ResourceId>, Halt> {
+    let present = stores.resources.types_present().await.map_err(|e| Halt::Failed(e.to_string()))?;
+    let mut found = BTreeSet::new();
+    for resource_type in task.request.types_to_export(&present).into_iter().filter(compartment::is_compartment_type) {
+        let pipeline = Pipeline::for_type(&task.request, &resource_type).map_err(Halt::Failed)?;
+        let narrowing = narrowing(task, &resource_type)?;
+        let selection = Selection {
+            resource_type,
+            as_of: task.transaction_time,
+            since: task.request.since,
+            until: task.request.until,
+            scope: Scope::JobPatients(task.job_id),
+            narrowing,
+        };
+        let lines = pipeline.apply_to(stores.resources.export_stream(selection));
+        read_all(lines, stop, |chunk| {
+            references::collect_ids(chunk, target, &mut found);
+            Ok(())
+        })
+        .await?;
+    }
+    Ok(found)
+}
+
+/// One Provenance as `includeAssociatedData` needs it.
+struct ProvenanceTargets {
+    id: ResourceId,
+    recorded: DateTime<Utc>,
+    targets: Vec<(ResourceType, ResourceId)>,
+}
+
+/// The ids of the Provenance resources to export with `includeAssociatedData`: every one
+/// whose target is an exported resource (Relevant), or for each exported resource the one that
+/// targets it most recently recorded (Latest). Reads the Provenance at transactionTime, then
+/// the exports of the targeted types, as they are written.
+async fn associated_provenance(stores: &Stores, task: &ClaimedTask, associated: AssociatedData, stop: &CancellationToken) -> Result<BTreeSet<ResourceId>, Halt> {
+    let all = Selection {
+        resource_type: provenance(),
+        as_of: task.transaction_time,
+        since: None,
+        until: task.request.until,
+        scope: Scope::All,
+        narrowing: Narrowing::default(),
+    };
+    let mut records = Vec::new();
+    let lines = Pipeline::default().apply_to(stores.resources.export_stream(all));
+    read_all(lines, stop, |chunk| {
+        for line in chunk.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+            let value: Value = serde_json::from_slice(line).map_err(|e| format!("stored Provenance is not valid JSON: {e}"))?;
+            let Some(id) = value["id"].as_str().and_then(ResourceId::parse) else { continue };
+            let recorded = value["recorded"].as_str().and_then(|r| instant::parse(r).ok()).unwrap_or(DateTime::<Utc>::MIN_UTC);
+            let targets = value["target"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|t| t["reference"].as_str().and_then(references::split_reference))
+                .collect();
+            records.push(ProvenanceTargets { id, recorded, targets });
+        }
+        Ok(())
+    })
+    .await?;
+
+    let mut wanted: BTreeMap<ResourceType, BTreeSet<ResourceId>> = BTreeMap::new();
+    for (t, id) in records.iter().flat_map(|r| r.targets.iter()) {
+        wanted.entry(t.clone()).or_default().insert(id.clone());
+    }
+    let present = stores.resources.types_present().await.map_err(|e| Halt::Failed(e.to_string()))?;
+    let exported_types = task.request.types_to_export(&present);
+    let mut exported: BTreeSet<(ResourceType, ResourceId)> = BTreeSet::new();
+    for (t, ids) in wanted {
+        if t == provenance() || !exported_types.contains(&t) {
+            continue;
+        }
+        let source = output(stores, task, t.clone(), stop).await?;
+        read_all(source.lines, stop, |chunk| {
+            for line in chunk.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+                let value: IdOnly = serde_json::from_slice(line).map_err(|e| format!("exported {t} is not valid JSON: {e}"))?;
+                if let Some(id) = ResourceId::parse(&value.id).filter(|id| ids.contains(id)) {
+                    exported.insert((t.clone(), id));
+                }
+            }
+            Ok(())
+        })
+        .await?;
+    }
+
+    let targets_exported = |r: &ProvenanceTargets| r.targets.iter().filter(|t| exported.contains(*t)).cloned().collect::<Vec<_>>();
+    Ok(match associated {
+        AssociatedData::RelevantProvenanceResources => {
+            records.iter().filter(|r| !targets_exported(r).is_empty()).map(|r| r.id.clone()).collect()
+        }
+        AssociatedData::LatestProvenanceResources => {
+            let mut latest: BTreeMap<(ResourceType, ResourceId), (DateTime<Utc>, &ResourceId)> = BTreeMap::new();
+            for r in &records {
+                for target in targets_exported(r) {
+                    let best = latest.entry(target).or_insert((r.recorded, &r.id));
+                    if (r.recorded, &r.id) > *best {
+                        *best = (r.recorded, &r.id);
+                    }
+                }
+            }
+            latest.into_values().map(|(_, id)| id.clone()).collect()
+        }
+    })
+}
+
+#[derive(serde::Deserialize)]
+struct IdOnly {
+    id: String,
+}
