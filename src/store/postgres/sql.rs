@@ -66,6 +66,7 @@ pub fn export_copy(selection: &Selection) -> String {
                 literal(&job.to_string())
             )));
         }
+        Scope::Patient(id) => conditions.push(member(literal(id.as_str()))),
     }
     let filter = if conditions.is_empty() { String::new() } else { format!(" WHERE {}", conditions.join(" AND ")) };
     format!(
@@ -145,6 +146,7 @@ pub fn deleted_copy(selection: &Selection) -> String {
             " AND c.patient_id IN (SELECT patient_id FROM export_job_patients WHERE job_id = {}::uuid)",
             literal(&job.to_string())
         ))),
+        Scope::Patient(id) => conditions.push(member(&format!(" AND c.patient_id = {}", literal(id.as_str())))),
     }
     let filter = if conditions.is_empty() { String::new() } else { format!(" WHERE {}", conditions.join(" AND ")) };
     format!(

@@ -181,6 +181,7 @@ fn deleted_query(selection: &Selection) -> (String, Option<String>) {
         Scope::JobPatients(job) => {
             (member(" AND +c.patient_id IN (SELECT patient_id FROM export_job_patients WHERE job_id = ?4)"), Some(job.to_string()))
         }
+        Scope::Patient(id) => (member(" AND c.patient_id = ?4"), Some(id.to_string())),
     };
     (
         format!("SELECT v.id FROM ({DELETIONS_AT}) v WHERE (?3 IS NULL OR v.last_updated > ?3) AND (?9 IS NULL OR v.last_updated < ?9){scope}"),
@@ -207,6 +208,7 @@ fn export_query(selection: &Selection) -> (String, Option<String>) {
         Scope::JobPatients(job) => {
             (member("SELECT patient_id FROM export_job_patients WHERE job_id = ?4"), Some(job.to_string()))
         }
+        Scope::Patient(id) => (member("?4"), Some(id.to_string())),
     };
     // `_typeFilter` bounds, in the text only when present so that SQLite plans them on its
     // indexes: ?5 a JSON array of ids, ?6 and ?7 last_updated bounds, ?8 a JSON array
