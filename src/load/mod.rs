@@ -3,6 +3,8 @@
 //! the store's fastest path. Parsing runs on a blocking thread, a batch ahead of the database.
 //! A bad line is reported with its file, line and reason and does not stop the good ones.
 
+pub mod synth;
+
 use std::{
     collections::{BTreeMap, HashSet},
     fs::File,
