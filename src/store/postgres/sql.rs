@@ -5,6 +5,7 @@
 use chrono::{DateTime, Utc};
 
 use crate::{
+    export::job::JobId,
     fhir::instant,
     store::{Scope, Selection},
 };
@@ -39,6 +40,9 @@ pub fn versions_at(resource_type: &str, as_of: DateTime<Utc>) -> String {
 /// compact JSON never contains passes the text through untouched (text format would double
 /// backslashes).
 pub fn export_copy(selection: &Selection) -> String {
+    if let Scope::JobPatients(job) = &selection.scope {
+        return group_copy(selection, job);
+    }
     let t = selection.resource_type.as_str();
     let mut conditions = Vec::new();
     if let Some(since) = selection.since {
@@ -67,6 +71,28 @@ pub fn export_copy(selection: &Selection) -> String {
     format!(
         "COPY (SELECT v.body FROM ({}) v{filter}) TO STDOUT (FORMAT csv, QUOTE E'\\x01', DELIMITER E'\\x02')",
         versions_at(t, selection.as_of)
+    )
+}
+
+/// A Group export, driven from the group's patients: their compartment rows of the type (an
+/// index range per patient), then each listed version by key. Its cost follows the group's
+/// size, not the database's (probing every resource of the type for membership grew with the
+/// database: 100 of 2,600 patients took as long as exporting the whole type).
+fn group_copy(selection: &Selection, job: &JobId) -> String {
+    let (t, at) = (literal(selection.resource_type.as_str()), timestamp(selection.as_of));
+    let since = selection.since.map(|s| format!(" AND v.last_updated > {}", timestamp(s))).unwrap_or_default();
+    // DISTINCT: a resource in several listed patients' compartments is written once.
+    format!(
+        "COPY (WITH m AS (SELECT DISTINCT c.id, c.version_id FROM export_job_patients p \
+           JOIN compartment_members c ON c.patient_id = p.patient_id AND c.resource_type = {t} \
+           WHERE p.job_id = {}::uuid) \
+         SELECT v.body FROM m JOIN resources v ON v.resource_type = {t} AND v.id = m.id AND v.version_id = m.version_id \
+           WHERE v.last_updated <= {at} AND NOT v.deleted{since} \
+         UNION ALL \
+         SELECT v.body FROM m JOIN resource_history v ON v.resource_type = {t} AND v.id = m.id AND v.version_id = m.version_id \
+           WHERE v.last_updated <= {at} AND v.superseded_at > {at} AND NOT v.deleted{since}) \
+         TO STDOUT {COPY_IN_OPTIONS}",
+        literal(&job.to_string())
     )
 }
 

@@ -158,12 +158,22 @@ fn export_query(selection: &Selection) -> (String, Option<String>) {
     let (scope, job) = match &selection.scope {
         Scope::All => (String::new(), None),
         Scope::AllPatients => (member(PATIENTS_AT), None),
-        Scope::JobPatients(job) => {
-            (member("SELECT patient_id FROM export_job_patients WHERE job_id = ?4"), Some(job.to_string()))
-        }
+        Scope::JobPatients(job) => return (GROUP_EXPORT.to_owned(), Some(job.to_string())),
     };
     (format!("SELECT v.body FROM ({VERSIONS_AT}) v WHERE (?3 IS NULL OR v.last_updated > ?3){scope}"), job)
 }
+
+/// A Group export, driven from the group's patients (`?4` the job): their compartment rows of the
+/// type, then each listed version by key, so its cost follows the group's size and not the
+/// database's. CROSS JOIN fixes that join order; DISTINCT writes a resource in several listed
+/// patients' compartments once.
+const GROUP_EXPORT: &str = "WITH m AS (SELECT DISTINCT c.id, c.version_id FROM export_job_patients p \
+       CROSS JOIN compartment_members c ON c.patient_id = p.patient_id AND c.resource_type = ?1 WHERE p.job_id = ?4) \
+     SELECT v.body FROM m CROSS JOIN resources v ON v.resource_type = ?1 AND v.id = m.id AND v.version_id = m.version_id \
+       WHERE v.last_updated <= ?2 AND v.deleted = 0 AND (?3 IS NULL OR v.last_updated > ?3) \
+     UNION ALL \
+     SELECT v.body FROM m CROSS JOIN resource_history v ON v.resource_type = ?1 AND v.id = m.id AND v.version_id = m.version_id \
+       WHERE v.last_updated <= ?2 AND v.superseded_at > ?2 AND v.deleted = 0 AND (?3 IS NULL OR v.last_updated > ?3)";
 
 async fn current(conn: &mut SqliteConnection, t: &str, id: &str) -> Result<Option<(i64, bool)>, StoreError> {
     let row: Option<(i64, i64)> = sqlx::query_as("SELECT version_id, deleted FROM resources WHERE resource_type = ? AND id = ?")
