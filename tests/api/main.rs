@@ -11,3 +11,4 @@ mod rejections;
 mod rest;
 mod rollover;
 mod scale_out;
+mod synth_load;
