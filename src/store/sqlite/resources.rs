@@ -120,6 +120,11 @@ impl ResourceStore for SqliteStore {
         async_stream::try_stream! {
             let (sql, job) = export_query(&selection);
             let mut conn = pool.acquire().await?;
+            // A sequential read gains nothing from the pool's 64 MiB page cache (set for bulk
+            // writes), and four exports filling theirs held 300 MB and grew with the database.
+            // The connection reads with a small cache and is closed after, not pooled.
+            conn.close_on_drop();
+            sqlx::query("PRAGMA cache_size = -4096").execute(&mut *conn).await?;
             let mut query = sqlx::query_scalar::<_, String>(sqlx::AssertSqlSafe(sql))
                 .bind(selection.resource_type.as_str())
                 .bind(micros(selection.as_of))
