@@ -67,3 +67,22 @@ backend_tests! {
         assert_eq!(app.db.count("SELECT count(*) FROM resource_history").await, report.resources as i64);
     }
 }
+
+backend_tests! {
+    async fn a_resource_repeated_in_a_later_batch_ends_at_its_later_version(backend: Backend) {
+        let app = spawn_app(backend).await;
+        let dir = tempfile::tempdir().unwrap();
+        // More than a batch (5,000), so the repeat of p0 lands in the second batch, which may be
+        // written while the first is still in flight.
+        let mut lines: Vec<String> = (0..5_001).map(|n| json!({"resourceType": "Patient", "id": format!("p{n}")}).to_string()).collect();
+        lines.push(json!({"resourceType": "Patient", "id": "p0", "name": [{"family": "Later"}]}).to_string());
+        let path = dir.path().join("Patient.ndjson");
+        std::fs::write(&path, lines.join("\n")).unwrap();
+
+        let report = bulkfhir::load::load(app.stores.resources.as_ref(), &[path]).await.unwrap();
+        assert_eq!(report.total(), 5_002);
+        let p0: Value = app.client.get(app.url("/Patient/p0")).send().await.unwrap().json().await.unwrap();
+        assert_eq!((p0["name"][0]["family"].as_str(), p0["meta"]["versionId"].as_str()), (Some("Later"), Some("2")));
+        assert_eq!(app.db.count("SELECT count(*) FROM resources").await, 5_001);
+    }
+}
