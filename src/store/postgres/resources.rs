@@ -96,7 +96,7 @@ impl ResourceStore for PgStore {
     }
 
     /// Each COPY runs on one backend, one core: a second batch in flight keeps another core
-    /// writing while the first commits (load 1.6x faster on 2 cores, beside an unchanged COPY ceiling).
+    /// writing, and the database busy while the first batch commits.
     fn bulk_writers(&self) -> usize {
         2
     }
