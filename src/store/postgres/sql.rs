@@ -75,9 +75,10 @@ pub fn export_copy(selection: &Selection) -> String {
 }
 
 /// A Group export, driven from the group's patients: their compartment rows of the type (an
-/// index range per patient), then each listed version by key. Its cost follows the group's
-/// size, not the database's (probing every resource of the type for membership grew with the
-/// database: 100 of 2,600 patients took as long as exporting the whole type).
+/// index range per patient), then each listed version by key. LATERAL makes those key probes:
+/// with a plain join the planner hashed the list and scanned every resource of the type (at
+/// 1M resources, 100 patients' Observations took 2.3 s that way, 0.37 s by key), so the cost
+/// followed the database, not the group.
 fn group_copy(selection: &Selection, job: &JobId) -> String {
     let (t, at) = (literal(selection.resource_type.as_str()), timestamp(selection.as_of));
     let since = selection.since.map(|s| format!(" AND v.last_updated > {}", timestamp(s))).unwrap_or_default();
@@ -86,11 +87,12 @@ fn group_copy(selection: &Selection, job: &JobId) -> String {
         "COPY (WITH m AS (SELECT DISTINCT c.id, c.version_id FROM export_job_patients p \
            JOIN compartment_members c ON c.patient_id = p.patient_id AND c.resource_type = {t} \
            WHERE p.job_id = {}::uuid) \
-         SELECT v.body FROM m JOIN resources v ON v.resource_type = {t} AND v.id = m.id AND v.version_id = m.version_id \
-           WHERE v.last_updated <= {at} AND NOT v.deleted{since} \
-         UNION ALL \
-         SELECT v.body FROM m JOIN resource_history v ON v.resource_type = {t} AND v.id = m.id AND v.version_id = m.version_id \
-           WHERE v.last_updated <= {at} AND v.superseded_at > {at} AND NOT v.deleted{since}) \
+         SELECT v.body FROM m CROSS JOIN LATERAL ( \
+           SELECT v.body FROM resources v WHERE v.resource_type = {t} AND v.id = m.id AND v.version_id = m.version_id \
+             AND v.last_updated <= {at} AND NOT v.deleted{since} \
+           UNION ALL \
+           SELECT v.body FROM resource_history v WHERE v.resource_type = {t} AND v.id = m.id AND v.version_id = m.version_id \
+             AND v.last_updated <= {at} AND v.superseded_at > {at} AND NOT v.deleted{since}) v) \
          TO STDOUT {COPY_IN_OPTIONS}",
         literal(&job.to_string())
     )
