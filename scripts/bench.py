@@ -58,7 +58,8 @@ def timed(fn):
 
 
 def psql(url, sql, **kw):
-    return run(["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", url, "-c", sql], **kw)
+    env = dict(os.environ, PGOPTIONS="-c client_min_messages=warning")
+    return run(["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", url, "-c", sql], env=env, **kw)
 
 
 def free_port():
@@ -146,7 +147,8 @@ class Server:
 
 
 def load(db_url, files):
-    seconds, _ = timed(lambda: run([BIN, "load", "--database-url", db_url, *files], stdout=subprocess.DEVNULL))
+    with open(os.path.join(WORK, "load.log"), "a") as out:
+        seconds, _ = timed(lambda: run([BIN, "load", "--database-url", db_url, *files], stdout=out, stderr=out))
     return seconds
 
 
@@ -199,7 +201,7 @@ class Sqlite:
     def load_ceiling(self):
         """INSERT..SELECT of the same rows into copies of the tables (same keys and indexes), with
         the server's pragmas: SQLite's fastest way to write rows it already has."""
-        ddl = [r[0] for r in json.loads(run(["sqlite3", "-json", self.path,
+        ddl = [r["sql"] for r in json.loads(run(["sqlite3", "-json", self.path,
                "SELECT sql FROM sqlite_master WHERE tbl_name IN ('resources', 'compartment_members') AND sql IS NOT NULL"],
                capture_output=True, text=True).stdout)]
         ddl = [re.sub(r"\b(resources|compartment_members)\b", r"ceiling_\1", re.sub(r"INDEX (\w+)", r"INDEX ceiling_\1", d)) for d in ddl]
@@ -293,9 +295,11 @@ def main():
     if not rest:
         raise SystemExit("BENCH_RESOURCES is too small for two steps: use at least two copies of the sample")
     group = "00000001" + SAMPLE_GROUP[8:]
-    for name in BACKENDS:
-        bench(Postgres() if name == "postgres" else Sqlite(), quarter, rest, group)
-    report()
+    try:
+        for name in BACKENDS:
+            bench(Postgres() if name == "postgres" else Sqlite(), quarter, rest, group)
+    finally:
+        report()
     if not os.environ.get("BENCH_KEEP"):
         shutil.rmtree(WORK, ignore_errors=True)
 
