@@ -163,22 +163,25 @@ fn export_query(selection: &Selection) -> (String, Option<String>) {
     let (scope, job) = match &selection.scope {
         Scope::All => (String::new(), None),
         Scope::AllPatients => (member(PATIENTS_AT), None),
-        Scope::JobPatients(job) => return (GROUP_EXPORT.to_owned(), Some(job.to_string())),
+        // The rows come from the group's own list (`GROUP_VERSIONS_AT`): nothing to add.
+        Scope::JobPatients(job) => (String::new(), Some(job.to_string())),
     };
-    (format!("SELECT v.body FROM ({VERSIONS_AT}) v WHERE (?3 IS NULL OR v.last_updated > ?3){scope}"), job)
+    let source = if job.is_some() { GROUP_VERSIONS_AT } else { VERSIONS_AT };
+    (format!("SELECT v.body FROM ({source}) v WHERE (?3 IS NULL OR v.last_updated > ?3){scope}"), job)
 }
 
-/// A Group export, driven from the group's patients (`?4` the job): their compartment rows of the
-/// type, then each listed version by key, so its cost follows the group's size and not the
-/// database's. CROSS JOIN fixes that join order; DISTINCT writes a resource in several listed
-/// patients' compartments once.
-const GROUP_EXPORT: &str = "WITH m AS (SELECT DISTINCT c.id, c.version_id FROM export_job_patients p \
+/// `VERSIONS_AT` for a Group export (`?4` the job): the versions in the compartments of the
+/// job's patients, found from the patients, then each version by key, so the cost follows the
+/// group's size and not the database's. CROSS JOIN fixes that join order; DISTINCT: a resource
+/// in several listed patients' compartments comes once.
+const GROUP_VERSIONS_AT: &str = "WITH m AS (SELECT DISTINCT c.id, c.version_id FROM export_job_patients p \
        CROSS JOIN compartment_members c ON c.patient_id = p.patient_id AND c.resource_type = ?1 WHERE p.job_id = ?4) \
-     SELECT v.body FROM m CROSS JOIN resources v ON v.resource_type = ?1 AND v.id = m.id AND v.version_id = m.version_id \
-       WHERE v.last_updated <= ?2 AND v.deleted = 0 AND (?3 IS NULL OR v.last_updated > ?3) \
+     SELECT r.id, r.version_id, r.last_updated, r.body FROM m CROSS JOIN resources r \
+       ON r.resource_type = ?1 AND r.id = m.id AND r.version_id = m.version_id WHERE r.last_updated <= ?2 AND r.deleted = 0 \
      UNION ALL \
-     SELECT v.body FROM m CROSS JOIN resource_history v ON v.resource_type = ?1 AND v.id = m.id AND v.version_id = m.version_id \
-       WHERE v.last_updated <= ?2 AND v.superseded_at > ?2 AND v.deleted = 0 AND (?3 IS NULL OR v.last_updated > ?3)";
+     SELECT h.id, h.version_id, h.last_updated, h.body FROM m CROSS JOIN resource_history h \
+       ON h.resource_type = ?1 AND h.id = m.id AND h.version_id = m.version_id \
+       WHERE h.last_updated <= ?2 AND h.superseded_at > ?2 AND h.deleted = 0";
 
 async fn current(conn: &mut SqliteConnection, t: &str, id: &str) -> Result<Option<(i64, bool)>, StoreError> {
     let row: Option<(i64, i64)> = sqlx::query_as("SELECT version_id, deleted FROM resources WHERE resource_type = ? AND id = ?")
