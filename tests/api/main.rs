@@ -23,3 +23,4 @@ mod scale_out;
 mod smart;
 mod type_filter;
 mod since_until;
+mod synth_load;
