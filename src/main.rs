@@ -1,4 +1,4 @@
-//! The `bulkfhir` command: `serve`, `load`, `migrate`, `clients`.
+//! The `bulkfhir` command: `serve`, `load`, `migrate`, `clients`, and `synth` for benchmarks.
 
 use std::{path::PathBuf, process::ExitCode};
 
@@ -49,6 +49,18 @@ enum Command {
         database: DatabaseArgs,
         #[command(subcommand)]
         command: ClientsCommand,
+    },
+    /// Write a benchmark population: whole copies of a sample (NDJSON) with fresh ids.
+    Synth {
+        /// At least this many resources (rounded up to whole copies of the sample).
+        #[arg(long)]
+        resources: u64,
+        /// Directory the `copy-NNNNNN.ndjson` files are written to.
+        #[arg(long)]
+        out: PathBuf,
+        /// Sample NDJSON files or directories (UUID ids, as Synthea writes them).
+        #[arg(required = true)]
+        sample: Vec<PathBuf>,
     },
 }
 
@@ -121,6 +133,7 @@ async fn main() -> ExitCode {
         Command::Load { database, .. } | Command::Migrate { database } | Command::Clients { database, .. } => {
             Overrides { database_url: database.database_url.clone(), ..Default::default() }
         }
+        Command::Synth { .. } => Overrides::default(),
     };
     let settings = match Settings::load(cli.config.as_deref(), &overrides) {
         Ok(s) => s,
@@ -138,6 +151,7 @@ async fn main() -> ExitCode {
             eprintln!("migrations applied");
             ExitCode::SUCCESS
         }).map_err(Into::into),
+        Command::Synth { resources, out, sample } => synth(&sample, resources, &out),
     };
     result.unwrap_or_else(|e| {
         eprintln!("bulkfhir: {e:#}");
@@ -215,5 +229,18 @@ async fn manage_clients(settings: &Settings, command: ClientsCommand) -> anyhow:
             println!("client '{client_id}' removed");
         }
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn synth(sample: &[PathBuf], resources: u64, out: &std::path::Path) -> anyhow::Result<ExitCode> {
+    let report = load::synth::synthesize(sample, resources, out)?;
+    println!(
+        "{} resources ({} copies of the sample), {} bytes, in {} files under {}",
+        report.resources,
+        report.copies,
+        report.bytes,
+        report.files.len(),
+        out.display()
+    );
     Ok(ExitCode::SUCCESS)
 }

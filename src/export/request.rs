@@ -306,7 +306,11 @@ fn parse_type_filter(
         return Err(invalid("_typeFilter", format!("'{text}' filters {t}, which _type does not export")));
     }
     if !level.covers(t) {
-        return Err(invalid("_typeFilter", format!("'{text}' filters {t}, which this export level does not cover")));
+        let covered = match level {
+            ExportLevel::Group { .. } => "Patient compartment types and the types their resources reference",
+            _ => "Patient compartment types only",
+        };
+        return Err(invalid("_typeFilter", format!("'{text}' filters {t}, which this export does not cover ({covered})")));
     }
     let mut kept = Vec::new();
     for condition in std::mem::take(&mut filter.conditions) {

@@ -1,22 +1,26 @@
 //! The bulk loader: NDJSON files (one resource per line, optionally gzipped), Bundle JSON files
 //! (batch, transaction or collection) and directories of them, written in large batches through
-//! the store's fastest path. Parsing runs on a blocking thread, a batch ahead of the database.
+//! the store's fastest path. Parsing runs on a blocking thread, a batch ahead of the database;
+//! a store that takes concurrent bulk writes (Postgres) gets two batches at once.
 //! A bad line is reported with its file, line and reason and does not stop the good ones.
 
+pub mod synth;
+
 use std::{
-    collections::{BTreeMap, HashSet},
+    collections::{BTreeMap, HashMap, HashSet},
     fs::File,
     io::{BufRead, BufReader, Read},
     path::{Path, PathBuf},
     time::{Duration, Instant},
 };
 
+use futures::{stream::FuturesUnordered, StreamExt};
 use serde_json::Value;
 use tokio::sync::mpsc;
 
 use crate::{
-    fhir::{bundle, Resource},
-    store::{ResourceStore, StoreError, Write},
+    fhir::{bundle, types::ResourceId, Resource, ResourceType},
+    store::{Applied, ResourceStore, StoreError, Write},
 };
 
 /// Resources per batch, and a byte bound so large resources do not make huge batches.
@@ -69,6 +73,12 @@ pub async fn load(store: &dyn ResourceStore, paths: &[PathBuf]) -> Result<LoadRe
 
     let mut report = LoadReport::default();
     let mut last_progress = Instant::now();
+    // Batches being written, with their keys: a batch that shares a key with one in flight
+    // waits for it, so the later version of a resource is always written last.
+    let writers = store.bulk_writers().max(1);
+    let mut in_flight = FuturesUnordered::new();
+    let mut in_flight_keys: HashMap<u64, HashSet<(ResourceType, ResourceId)>> = HashMap::new();
+    let mut next_batch = 0u64;
     while let Some(item) = rx.recv().await {
         if last_progress.elapsed() >= PROGRESS_EVERY {
             last_progress = Instant::now();
@@ -78,16 +88,33 @@ pub async fn load(store: &dyn ResourceStore, paths: &[PathBuf]) -> Result<LoadRe
         match item {
             Item::Failure(failure) => report.failures.push(failure),
             Item::Batch(batch) => {
-                let writes: Vec<Write> = batch.into_iter().map(Write::Save).collect();
-                for applied in store.apply(writes).await? {
-                    *report.loaded.entry(applied.resource_type.to_string()).or_default() += 1;
+                let keys: HashSet<(ResourceType, ResourceId)> =
+                    batch.iter().map(|r| (r.resource_type.clone(), r.id.clone())).collect();
+                while in_flight.len() >= writers || in_flight_keys.values().any(|other| !other.is_disjoint(&keys)) {
+                    let Some((done, applied)) = in_flight.next().await else { break };
+                    in_flight_keys.remove(&done);
+                    count(&mut report, applied?);
                 }
+                let writes: Vec<Write> = batch.into_iter().map(Write::Save).collect();
+                let n = next_batch;
+                next_batch += 1;
+                in_flight_keys.insert(n, keys);
+                in_flight.push(async move { (n, store.apply(writes).await) });
             }
         }
+    }
+    while let Some((_, applied)) = in_flight.next().await {
+        count(&mut report, applied?);
     }
     reader.await.expect("the reader thread does not panic")?;
     report.elapsed = started.elapsed();
     Ok(report)
+}
+
+fn count(report: &mut LoadReport, applied: Vec<Applied>) {
+    for applied in applied {
+        *report.loaded.entry(applied.resource_type.to_string()).or_default() += 1;
+    }
 }
 
 /// Files named on the command line, and the `.ndjson`, `.ndjson.gz` and `.json` files in named

@@ -156,6 +156,11 @@ pub trait ResourceStore: Send + Sync {
     /// the backend's fastest path (the bulk loader sends batches of thousands).
     async fn apply(&self, writes: Vec<Write>) -> Result<Vec<Applied>, StoreError>;
 
+    /// Bulk batches the loader may write at once (on separate connections, disjoint keys).
+    fn bulk_writers(&self) -> usize {
+        1
+    }
+
     /// Fixes a snapshot instant: every write committed before it has `lastUpdated <= t`, and
     /// every write after it gets `lastUpdated > t`. This is an export's transactionTime.
     async fn snapshot_time(&self) -> Result<DateTime<Utc>, StoreError>;

@@ -194,7 +194,10 @@ pub async fn spawn_app_with(backend: Backend, options: AppOptions) -> TestApp {
     let (base_url, stores, output, shutdown) =
         (app.base_url().to_owned(), app.stores().clone(), app.output().clone(), app.shutdown_token());
     tokio::spawn(app.run_until_stopped());
-    TestApp { base_url, client: Client::new(), stores, output, output_dir, options, shutdown, db }
+    // Azurite (Node) closes idle keep-alive connections after 5 s; a pooled connection reused
+    // just as it closes fails with IncompleteMessage. Never reuse one idle that long.
+    let client = Client::builder().pool_idle_timeout(Duration::from_secs(2)).build().expect("an HTTP client");
+    TestApp { base_url, client, stores, output, output_dir, options, shutdown, db }
 }
 
 fn settings(database_url: &str, output_dir: &std::path::Path, options: &AppOptions) -> Settings {

@@ -24,3 +24,4 @@ mod scale_out;
 mod smart;
 mod type_filter;
 mod since_until;
+mod synth_load;

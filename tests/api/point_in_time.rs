@@ -17,8 +17,13 @@ backend_tests! {
                          "subject": {"reference": "Patient/a"}});
         assert_eq!(app.put(&obs).await.status(), 201);
 
+        let group = json!({"resourceType": "Group", "id": "g", "type": "person", "actual": true,
+                           "member": [{"entity": {"reference": "Patient/a"}}, {"entity": {"reference": "Patient/b"}}]});
+        assert_eq!(app.put(&group).await.status(), 201);
+
         let system = app.kick_off("/$export").await;
         let patients = app.kick_off("/Patient/$export").await;
+        let members = app.kick_off("/Group/g/$export").await;
 
         // After kick-off: change a, create c, delete b, move o1 to patient c.
         assert_eq!(app.put(&json!({"resourceType": "Patient", "id": "a", "name": [{"family": "After"}]})).await.status(), 200);
@@ -29,7 +34,7 @@ backend_tests! {
         assert_eq!(app.put(&moved).await.status(), 200);
 
         app.drain().await;
-        for status_url in [system, patients] {
+        for status_url in [system, patients, members] {
             let manifest = app.wait_for_manifest(&status_url).await;
             let exported = app.download_all(&manifest).await;
             let mut names: Vec<(String, String, String)> = exported["Patient"]

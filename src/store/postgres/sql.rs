@@ -5,6 +5,7 @@
 use chrono::{DateTime, Utc};
 
 use crate::{
+    export::job::JobId,
     fhir::{instant, search::Narrowing},
     store::{Scope, Selection},
 };
@@ -60,18 +61,38 @@ pub fn export_copy(selection: &Selection) -> String {
         Scope::AllPatients => {
             conditions.push(member(format!("SELECT id FROM ({}) p", versions_at("Patient", selection.as_of))));
         }
-        Scope::JobPatients(job) => {
-            conditions.push(member(format!(
-                "SELECT patient_id FROM export_job_patients WHERE job_id = {}::uuid",
-                literal(&job.to_string())
-            )));
-        }
+        // The rows come from the group's own list (`group_versions_at`): nothing to add.
+        Scope::JobPatients(_) => {}
         Scope::Patient(id) => conditions.push(member(literal(id.as_str()))),
     }
+    let source = match &selection.scope {
+        Scope::JobPatients(job) => group_versions_at(t, selection.as_of, job),
+        _ => versions_at(t, selection.as_of),
+    };
     let filter = if conditions.is_empty() { String::new() } else { format!(" WHERE {}", conditions.join(" AND ")) };
+    format!("COPY (SELECT v.body FROM ({source}) v{filter}) TO STDOUT (FORMAT csv, QUOTE E'\\x01', DELIMITER E'\\x02')")
+}
+
+/// `versions_at` for a Group export: the versions in the compartments of the job's patients,
+/// found from the patients (an index range of compartment rows each), then each version by key.
+/// LATERAL makes those key probes: with a plain join, or a membership test on every version,
+/// the planner hashed the list and scanned every resource of the type (at 1M resources, 100
+/// patients' Observations took 2.3 s that way, 0.37 s by key): the cost followed the database,
+/// not the group. DISTINCT: a resource in several listed patients' compartments comes once.
+fn group_versions_at(resource_type: &str, as_of: DateTime<Utc>, job: &JobId) -> String {
+    let (t, at) = (literal(resource_type), timestamp(as_of));
     format!(
-        "COPY (SELECT v.body FROM ({}) v{filter}) TO STDOUT (FORMAT csv, QUOTE E'\\x01', DELIMITER E'\\x02')",
-        versions_at(t, selection.as_of)
+        "SELECT g.id, g.version_id, g.last_updated, g.body FROM (SELECT DISTINCT c.id, c.version_id \
+           FROM export_job_patients p JOIN compartment_members c ON c.patient_id = p.patient_id AND c.resource_type = {t} \
+           WHERE p.job_id = {}::uuid) m \
+         CROSS JOIN LATERAL ( \
+           SELECT id, version_id, last_updated, body FROM resources \
+             WHERE resource_type = {t} AND id = m.id AND version_id = m.version_id AND last_updated <= {at} AND NOT deleted \
+           UNION ALL \
+           SELECT id, version_id, last_updated, body FROM resource_history \
+             WHERE resource_type = {t} AND id = m.id AND version_id = m.version_id AND last_updated <= {at} \
+               AND superseded_at > {at} AND NOT deleted) g",
+        literal(&job.to_string())
     )
 }
 
