@@ -115,7 +115,7 @@ async fn patients(stores: &Stores, task: &ClaimedTask, stop: &CancellationToken)
 fn patient_lines(stores: &Stores, task: &ClaimedTask, resource_type: &ResourceType, patient: &ResourceId) -> Result<Option<Lines>, Halt> {
     let pipeline = Pipeline::for_type(&task.request, resource_type).map_err(Halt::Failed)?;
     let mut narrowing = sources::narrowing(task, resource_type)?;
-    // The compartment bound on an indexed column: one patient's rows are probed, not the type's.
+    // A `_typeFilter` bound to other patients' compartments selects nothing in this block.
     match &narrowing.patients {
         Some(allowed) if !allowed.contains(patient.as_str()) => return Ok(None),
         _ => narrowing.patients = Some([patient.to_string()].into()),
