@@ -75,8 +75,10 @@ fn capabilities(base_url: &str, token_url: Option<&str>) -> Value {
                               _typeFilter (R4 search; composite and phonetic parameters refused). \
                               Patient and Group exports cover the Patient compartment; Group exports also export, once each, \
                               the Endpoint, HealthcareService, Location, Medication, Organization, Practitioner, PractitionerRole \
-                              and Substance resources that their exported resources reference, when _type allows them. Not supported yet: \
-                              organizeOutputBy. Authorization: see security.",
+                              and Substance resources that their exported resources reference, when _type allows them. \
+                              organizeOutputBy=Patient (Patient and Group level): blocks of a Parameters header naming the patient \
+                              and that patient's resources, a block split across files only when alone larger than a file; \
+                              a Group export's referenced resources follow in files without a header. Authorization: see security.",
             "security": security(token_url),
             "interaction": [{"code": "batch"}, {"code": "transaction"}],
             "operation": [export("export", "export")],

@@ -81,7 +81,8 @@ impl JobStatus {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum TaskKind {
-    /// The resources of one type.
+    /// The resources of one type; under `organizeOutputBy=Patient`, the job's one task that
+    /// writes every type, patient by patient (the request says which).
     Export,
     /// The job's OperationOutcomes (lenient-handling warnings) as `error` files.
     Outcomes,

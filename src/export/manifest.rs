@@ -12,10 +12,14 @@ pub fn manifest(job: &JobRecord, files: &[FileRecord], requires_access_token: bo
         files
             .iter()
             .filter(|f| f.kind == kind)
-            .map(|f| json!({"type": f.resource_type, "url": url_of(f), "count": f.count}))
+            .map(|f| match (kind, job.request.organize_by_patient) {
+                // Organized files hold every type: no `type` (Bulk Data v3).
+                (FileKind::Output, true) => json!({"url": url_of(f), "count": f.count}),
+                _ => json!({"type": f.resource_type, "url": url_of(f), "count": f.count}),
+            })
             .collect()
     };
-    json!({
+    let mut manifest = json!({
         "transactionTime": instant::format(job.transaction_time),
         "request": job.request.request_url,
         "requiresAccessToken": requires_access_token,
@@ -23,5 +27,9 @@ pub fn manifest(job: &JobRecord, files: &[FileRecord], requires_access_token: bo
         "deleted": entries(FileKind::Deleted),
         // Always present, even empty: some clients fail without it.
         "error": entries(FileKind::Error),
-    })
+    });
+    if job.request.organize_by_patient {
+        manifest["outputOrganizedBy"] = json!(super::organized::ORGANIZED_BY);
+    }
+    manifest
 }

@@ -2,10 +2,12 @@
 //! the worker pool, the NDJSON roller, the manifest and the janitor. Knows neither axum nor SQL.
 
 pub mod access;
+pub mod blocks;
 pub mod group;
 pub mod janitor;
 pub mod job;
 pub mod manifest;
+pub mod organized;
 pub mod params;
 pub mod pipeline;
 pub mod request;

@@ -132,13 +132,16 @@ pub struct ExportRequest {
     /// handling already removed). Several for one type are OR-ed; a type with none is whole.
     #[serde(default)]
     pub type_filters: Vec<TypeFilter>,
+    /// `organizeOutputBy=Patient`: output files hold one block per patient, each behind a
+    /// `Parameters` header naming the patient.
+    #[serde(default)]
+    pub organize_by_patient: bool,
 }
 
 const OUTPUT_FORMATS: [&str; 3] = ["application/fhir+ndjson", "application/ndjson", "ndjson"];
 
 /// Spec parameters that a later version of this server implements.
-const NOT_YET_SUPPORTED: [&str; 2] = [
-    "organizeOutputBy",
+const NOT_YET_SUPPORTED: [&str; 1] = [
     "_till",
 ];
 
@@ -162,6 +165,7 @@ impl ExportRequest {
             match name {
                 "_outputFormat" | "_type" | "_since" | "_container" | "_typeFilter" => {}
                 "_until" | "patient" | "_elements" | "allowPartialManifests" | "includeAssociatedData" => {}
+                "organizeOutputBy" => {}
                 _ if NOT_YET_SUPPORTED.contains(&name) => refuse(ExportError::UnsupportedParameter(name.to_owned()))?,
                 _ => refuse(ExportError::UnknownParameter(name.to_owned()))?,
             }
@@ -200,6 +204,18 @@ impl ExportRequest {
                 ))?,
             }
         }
+        let organize_by_patient = match single(raw, "organizeOutputBy")?.map(str::trim) {
+            None | Some("") => false,
+            Some("Patient") if level.is_compartment() => true,
+            Some("Patient") => {
+                refuse(invalid("organizeOutputBy", "Patient is supported at Patient and Group level only, not for a system export"))?;
+                false
+            }
+            Some(other) => {
+                refuse(invalid("organizeOutputBy", format!("'{other}' is not supported; only Patient is")))?;
+                false
+            }
+        };
         let allow_partial_manifests = match single(raw, "allowPartialManifests")? {
             None | Some("false") => false,
             Some("true") => true,
@@ -248,6 +264,7 @@ impl ExportRequest {
             handling,
             warnings,
             type_filters,
+            organize_by_patient,
         })
     }
 
@@ -408,12 +425,12 @@ mod tests {
     #[test]
     fn unsupported_parameters_fail_strict_and_warn_lenient() {
         assert!(matches!(
-            parse(ExportLevel::System, "organizeOutputBy=Patient", Handling::Strict),
-            Err(ExportError::UnsupportedParameter(n)) if n == "organizeOutputBy"
+            parse(ExportLevel::System, "_till=2024", Handling::Strict),
+            Err(ExportError::UnsupportedParameter(n)) if n == "_till"
         ));
-        let r = parse(ExportLevel::System, "organizeOutputBy=Patient&foo=bar", Handling::Lenient).unwrap();
+        let r = parse(ExportLevel::System, "_till=2024&foo=bar", Handling::Lenient).unwrap();
         assert_eq!(r.warnings.len(), 2);
-        assert!(r.warnings.iter().any(|w| w.contains("organizeOutputBy")));
+        assert!(r.warnings.iter().any(|w| w.contains("_till")));
         assert!(r.warnings.iter().any(|w| w.contains("foo")));
     }
 
@@ -454,6 +471,20 @@ mod tests {
         let r = parse(ExportLevel::Patient, "patient=Observation/a&patient=Patient/c", Handling::Lenient).unwrap();
         assert_eq!(r.patients.unwrap().len(), 1);
         assert_eq!(r.warnings.len(), 1);
+    }
+
+    #[test]
+    fn organize_output_by_patient_only_at_compartment_levels() {
+        assert!(parse(ExportLevel::Patient, "organizeOutputBy=Patient", Handling::Strict).unwrap().organize_by_patient);
+        assert!(!parse(ExportLevel::Patient, "", Handling::Strict).unwrap().organize_by_patient);
+        for (level, query) in [(ExportLevel::System, "organizeOutputBy=Patient"), (ExportLevel::Patient, "organizeOutputBy=Practitioner")] {
+            assert!(matches!(
+                parse(level.clone(), query, Handling::Strict),
+                Err(ExportError::InvalidParameter { name, .. }) if name == "organizeOutputBy"
+            ));
+            let r = parse(level, query, Handling::Lenient).unwrap();
+            assert!(!r.organize_by_patient && r.warnings[0].contains("organizeOutputBy"));
+        }
     }
 
     #[test]

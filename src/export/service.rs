@@ -69,11 +69,17 @@ impl Exports {
             patients = chosen;
         }
         let present = self.stores.resources.types_present().await?;
-        let mut tasks: Vec<TaskSpec> = request
-            .types_to_export(&present)
-            .into_iter()
-            .map(|t| TaskSpec { kind: TaskKind::Export, resource_type: t.to_string() })
-            .collect();
+        let mut tasks: Vec<TaskSpec> = if request.organize_by_patient {
+            // One task writes every type, patient by patient (no task kind of its own: the
+            // schema's task kinds stay as they are).
+            vec![TaskSpec { kind: TaskKind::Export, resource_type: super::organized::ORGANIZED_BY.into() }]
+        } else {
+            request
+                .types_to_export(&present)
+                .into_iter()
+                .map(|t| TaskSpec { kind: TaskKind::Export, resource_type: t.to_string() })
+                .collect()
+        };
         if !request.warnings.is_empty() {
             tasks.push(TaskSpec { kind: TaskKind::Outcomes, resource_type: "OperationOutcome".into() });
         }
@@ -168,12 +174,18 @@ impl Exports {
         requester: &Requester,
     ) -> Result<(FileRecord, u64, BoxStream<'static, Result<Bytes, OutputError>>), ExportError> {
         let not_found = || ExportError::FileNotFound { job: id.to_string(), name: name.to_owned() };
-        let (ExportState::Completed(_, files) | ExportState::InProgress(_, files)) = self.state(id, &requester.owner).await? else {
+        let (ExportState::Completed(job, files) | ExportState::InProgress(job, files)) = self.state(id, &requester.owner).await? else {
             return Err(not_found());
         };
         let file = files.into_iter().find(|f| f.name == name).ok_or_else(not_found)?;
-        if file.kind != FileKind::Error && !requester.types.allows(&file.resource_type) {
-            return Err(ExportError::Forbidden(format!("the access token's scopes do not allow reading {}", file.resource_type)));
+        // An organized file holds every type the job exported (fixed at kick-off when access
+        // was limited): access must still cover them all.
+        let held: Vec<&str> = match (&job.request.types, file.kind) {
+            (Some(types), FileKind::Output) if job.request.organize_by_patient => types.iter().map(|t| t.as_str()).collect(),
+            _ => vec![file.resource_type.as_str()],
+        };
+        if let (true, Some(refused)) = (file.kind != FileKind::Error, held.iter().find(|t| !requester.types.allows(t))) {
+            return Err(ExportError::Forbidden(format!("the access token's scopes do not allow reading {refused}")));
         }
         let (size, body) = self.output.read(&file.key).await?;
         Ok((file, size, body))

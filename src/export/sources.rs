@@ -39,7 +39,7 @@ fn provenance() -> ResourceType {
     ResourceType::parse("Provenance").expect("Provenance is an R4 type")
 }
 
-fn scope(task: &ClaimedTask) -> Scope {
+pub(super) fn scope(task: &ClaimedTask) -> Scope {
     match &task.request.level {
         ExportLevel::System => Scope::All,
         ExportLevel::Patient if task.request.patients.is_none() => Scope::AllPatients,
@@ -49,7 +49,7 @@ fn scope(task: &ClaimedTask) -> Scope {
 }
 
 /// The `_typeFilter` bounds on indexed columns for one type's selection.
-fn narrowing(task: &ClaimedTask, resource_type: &ResourceType) -> Result<Narrowing, Halt> {
+pub(super) fn narrowing(task: &ClaimedTask, resource_type: &ResourceType) -> Result<Narrowing, Halt> {
     task.request.filters_for(resource_type).map(|filters| Narrowing::for_filters(&filters)).map_err(Halt::Failed)
 }
 
@@ -85,7 +85,7 @@ pub async fn output(stores: &Stores, task: &ClaimedTask, resource_type: Resource
 }
 
 /// Calls `each` on every chunk of whole lines, until the end or a stop.
-async fn read_all(mut lines: Lines, stop: &CancellationToken, mut each: impl FnMut(&[u8]) -> Result<(), String>) -> Result<(), Halt> {
+pub(super) async fn read_all(mut lines: Lines, stop: &CancellationToken, mut each: impl FnMut(&[u8]) -> Result<(), String>) -> Result<(), Halt> {
     loop {
         let next = tokio::select! {
             _ = stop.cancelled() => return Err(Halt::Stopped),
@@ -211,6 +211,24 @@ async fn associated_provenance(stores: &Stores, task: &ClaimedTask, associated: 
 }
 
 #[derive(serde::Deserialize)]
-struct IdOnly {
-    id: String,
+pub(super) struct IdOnly {
+    pub id: String,
+}
+
+/// The `deleted` lines of a selection: one transaction Bundle of a DELETE entry per deletion.
+pub fn deletion_bundles(stores: &Stores, selection: Selection) -> BoxStream<'static, Result<Bytes, crate::store::StoreError>> {
+    let resource_type = selection.resource_type.to_string();
+    stores
+        .resources
+        .deleted_stream(selection)
+        .map(move |ids| {
+            let ids = ids?;
+            let mut lines = Vec::with_capacity(ids.len() * 4);
+            for id in ids.split(|b| *b == b'\n').filter(|id| !id.is_empty()) {
+                lines.extend_from_slice(crate::fhir::bundle::deletion(&resource_type, &String::from_utf8_lossy(id)).as_bytes());
+                lines.push(b'\n');
+            }
+            Ok(Bytes::from(lines))
+        })
+        .boxed()
 }

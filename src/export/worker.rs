@@ -18,11 +18,12 @@ use tokio_util::sync::CancellationToken;
 
 use super::{
     job::{ClaimedTask, FileKind, FileRecord, TaskKind},
+    organized,
     roller::Roller,
     sources::{self, Halt},
 };
 use crate::{
-    fhir::{bundle, IssueCode, OperationOutcome},
+    fhir::{IssueCode, OperationOutcome},
     output::Output,
     store::{Lease, Stores},
 };
@@ -144,6 +145,13 @@ impl Worker {
         // A retry writes beside, never over, what an earlier holder of the task may still write.
         let key_dir = if task.fence <= 1 { task.folder.clone() } else { format!("{}/attempt-{}", task.folder, task.fence) };
         let mut deletions = None;
+        if task.kind == TaskKind::Export && task.request.organize_by_patient {
+            return match organized::write(&self.stores, &self.output, task, key_dir, stop, written).await {
+                Ok(files) => TaskEnd::Done(files),
+                Err(Halt::Stopped) => TaskEnd::Stopped,
+                Err(Halt::Failed(reason)) => TaskEnd::Failed(reason),
+            };
+        }
         let (kind, source) = match task.kind {
             TaskKind::Export => {
                 let Some(resource_type) = task.resource_type() else {
@@ -174,20 +182,11 @@ impl Worker {
             Err(end) => return end,
         };
         if let Some(selection) = deletions {
-            let resource_type = task.resource_type.clone();
-            let source = self.stores.resources.deleted_stream(selection).map(move |ids| {
-                let ids = ids?;
-                let mut lines = Vec::with_capacity(ids.len() * 4);
-                for id in ids.split(|b| *b == b'\n').filter(|id| !id.is_empty()) {
-                    lines.extend_from_slice(bundle::deletion(&resource_type, &String::from_utf8_lossy(id)).as_bytes());
-                    lines.push(b'\n');
-                }
-                Ok::<_, crate::store::StoreError>(bytes::Bytes::from(lines))
-            });
+            let source = sources::deletion_bundles(&self.stores, selection);
             let roller = Roller::new(&self.output, FileKind::Deleted, "Bundle", key_dir, task.max_file_bytes)
                 .with_stem(format!("{}-deleted", task.resource_type));
             let base = written.load(Ordering::Relaxed);
-            match pump(source.boxed(), roller, stop, written, base).await {
+            match pump(source, roller, stop, written, base).await {
                 Ok(deleted) => files.extend(deleted),
                 Err(end) => return end,
             }

@@ -136,6 +136,8 @@ pub enum Scope {
     AllPatients,
     /// Resources in the compartment of the patients recorded for this job (Group export).
     JobPatients(JobId),
+    /// Resources in one patient's compartment (a block of `organizeOutputBy=Patient`).
+    Patient(ResourceId),
 }
 
 #[async_trait]

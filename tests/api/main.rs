@@ -11,6 +11,7 @@ mod elements;
 mod export_levels;
 mod helpers;
 mod moto;
+mod organize_output;
 mod partial_manifests;
 mod patient_param;
 mod point_in_time;

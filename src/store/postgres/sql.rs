@@ -63,9 +63,12 @@ pub fn export_copy(selection: &Selection) -> String {
         }
         // The rows come from the group's own list (`group_versions_at`): nothing to add.
         Scope::JobPatients(_) => {}
+        // The rows come from the patient's compartment rows (`patient_versions_at`).
+        Scope::Patient(_) => {}
     }
     let source = match &selection.scope {
         Scope::JobPatients(job) => group_versions_at(t, selection.as_of, job),
+        Scope::Patient(id) => patient_versions_at(t, selection.as_of, id.as_str()),
         _ => versions_at(t, selection.as_of),
     };
     let filter = if conditions.is_empty() { String::new() } else { format!(" WHERE {}", conditions.join(" AND ")) };
@@ -79,19 +82,34 @@ pub fn export_copy(selection: &Selection) -> String {
 /// patients' Observations took 2.3 s that way, 0.37 s by key): the cost followed the database,
 /// not the group. DISTINCT: a resource in several listed patients' compartments comes once.
 fn group_versions_at(resource_type: &str, as_of: DateTime<Utc>, job: &JobId) -> String {
+    let t = literal(resource_type);
+    let rows = format!(
+        "FROM export_job_patients p JOIN compartment_members c ON c.patient_id = p.patient_id AND c.resource_type = {t} \
+         WHERE p.job_id = {}::uuid",
+        literal(&job.to_string())
+    );
+    versions_by_key(resource_type, as_of, &rows)
+}
+
+/// `group_versions_at` for one patient (a block of `organizeOutputBy=Patient`): that patient's
+/// compartment rows, then each version by key.
+fn patient_versions_at(resource_type: &str, as_of: DateTime<Utc>, patient: &str) -> String {
+    let rows = format!("FROM compartment_members c WHERE c.patient_id = {} AND c.resource_type = {}", literal(patient), literal(resource_type));
+    versions_by_key(resource_type, as_of, &rows)
+}
+
+/// The versions current at `as_of` of the compartment rows `rows` selects (`c`), each by key.
+fn versions_by_key(resource_type: &str, as_of: DateTime<Utc>, rows: &str) -> String {
     let (t, at) = (literal(resource_type), timestamp(as_of));
     format!(
-        "SELECT g.id, g.version_id, g.last_updated, g.body FROM (SELECT DISTINCT c.id, c.version_id \
-           FROM export_job_patients p JOIN compartment_members c ON c.patient_id = p.patient_id AND c.resource_type = {t} \
-           WHERE p.job_id = {}::uuid) m \
+        "SELECT g.id, g.version_id, g.last_updated, g.body FROM (SELECT DISTINCT c.id, c.version_id {rows}) m \
          CROSS JOIN LATERAL ( \
            SELECT id, version_id, last_updated, body FROM resources \
              WHERE resource_type = {t} AND id = m.id AND version_id = m.version_id AND last_updated <= {at} AND NOT deleted \
            UNION ALL \
            SELECT id, version_id, last_updated, body FROM resource_history \
              WHERE resource_type = {t} AND id = m.id AND version_id = m.version_id AND last_updated <= {at} \
-               AND superseded_at > {at} AND NOT deleted) g",
-        literal(&job.to_string())
+               AND superseded_at > {at} AND NOT deleted) g"
     )
 }
 
@@ -166,6 +184,7 @@ pub fn deleted_copy(selection: &Selection) -> String {
             " AND c.patient_id IN (SELECT patient_id FROM export_job_patients WHERE job_id = {}::uuid)",
             literal(&job.to_string())
         ))),
+        Scope::Patient(id) => conditions.push(member(&format!(" AND c.patient_id = {}", literal(id.as_str())))),
     }
     let filter = if conditions.is_empty() { String::new() } else { format!(" WHERE {}", conditions.join(" AND ")) };
     format!(

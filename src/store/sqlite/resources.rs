@@ -186,6 +186,7 @@ fn deleted_query(selection: &Selection) -> (String, Option<String>) {
         Scope::JobPatients(job) => {
             (member(" AND +c.patient_id IN (SELECT patient_id FROM export_job_patients WHERE job_id = ?4)"), Some(job.to_string()))
         }
+        Scope::Patient(id) => (member(" AND c.patient_id = ?4"), Some(id.to_string())),
     };
     (
         format!("SELECT v.id FROM ({DELETIONS_AT}) v WHERE (?3 IS NULL OR v.last_updated > ?3) AND (?9 IS NULL OR v.last_updated < ?9){scope}"),
@@ -211,6 +212,8 @@ fn export_query(selection: &Selection) -> (String, Option<String>) {
         Scope::AllPatients => (member(PATIENTS_AT), None),
         // The rows come from the group's own list (`GROUP_VERSIONS_AT`): nothing to add.
         Scope::JobPatients(job) => (String::new(), Some(job.to_string())),
+        // The rows come from the patient's compartment rows (`PATIENT_VERSIONS_AT`).
+        Scope::Patient(id) => (String::new(), Some(id.to_string())),
     };
     // `_typeFilter` bounds, in the text only when present so that SQLite plans them on its
     // indexes: ?5 a JSON array of ids, ?6 and ?7 last_updated bounds, ?8 a JSON array
@@ -234,7 +237,12 @@ fn export_query(selection: &Selection) -> (String, Option<String>) {
              WHERE c.patient_id IN (SELECT value FROM json_each(?8)) AND c.resource_type = ?1)",
         );
     }
-    let source = if job.is_some() { GROUP_VERSIONS_AT } else { VERSIONS_AT };
+    // `?4` is the job only for a Group export; for one patient's block it is the patient.
+    let source = match selection.scope {
+        Scope::JobPatients(_) => GROUP_VERSIONS_AT.to_owned(),
+        Scope::Patient(_) => GROUP_VERSIONS_AT.replace(PATIENTS_OF_JOB, ONE_PATIENT),
+        _ => VERSIONS_AT.to_owned(),
+    };
     (format!("SELECT v.body FROM ({source}) v WHERE (?3 IS NULL OR v.last_updated > ?3) AND (?9 IS NULL OR v.last_updated < ?9){scope}{narrowing}"), job)
 }
 
@@ -250,6 +258,12 @@ const GROUP_VERSIONS_AT: &str = "WITH m AS (SELECT DISTINCT c.id, c.version_id F
      SELECT h.id, h.version_id, h.last_updated, h.body FROM m CROSS JOIN resource_history h \
        ON h.resource_type = ?1 AND h.id = m.id AND h.version_id = m.version_id \
        WHERE h.last_updated <= ?2 AND h.superseded_at > ?2 AND h.deleted = 0";
+
+/// The `m` of `GROUP_VERSIONS_AT`, and its one-patient form (`?4` the patient): a block of
+/// `organizeOutputBy=Patient` reads that patient's compartment rows, then each version by key.
+const PATIENTS_OF_JOB: &str = "FROM export_job_patients p \
+       CROSS JOIN compartment_members c ON c.patient_id = p.patient_id AND c.resource_type = ?1 WHERE p.job_id = ?4";
+const ONE_PATIENT: &str = "FROM compartment_members c WHERE c.patient_id = ?4 AND c.resource_type = ?1";
 
 async fn current(conn: &mut SqliteConnection, t: &str, id: &str) -> Result<Option<(i64, bool)>, StoreError> {
     let row: Option<(i64, i64)> = sqlx::query_as("SELECT version_id, deleted FROM resources WHERE resource_type = ? AND id = ?")
