@@ -35,6 +35,7 @@ WORK = os.environ.get("BENCH_DIR", "/tmp/bulkfhir-bench")
 PG_SERVER = os.environ.get("BENCH_POSTGRES", "postgres://postgres@127.0.0.1:5432")
 SAMPLE = os.environ.get("BENCH_SAMPLE", "tests/fixtures/synthea-r4-100")
 BACKENDS = os.environ.get("BENCH_BACKENDS", "postgres,sqlite").split(",")
+PG_DATABASE = os.environ.get("BENCH_DATABASE", "bulkfhir_bench")
 # The sample's Group (all 100 patients); each copy has its own, renumbered like every id.
 SAMPLE_GROUP = "d9f31445-f448-48c0-af57-295c005e07df"
 COPY_OPTIONS = "(FORMAT csv, QUOTE E'\\x01', DELIMITER E'\\x02')"
@@ -156,9 +157,9 @@ class Postgres:
     name = "postgres"
 
     def __init__(self):
-        self.url = PG_SERVER.rstrip("/") + "/bulkfhir_bench"
-        psql(PG_SERVER, "DROP DATABASE IF EXISTS bulkfhir_bench")
-        psql(PG_SERVER, "CREATE DATABASE bulkfhir_bench")
+        self.url = PG_SERVER.rstrip("/") + "/" + PG_DATABASE
+        psql(PG_SERVER, f"DROP DATABASE IF EXISTS {PG_DATABASE}")
+        psql(PG_SERVER, f"CREATE DATABASE {PG_DATABASE}")
 
     def export_ceiling(self):
         sql = f"COPY (SELECT body FROM resources WHERE NOT deleted) TO STDOUT {COPY_OPTIONS}"
@@ -181,7 +182,7 @@ class Postgres:
         return seconds
 
     def drop(self):
-        psql(PG_SERVER, "DROP DATABASE IF EXISTS bulkfhir_bench")
+        psql(PG_SERVER, f"DROP DATABASE IF EXISTS {PG_DATABASE}")
 
 
 class Sqlite:

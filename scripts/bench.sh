@@ -9,6 +9,7 @@
 #   BENCH_BACKENDS   postgres,sqlite (default both)
 #   BENCH_POSTGRES   Postgres server (default postgres://postgres@127.0.0.1:5432); the
 #                    benchmark creates and drops the database bulkfhir_bench on it
+#   BENCH_DATABASE   that database's name (default bulkfhir_bench)
 #   BENCH_DIR        scratch directory (default /tmp/bulkfhir-bench; BENCH_KEEP=1 keeps it)
 set -euo pipefail
 cd "$(dirname "$0")/.."
