@@ -39,10 +39,17 @@ impl Application {
             .await
             .map_err(|e| anyhow::anyhow!("cannot open the database: {e}"))?;
         let output = Output::from_settings(&settings.output, &settings.output_dir, settings.part_size_bytes)?;
-        let exports = Exports::new(stores.clone(), output.clone(), Duration::from_secs(settings.retention), settings.max_file_bytes);
+        let worker_settings = settings.worker_settings();
+        let exports = Exports::new(
+            stores.clone(),
+            output.clone(),
+            Duration::from_secs(settings.retention),
+            settings.max_file_bytes,
+            worker_settings.heartbeat,
+        );
         let auth = Auth::start(stores.auth.clone(), &settings.auth, &base_url).await?;
         let shutdown = CancellationToken::new();
-        let mut background = Worker::spawn_pool(stores.clone(), output.clone(), settings.worker_settings(), shutdown.clone());
+        let mut background = Worker::spawn_pool(stores.clone(), output.clone(), worker_settings, shutdown.clone());
         background.push(janitor::spawn(
             stores.clone(),
             output.clone(),

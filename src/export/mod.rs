@@ -14,6 +14,7 @@ pub mod request;
 pub mod roller;
 pub mod service;
 pub mod sources;
+pub mod status_cache;
 pub mod type_filter;
 pub mod worker;
 

@@ -1,6 +1,6 @@
 //! The export operations the HTTP edge calls: kick off, status, cancel, and file lookup.
 
-use std::{collections::HashMap, time::Duration};
+use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
@@ -11,6 +11,7 @@ use super::{
     group,
     job::{FileKind, FileRecord, JobId, JobRecord, NewJob, TaskKind, TaskSpec},
     request::{ExportLevel, ExportRequest, Handling},
+    status_cache::StatusCache,
     ExportError, JobStatus,
 };
 use crate::{
@@ -25,6 +26,7 @@ pub struct Exports {
     output: Output,
     retention: Duration,
     max_file_bytes: u64,
+    status: Arc<StatusCache>,
 }
 
 /// What the status endpoint reports.
@@ -36,8 +38,10 @@ pub enum ExportState {
 }
 
 impl Exports {
-    pub fn new(stores: Stores, output: Output, retention: Duration, max_file_bytes: u64) -> Self {
-        Self { stores, output, retention, max_file_bytes }
+    /// Status answers are served from this node's memory for up to `status_ttl` (the workers'
+    /// heartbeat: progress changes no more often).
+    pub fn new(stores: Stores, output: Output, retention: Duration, max_file_bytes: u64, status_ttl: Duration) -> Self {
+        Self { stores, output, retention, max_file_bytes, status: Arc::new(StatusCache::new(status_ttl)) }
     }
 
     /// Plans and records a job: fixes transactionTime, resolves Group membership at that instant,
@@ -136,19 +140,24 @@ impl Exports {
 
     /// The state of one of the owner's jobs.
     pub async fn state(&self, id: JobId, owner: &str) -> Result<ExportState, ExportError> {
-        let job = self.live_job(id, owner).await?;
-        Ok(match job.status {
-            JobStatus::Completed => {
-                let files = self.stores.jobs.files(id).await?;
-                ExportState::Completed(job, files)
-            }
-            JobStatus::Failed => ExportState::Failed(job),
-            _ if job.request.allow_partial_manifests => {
+        let (job, files) = match self.status.get(id) {
+            Some(cached) => cached,
+            None => {
+                let job = self.stores.jobs.job(id).await?.ok_or_else(|| ExportError::JobNotFound(id.to_string()))?;
                 // Files are recorded only when their task completes, and never change after.
-                let files = self.stores.jobs.files(id).await?;
-                ExportState::InProgress(job, files)
+                let listed = job.status == JobStatus::Completed || (job.status != JobStatus::Failed && job.request.allow_partial_manifests);
+                let files = if listed { self.stores.jobs.files(id).await? } else { Vec::new() };
+                self.status.put(job.clone(), files.clone());
+                (job, files)
             }
-            _ => ExportState::InProgress(job, Vec::new()),
+        };
+        if job.status.is_gone() || job.owner != owner {
+            return Err(ExportError::JobNotFound(id.to_string()));
+        }
+        Ok(match job.status {
+            JobStatus::Completed => ExportState::Completed(job, files),
+            JobStatus::Failed => ExportState::Failed(job),
+            _ => ExportState::InProgress(job, files),
         })
     }
 
@@ -157,6 +166,7 @@ impl Exports {
     pub async fn cancel(&self, id: JobId, owner: &str) -> Result<(), ExportError> {
         self.live_job(id, owner).await?;
         if self.stores.jobs.cancel(id).await? {
+            self.status.forget(id);
             tracing::info!(job = %id, "export job cancelled or released");
             Ok(())
         } else {

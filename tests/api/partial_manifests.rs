@@ -29,7 +29,16 @@ backend_tests! {
         assert_eq!(before["error"], serde_json::json!([]));
 
         assert!(app.run_one_task().await);
-        let partial = in_progress_manifest(&app, &status_url).await;
+        // Status answers may be up to one heartbeat old (each node caches them that long).
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
+        let partial = loop {
+            let partial = in_progress_manifest(&app, &status_url).await;
+            if partial["output"] != serde_json::json!([]) {
+                break partial;
+            }
+            assert!(std::time::Instant::now() < deadline, "the finished file is not listed 3 s after its task ended");
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        };
         let listed = partial["output"].as_array().unwrap().clone();
         assert_eq!(listed.len(), 1, "one task done, one file: {partial}");
         let t = listed[0]["type"].as_str().unwrap().to_owned();
