@@ -6,6 +6,7 @@ pub mod assertion;
 pub mod clients;
 pub mod jwks;
 pub mod limits;
+pub mod presence;
 pub mod scopes;
 pub mod tokens;
 
@@ -15,6 +16,7 @@ use chrono::{DateTime, Utc};
 use clients::{Client, KeySource};
 use jwks::JwksFetcher;
 use limits::PollLimiter;
+use presence::Presence;
 use scopes::Scopes;
 use tokens::TokenKeys;
 
@@ -112,6 +114,7 @@ struct Inner {
     keys: TokenKeys,
     jwks: JwksFetcher,
     polls: PollLimiter,
+    presence: Presence,
     token_url: String,
 }
 
@@ -137,6 +140,7 @@ impl Auth {
                 keys,
                 jwks: JwksFetcher::new(),
                 polls: PollLimiter::new(settings.status_polls_per_second),
+                presence: Presence::default(),
                 token_url: format!("{base_url}{TOKEN_PATH}"),
             }),
         };
@@ -156,9 +160,10 @@ impl Auth {
     }
 
     /// Authorization is on whenever a client is registered, and always unless `allow_open`.
-    /// Checked per request, so registering the first client turns it on without a restart.
+    /// Rechecked every `presence::RECHECK`, so registering the first client turns it on without
+    /// a restart.
     pub async fn enforced(&self) -> Result<bool, StoreError> {
-        Ok(!self.inner.settings.allow_open || self.inner.store.has_clients().await?)
+        Ok(!self.inner.settings.allow_open || self.inner.presence.any_client(self.inner.store.as_ref()).await?)
     }
 
     /// The caller of a protected endpoint, from its `Authorization` header.
@@ -172,8 +177,8 @@ impl Auth {
             .map(|(_, token)| token.trim())
             .ok_or(AuthError::MissingToken)?;
         let grant = self.inner.keys.verify(token).map_err(AuthError::InvalidToken)?;
-        // A client removed since the token was issued loses access at once.
-        if self.inner.store.client(&grant.client_id).await?.is_none() {
+        // A client removed since the token was issued loses access (within `presence::RECHECK`).
+        if !self.inner.presence.registered(self.inner.store.as_ref(), &grant.client_id).await? {
             return Err(AuthError::InvalidToken("the access token's client is no longer registered".into()));
         }
         let requester = Requester {

@@ -6,7 +6,7 @@ use std::{
         atomic::{AtomicUsize, Ordering},
         Arc,
     },
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use tokio::process::Command;
@@ -305,16 +305,32 @@ backend_tests! {
         let (ok, text) = cli(&["clients", "list"]).await;
         assert!(ok && text.contains("from-cli") && text.contains("system/*.read") && !text.contains("bad"), "{text}");
 
-        // Registered while the server runs: authorization is on at once.
+        // Registered while the server runs: authorization is on within a second (each node
+        // rechecks the registry once a second, not on every request).
+        let registered = Instant::now();
+        while app.kick_off_raw("/$export").await.status() != StatusCode::UNAUTHORIZED {
+            assert!(registered.elapsed() < Duration::from_secs(3), "authorization still off 3 s after a client was registered");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
         assert_challenged(&app.kick_off_raw("/$export").await);
         let token = access_token(&app, &key, "from-cli", "system/*.read").await;
-        assert_eq!(kick_off_as(&app, &token, "/$export").await.status(), StatusCode::ACCEPTED);
+        let accepted = kick_off_as(&app, &token, "/$export").await;
+        assert_eq!(accepted.status(), StatusCode::ACCEPTED);
+        let status_url = accepted.headers()[header::CONTENT_LOCATION].to_str().unwrap().to_owned();
 
         let (ok, text) = cli(&["clients", "remove", "from-cli"]).await;
         assert!(ok, "{text}");
         assert!(!cli(&["clients", "remove", "from-cli"]).await.0, "removing twice fails");
-        // Its token died with it.
-        let response = kick_off_as(&app, &token, "/$export").await;
+        // Its token died with it, within a second.
+        let removed = Instant::now();
+        let response = loop {
+            let response = app.client.get(&status_url).bearer_auth(&token).send().await.unwrap();
+            if response.status() == StatusCode::UNAUTHORIZED {
+                break response;
+            }
+            assert!(removed.elapsed() < Duration::from_secs(3), "the removed client's token still works 3 s later");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
         assert_challenged(&response);
         assert_outcome(response, StatusCode::UNAUTHORIZED, "no longer registered").await;
     }
