@@ -99,16 +99,22 @@ impl<'a> FileSequence<'a> {
 mod tests {
     use super::*;
 
-    #[tokio::test]
-    async fn files_are_numbered_and_record_their_lines_and_bytes() {
-        let dir = tempfile::tempdir().unwrap();
-        let output = Output::local(dir.path(), 5 * 1024 * 1024).unwrap();
-        let mut files = FileSequence::new(&output, FileKind::Deleted, "Patient", "Bundle", "job".into());
+    /// A sequence of deleted Patients in `Bundle-{n}.ndjson` files: two lines in the first
+    /// (closed), one in the second (left open).
+    async fn two_files(output: &Output) -> FileSequence<'_> {
+        let mut files = FileSequence::new(output, FileKind::Deleted, "Patient", "Bundle", "job".into());
         files.roll().await.unwrap();
         files.write(b"a\nb\n", 2).await.unwrap();
         files.roll().await.unwrap();
         files.write(b"c\n", 1).await.unwrap();
-        let done = files.finish().await.unwrap();
+        files
+    }
+
+    #[tokio::test]
+    async fn files_are_numbered_and_record_their_lines_and_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let output = Output::local(dir.path(), 5 * 1024 * 1024).unwrap();
+        let done = two_files(&output).await.finish().await.unwrap();
         let summary: Vec<_> = done.iter().map(|f| (f.name.as_str(), f.key.as_str(), f.count, f.bytes, f.kind, f.resource_type.as_str())).collect();
         assert_eq!(
             summary,
@@ -123,14 +129,9 @@ mod tests {
     async fn abort_deletes_the_open_file_and_keeps_the_finished_ones() {
         let dir = tempfile::tempdir().unwrap();
         let output = Output::local(dir.path(), 5 * 1024 * 1024).unwrap();
-        let mut files = FileSequence::new(&output, FileKind::Output, "Patient", "Patient", "job".into());
-        files.roll().await.unwrap();
-        files.write(b"a\n", 1).await.unwrap();
-        files.roll().await.unwrap();
-        files.write(b"b\n", 1).await.unwrap();
-        files.abort().await;
+        two_files(&output).await.abort().await;
         // The finished file stays for the job's folder cleanup; the open one's staged part is gone.
         let left: Vec<_> = std::fs::read_dir(dir.path().join("job")).unwrap().map(|e| e.unwrap().file_name()).collect();
-        assert_eq!(left, ["Patient-1.ndjson"]);
+        assert_eq!(left, ["Bundle-1.ndjson"]);
     }
 }
