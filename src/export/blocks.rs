@@ -6,17 +6,15 @@
 
 use memchr::memchr_iter;
 
-use super::job::{FileKind, FileRecord};
-use crate::output::{Output, OutputError, OutputFile};
+use super::{
+    file_sequence::FileSequence,
+    job::{FileKind, FileRecord},
+};
+use crate::output::{Output, OutputError};
 
 pub struct BlockRoller<'a> {
-    output: &'a Output,
-    resource_type: String,
-    stem: String,
-    key_dir: String,
+    files: FileSequence<'a>,
     max_bytes: u64,
-    open: Option<OpenFile>,
-    done: Vec<FileRecord>,
     /// The current block's header line (with its newline), if the block has one.
     header: Option<Vec<u8>>,
     /// The current block while it still fits the limit: header and lines.
@@ -24,34 +22,23 @@ pub struct BlockRoller<'a> {
     buffered: i64,
     /// The current block passed the limit: its lines go straight to files.
     streaming: bool,
+    /// Resource lines of the current (streamed) block in the open file, its header not counted.
+    block_lines: i64,
     partial: Vec<u8>,
     lines: u64,
-}
-
-struct OpenFile {
-    file: OutputFile,
-    name: String,
-    key: String,
-    count: i64,
-    /// Resource lines of the current (streamed) block in this file, its header not counted.
-    block_lines: i64,
 }
 
 impl<'a> BlockRoller<'a> {
     /// Files are recorded as `FileKind::Output` of `resource_type`, named `{stem}-{n}.ndjson`.
     pub fn new(output: &'a Output, resource_type: &str, stem: &str, key_dir: String, max_bytes: u64) -> Self {
         Self {
-            output,
-            resource_type: resource_type.to_owned(),
-            stem: stem.to_owned(),
-            key_dir,
+            files: FileSequence::new(output, FileKind::Output, resource_type, stem, key_dir),
             max_bytes,
-            open: None,
-            done: Vec::new(),
             header: None,
             buffer: Vec::new(),
             buffered: 0,
             streaming: false,
+            block_lines: 0,
             partial: Vec::new(),
             lines: 0,
         }
@@ -78,7 +65,7 @@ impl<'a> BlockRoller<'a> {
     /// can tell where the last patient's block ends.
     pub async fn start_headerless_files(&mut self) -> Result<(), OutputError> {
         self.end_block().await?;
-        self.close().await
+        self.files.close().await
     }
 
     /// Adds NDJSON to the current block: chunks of whole or partial lines.
@@ -107,14 +94,11 @@ impl<'a> BlockRoller<'a> {
         }
         if !self.streaming && !self.buffer.is_empty() {
             let buffer = std::mem::take(&mut self.buffer);
-            let fits = self.open.as_ref().is_some_and(|open| open.file.bytes() + buffer.len() as u64 <= self.max_bytes);
+            let fits = self.files.open_bytes().is_some_and(|bytes| bytes + buffer.len() as u64 <= self.max_bytes);
             if !fits {
-                self.close().await?;
-                self.open_next().await?;
+                self.files.roll().await?;
             }
-            let open = self.open.as_mut().expect("a file is open");
-            open.file.write(&buffer).await?;
-            open.count += self.buffered;
+            self.files.write(&buffer, self.buffered).await?;
         }
         self.buffered = 0;
         self.streaming = false;
@@ -125,16 +109,12 @@ impl<'a> BlockRoller<'a> {
     /// Closes the last file.
     pub async fn finish(mut self) -> Result<Vec<FileRecord>, OutputError> {
         self.end_block().await?;
-        self.close().await?;
-        Ok(self.done)
+        self.files.finish().await
     }
 
     /// Abandons the files: the open one is aborted, finished ones are never listed.
-    pub async fn abort(mut self) {
-        if let Some(open) = self.open.take()
-            && let Err(e) = open.file.abort().await {
-                tracing::warn!(error = %e, file = %open.key, "could not abort a partial file");
-            }
+    pub async fn abort(self) {
+        self.files.abort().await
     }
 
     /// One resource line (ending with `\n`) of the current block.
@@ -157,13 +137,10 @@ impl<'a> BlockRoller<'a> {
         // The block alone passes the limit: it starts a fresh file with what is buffered (which
         // fits), then rolls line by line.
         self.streaming = true;
-        self.close().await?;
-        self.open_next().await?;
+        self.files.roll().await?;
         let buffer = std::mem::take(&mut self.buffer);
-        let open = self.open.as_mut().expect("a file is open");
-        open.file.write(&buffer).await?;
-        open.count += self.buffered;
-        open.block_lines = self.buffered - i64::from(self.header.is_some());
+        self.files.write(&buffer, self.buffered).await?;
+        self.block_lines = self.buffered - i64::from(self.header.is_some());
         self.buffered = 0;
         self.stream_line(line).await
     }
@@ -171,49 +148,18 @@ impl<'a> BlockRoller<'a> {
     /// A line of a block too large for one file: a new file, headed again, when the line would
     /// pass the limit and the open file already holds a line of the block.
     async fn stream_line(&mut self, line: &[u8]) -> Result<(), OutputError> {
-        let must_roll = self
-            .open
-            .as_ref()
-            .is_none_or(|open| open.block_lines > 0 && open.file.bytes() + line.len() as u64 > self.max_bytes);
+        let must_roll =
+            self.files.open_bytes().is_none_or(|bytes| self.block_lines > 0 && bytes + line.len() as u64 > self.max_bytes);
         if must_roll {
-            self.close().await?;
-            self.open_next().await?;
-            if let Some(header) = self.header.clone() {
-                let open = self.open.as_mut().expect("a file is open");
-                open.file.write(&header).await?;
-                open.count += 1;
+            self.files.roll().await?;
+            self.block_lines = 0;
+            if let Some(header) = &self.header {
+                self.files.write(header, 1).await?;
                 self.lines += 1;
             }
         }
-        let open = self.open.as_mut().expect("a file is open");
-        open.file.write(line).await?;
-        open.count += 1;
-        open.block_lines += 1;
-        Ok(())
-    }
-
-    async fn open_next(&mut self) -> Result<(), OutputError> {
-        let n = self.done.len() + 1;
-        let name = format!("{}-{n}.ndjson", self.stem);
-        let key = format!("{}/{name}", self.key_dir);
-        let file = self.output.create(&key).await?;
-        self.open = Some(OpenFile { file, name, key, count: 0, block_lines: 0 });
-        Ok(())
-    }
-
-    async fn close(&mut self) -> Result<(), OutputError> {
-        if let Some(open) = self.open.take() {
-            let bytes = open.file.bytes() as i64;
-            open.file.finish().await?;
-            self.done.push(FileRecord {
-                kind: FileKind::Output,
-                resource_type: self.resource_type.clone(),
-                name: open.name,
-                key: open.key,
-                count: open.count,
-                bytes,
-            });
-        }
+        self.files.write(line, 1).await?;
+        self.block_lines += 1;
         Ok(())
     }
 }

@@ -4,51 +4,30 @@
 
 use memchr::{memchr, memchr_iter, memrchr};
 
-use super::job::{FileKind, FileRecord};
-use crate::output::{Output, OutputError, OutputFile};
+use super::{
+    file_sequence::FileSequence,
+    job::{FileKind, FileRecord},
+};
+use crate::output::{Output, OutputError};
 
 pub struct Roller<'a> {
-    output: &'a Output,
-    kind: FileKind,
-    resource_type: String,
-    /// File names are `{stem}-{n}.ndjson`; the stem is the resource type unless set.
-    stem: String,
-    /// The folder the object keys go under.
-    key_dir: String,
+    files: FileSequence<'a>,
     max_bytes: u64,
-    open: Option<OpenFile>,
-    done: Vec<FileRecord>,
     /// The start of a line whose end has not arrived yet.
     partial: Vec<u8>,
     lines: u64,
 }
 
-struct OpenFile {
-    file: OutputFile,
-    name: String,
-    key: String,
-    count: i64,
-}
-
 impl<'a> Roller<'a> {
+    /// Files are named `{resource_type}-{n}.ndjson` unless [`Self::with_stem`] says otherwise.
     pub fn new(output: &'a Output, kind: FileKind, resource_type: &str, key_dir: String, max_bytes: u64) -> Self {
-        Self {
-            output,
-            kind,
-            resource_type: resource_type.to_owned(),
-            stem: resource_type.to_owned(),
-            key_dir,
-            max_bytes,
-            open: None,
-            done: Vec::new(),
-            partial: Vec::new(),
-            lines: 0,
-        }
+        let files = FileSequence::new(output, kind, resource_type, resource_type, key_dir);
+        Self { files, max_bytes, partial: Vec::new(), lines: 0 }
     }
 
     /// Names the files `{stem}-{n}.ndjson` (deleted files of several types are all `Bundle`).
     pub fn with_stem(mut self, stem: String) -> Self {
-        self.stem = stem;
+        self.files.set_stem(stem);
         self
     }
 
@@ -86,71 +65,34 @@ impl<'a> Roller<'a> {
             line.push(b'\n');
             self.write_lines(&line).await?;
         }
-        self.close().await?;
-        Ok(self.done)
+        self.files.finish().await
     }
 
     /// Abandons the files: the open one is aborted, finished ones are left for the job's folder
     /// cleanup (they are never listed).
-    pub async fn abort(mut self) {
-        if let Some(open) = self.open.take()
-            && let Err(e) = open.file.abort().await {
-                tracing::warn!(error = %e, file = %open.key, "could not abort a partial file");
-            }
+    pub async fn abort(self) {
+        self.files.abort().await
     }
 
     /// Writes complete lines (`lines` ends with `\n`).
     async fn write_lines(&mut self, lines: &[u8]) -> Result<(), OutputError> {
         // Fast path: the whole run fits in the open file.
-        if let Some(open) = &mut self.open
-            && open.file.bytes() + lines.len() as u64 <= self.max_bytes {
-                let count = memchr_iter(b'\n', lines).count();
-                open.file.write(lines).await?;
-                open.count += count as i64;
-                self.lines += count as u64;
-                return Ok(());
-            }
+        if self.files.open_bytes().is_some_and(|bytes| bytes + lines.len() as u64 <= self.max_bytes) {
+            let count = memchr_iter(b'\n', lines).count();
+            self.files.write(lines, count as i64).await?;
+            self.lines += count as u64;
+            return Ok(());
+        }
         let mut start = 0;
         for end in memchr_iter(b'\n', lines) {
             let line = &lines[start..=end];
             start = end + 1;
-            let must_roll = self
-                .open
-                .as_ref()
-                .is_none_or(|open| open.file.bytes() > 0 && open.file.bytes() + line.len() as u64 > self.max_bytes);
+            let must_roll = self.files.open_bytes().is_none_or(|bytes| bytes > 0 && bytes + line.len() as u64 > self.max_bytes);
             if must_roll {
-                self.close().await?;
-                self.open_next().await?;
+                self.files.roll().await?;
             }
-            let open = self.open.as_mut().expect("a file is open");
-            open.file.write(line).await?;
-            open.count += 1;
+            self.files.write(line, 1).await?;
             self.lines += 1;
-        }
-        Ok(())
-    }
-
-    async fn open_next(&mut self) -> Result<(), OutputError> {
-        let n = self.done.len() + 1;
-        let name = format!("{}-{n}.ndjson", self.stem);
-        let key = format!("{}/{name}", self.key_dir);
-        let file = self.output.create(&key).await?;
-        self.open = Some(OpenFile { file, name, key, count: 0 });
-        Ok(())
-    }
-
-    async fn close(&mut self) -> Result<(), OutputError> {
-        if let Some(open) = self.open.take() {
-            let bytes = open.file.bytes() as i64;
-            open.file.finish().await?;
-            self.done.push(FileRecord {
-                kind: self.kind,
-                resource_type: self.resource_type.clone(),
-                name: open.name,
-                key: open.key,
-                count: open.count,
-                bytes,
-            });
         }
         Ok(())
     }

@@ -52,15 +52,7 @@ backend_tests! {
         assert_eq!(provenance_ids(&app, &format!("/Patient/$export?_type=Condition&{latest}")).await, ids(&["pat-cond"]));
 
         assert_outcome(app.kick_off_raw("/$export?includeAssociatedData=_mine").await, StatusCode::BAD_REQUEST, "includeAssociatedData").await;
-        let response = app
-            .client
-            .get(app.url("/$export?_type=Patient&includeAssociatedData=_mine"))
-            .header("prefer", "respond-async, handling=lenient")
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(response.status(), StatusCode::ACCEPTED);
-        let manifest = app.wait_for_manifest(response.headers()["content-location"].to_str().unwrap()).await;
+        let manifest = app.export_lenient("/$export?_type=Patient&includeAssociatedData=_mine").await;
         let outcomes = app.download(&manifest["error"][0]).await;
         assert!(serde_json::to_string(&outcomes).unwrap().contains("_mine"));
     }

@@ -64,15 +64,7 @@ backend_tests! {
         assert_same(exported_multisets(app.download_all(&manifest).await), &expected);
 
         // Lenient: a malformed item is left out and reported; the others still apply.
-        let response = app
-            .client
-            .get(app.url("/$export?_type=Patient,Device&_elements=Patient.gender,name.given"))
-            .header("prefer", "respond-async, handling=lenient")
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(response.status(), reqwest::StatusCode::ACCEPTED);
-        let manifest = app.wait_for_manifest(response.headers()["content-location"].to_str().unwrap()).await;
+        let manifest = app.export_lenient("/$export?_type=Patient,Device&_elements=Patient.gender,name.given").await;
         let outcomes = app.download(&manifest["error"][0]).await;
         assert!(serde_json::to_string(&outcomes).unwrap().contains("name.given"));
         assert_same(exported_multisets(app.download_all(&manifest).await), &expected);

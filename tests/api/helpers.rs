@@ -306,10 +306,15 @@ impl TestApp {
 
     /// A GET kick-off with the headers the spec asks for.
     pub async fn kick_off_raw(&self, path_and_query: &str) -> Response {
+        self.kick_off_prefer_raw(path_and_query, "respond-async").await
+    }
+
+    /// A GET kick-off with this `Prefer` header.
+    pub async fn kick_off_prefer_raw(&self, path_and_query: &str, prefer: &str) -> Response {
         self.client
             .get(self.url(path_and_query))
             .header(header::ACCEPT, "application/fhir+json")
-            .header("prefer", "respond-async")
+            .header("prefer", prefer)
             .send()
             .await
             .unwrap()
@@ -329,11 +334,18 @@ impl TestApp {
 
     /// Kicks off and returns the status URL, asserting the 202.
     pub async fn kick_off(&self, path_and_query: &str) -> String {
-        let response = self.kick_off_raw(path_and_query).await;
-        assert_eq!(response.status(), StatusCode::ACCEPTED, "{}", response.text().await.unwrap());
-        let location = response.headers()[header::CONTENT_LOCATION].to_str().unwrap().to_owned();
-        assert!(location.starts_with("http://"), "Content-Location must be absolute: {location}");
-        location
+        status_url(self.kick_off_raw(path_and_query).await).await
+    }
+
+    /// A POST kick-off; returns the status URL, asserting the 202.
+    pub async fn kick_off_post(&self, path: &str, parameters: &Value, prefer: &str) -> String {
+        status_url(self.kick_off_post_raw(path, parameters, prefer).await).await
+    }
+
+    /// A GET kick-off under `Prefer: handling=lenient`, waited on until its manifest arrives.
+    pub async fn export_lenient(&self, path_and_query: &str) -> Value {
+        let status_url = status_url(self.kick_off_prefer_raw(path_and_query, LENIENT).await).await;
+        self.wait_for_manifest(&status_url).await
     }
 
     /// Polls the status URL until the manifest arrives. 202s must carry X-Progress and a
@@ -409,6 +421,17 @@ impl TestApp {
         };
         Worker::new("test-worker".into(), self.stores.clone(), self.output.clone(), settings, CancellationToken::new())
     }
+}
+
+/// The `Prefer` header of a lenient kick-off: what cannot be honoured is left out and reported.
+pub const LENIENT: &str = "respond-async, handling=lenient";
+
+/// The status URL of a kick-off's 202 (asserted, with an absolute Content-Location).
+async fn status_url(response: Response) -> String {
+    assert_eq!(response.status(), StatusCode::ACCEPTED, "{}", response.text().await.unwrap());
+    let location = response.headers()[header::CONTENT_LOCATION].to_str().unwrap().to_owned();
+    assert!(location.starts_with("http://"), "Content-Location must be absolute: {location}");
+    location
 }
 
 /// Asserts an OperationOutcome response with this status whose diagnostics mention `needle`.

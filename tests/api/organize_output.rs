@@ -204,9 +204,7 @@ backend_tests! {
             {"name": "patient", "valueReference": {"reference": "Patient/p1"}},
             {"name": "organizeOutputBy", "valueString": "Patient"},
             {"name": "_typeFilter", "valueString": "Observation?status=final"}]});
-        let response = app.kick_off_post_raw("/Patient/$export", &body, "respond-async").await;
-        assert_eq!(response.status(), StatusCode::ACCEPTED);
-        let manifest = app.wait_for_manifest(response.headers()[reqwest::header::CONTENT_LOCATION].to_str().unwrap()).await;
+        let manifest = app.wait_for_manifest(&app.kick_off_post("/Patient/$export", &body, "respond-async").await).await;
         let (blocks, _) = read_blocks(&app, &manifest).await;
         let ids = |b: &Block| b.resources.iter().map(|r| r["id"].as_str().unwrap().to_owned()).collect::<Vec<_>>();
         let summary: Vec<(Option<String>, Vec<String>)> = blocks.iter().map(|b| (b.patient.clone(), ids(b))).collect();

@@ -3,12 +3,12 @@
 
 use std::collections::BTreeSet;
 
-use reqwest::{header, StatusCode};
+use reqwest::StatusCode;
 use serde_json::{json, Value};
 
 use crate::{
     export_levels::{assert_same, expected_for_group, expected_for_patients, exported_multisets, SYNTHEA_GROUP},
-    helpers::{assert_outcome, backend_tests, fixture_resources, spawn_app},
+    helpers::{assert_outcome, backend_tests, fixture_resources, spawn_app, LENIENT},
 };
 
 fn patients_body(ids: &[&str]) -> Value {
@@ -25,16 +25,12 @@ backend_tests! {
         let (p1, p2) = (loaded["Patient"][0]["id"].as_str().unwrap(), loaded["Patient"][1]["id"].as_str().unwrap());
         assert_eq!(app.put(&json!({"resourceType": "Patient", "id": "outsider"})).await.status(), 201);
 
-        let response = app.kick_off_post_raw("/Patient/$export", &patients_body(&[p1, p2]), "respond-async").await;
-        assert_eq!(response.status(), StatusCode::ACCEPTED);
-        let manifest = app.wait_for_manifest(response.headers()[header::CONTENT_LOCATION].to_str().unwrap()).await;
+        let manifest = app.wait_for_manifest(&app.kick_off_post("/Patient/$export", &patients_body(&[p1, p2]), "respond-async").await).await;
         let expected = expected_for_patients(&loaded, &BTreeSet::from([p1.to_owned(), p2.to_owned()]));
         assert_same(exported_multisets(app.download_all(&manifest).await), &expected);
 
         let group_path = format!("/Group/{SYNTHEA_GROUP}/$export");
-        let response = app.kick_off_post_raw(&group_path, &patients_body(&[p2]), "respond-async").await;
-        assert_eq!(response.status(), StatusCode::ACCEPTED);
-        let manifest = app.wait_for_manifest(response.headers()[header::CONTENT_LOCATION].to_str().unwrap()).await;
+        let manifest = app.wait_for_manifest(&app.kick_off_post(&group_path, &patients_body(&[p2]), "respond-async").await).await;
         let expected = expected_for_group(&loaded, &BTreeSet::from([p2.to_owned()]));
         assert_same(exported_multisets(app.download_all(&manifest).await), &expected);
 
@@ -49,9 +45,7 @@ backend_tests! {
         }
 
         // Lenient: the unknown patient is left out and reported in `error`.
-        let response = app.kick_off_post_raw("/Patient/$export", &patients_body(&[p1, "nobody"]), "respond-async, handling=lenient").await;
-        assert_eq!(response.status(), StatusCode::ACCEPTED);
-        let manifest = app.wait_for_manifest(response.headers()[header::CONTENT_LOCATION].to_str().unwrap()).await;
+        let manifest = app.wait_for_manifest(&app.kick_off_post("/Patient/$export", &patients_body(&[p1, "nobody"]), LENIENT).await).await;
         let outcomes = app.download(&manifest["error"][0]).await;
         assert!(serde_json::to_string(&outcomes).unwrap().contains("Patient/nobody"));
         let expected = expected_for_patients(&loaded, &BTreeSet::from([p1.to_owned()]));

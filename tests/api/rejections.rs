@@ -64,20 +64,10 @@ backend_tests! {
             let response = app.client.get(app.url("/$export")).header(header::ACCEPT, accept).send().await.unwrap();
             assert_eq!(response.status(), StatusCode::ACCEPTED, "Accept: {accept}");
         }
-        let response = app
-            .client
-            .post(app.url("/Patient/$export"))
-            .header(header::ACCEPT, "application/fhir+json")
-            .header("prefer", "respond-async")
-            .json(&json!({"resourceType": "Parameters", "parameter": [
-                {"name": "_type", "valueString": "Patient"},
-                {"name": "_outputFormat", "valueString": "application/fhir+ndjson"}]}))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(response.status(), StatusCode::ACCEPTED);
-        let status_url = response.headers()[header::CONTENT_LOCATION].to_str().unwrap().to_owned();
-        let manifest = app.wait_for_manifest(&status_url).await;
+        let parameters = json!({"resourceType": "Parameters", "parameter": [
+            {"name": "_type", "valueString": "Patient"},
+            {"name": "_outputFormat", "valueString": "application/fhir+ndjson"}]});
+        let manifest = app.wait_for_manifest(&app.kick_off_post("/Patient/$export", &parameters, "respond-async").await).await;
         assert_eq!(manifest["request"], app.url("/Patient/$export"));
         assert_eq!(manifest["output"].as_array().unwrap().len(), 1);
     }
@@ -85,16 +75,7 @@ backend_tests! {
     async fn lenient_handling_reports_ignored_parameters_in_error_files(backend: Backend) {
         let app = spawn_app(backend).await;
         assert_eq!(app.put(&json!({"resourceType": "Patient", "id": "p"})).await.status(), 201);
-        let response = app
-            .client
-            .get(app.url("/$export?_typeFilter=Patient%3F_has%3AObservation%3Apatient%3Acode%3Dx&organizeOutputBy=Patient"))
-            .header(header::ACCEPT, "application/fhir+json")
-            .header("prefer", "respond-async, handling=lenient")
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(response.status(), StatusCode::ACCEPTED);
-        let manifest = app.wait_for_manifest(response.headers()[header::CONTENT_LOCATION].to_str().unwrap()).await;
+        let manifest = app.export_lenient("/$export?_typeFilter=Patient%3F_has%3AObservation%3Apatient%3Acode%3Dx&organizeOutputBy=Patient").await;
         let errors = manifest["error"].as_array().unwrap();
         assert_eq!(errors.len(), 1);
         assert_eq!(errors[0]["type"], "OperationOutcome");

@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
-use reqwest::{header, StatusCode};
+use reqwest::StatusCode;
 use serde_json::{json, Value};
 
 use bulkfhir::{
@@ -38,17 +38,6 @@ fn has_coding(concepts: &Value, system: Option<&str>, codes: &[&str]) -> bool {
     concepts.iter().filter_map(|c| c["coding"].as_array()).flatten().any(|coding| {
         system.is_none_or(|s| coding["system"] == s) && coding["code"].as_str().is_some_and(|c| codes.contains(&c))
     })
-}
-
-async fn kick_off_post(app: &TestApp, parameters: Value) -> reqwest::Response {
-    app.client
-        .post(app.url("/$export"))
-        .header(header::ACCEPT, "application/fhir+json")
-        .header("prefer", "respond-async")
-        .json(&parameters)
-        .send()
-        .await
-        .unwrap()
 }
 
 backend_tests! {
@@ -90,12 +79,11 @@ backend_tests! {
         // the store's indexes as well.
         let heights_and_weights = "Observation?code=http://loinc.org|8302-2,http://loinc.org|29463-7&_lastUpdated=ge2000-01-01";
         let some_patients: Vec<&str> = loaded["Patient"].iter().take(3).map(|p| p["id"].as_str().unwrap()).collect();
-        let response = kick_off_post(&app, json!({"resourceType": "Parameters", "parameter": [
+        let parameters = json!({"resourceType": "Parameters", "parameter": [
             {"name": "_type", "valueString": "Observation,Patient"},
             {"name": "_typeFilter", "valueString": heights_and_weights},
-            {"name": "_typeFilter", "valueString": format!("Patient?_id={}", some_patients.join(","))}]})).await;
-        assert_eq!(response.status(), StatusCode::ACCEPTED, "{}", response.text().await.unwrap());
-        let manifest = app.wait_for_manifest(response.headers()[header::CONTENT_LOCATION].to_str().unwrap()).await;
+            {"name": "_typeFilter", "valueString": format!("Patient?_id={}", some_patients.join(","))}]});
+        let manifest = app.wait_for_manifest(&app.kick_off_post("/$export", &parameters, "respond-async").await).await;
         let got = exported(&app, &manifest).await;
         let observations = selected(&loaded, "Observation", |o| has_coding(&o["code"], Some("http://loinc.org"), &["8302-2", "29463-7"]));
         assert!(!observations.is_empty());
@@ -143,16 +131,7 @@ backend_tests! {
         }
 
         // Lenient: the unsupported condition is dropped and reported; the rest still filters.
-        let response = app
-            .client
-            .get(app.url("/$export?_typeFilter=Patient%3Fgender%3Dfemale%26organization.name%3Dx"))
-            .header(header::ACCEPT, "application/fhir+json")
-            .header("prefer", "respond-async, handling=lenient")
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(response.status(), StatusCode::ACCEPTED);
-        let manifest = app.wait_for_manifest(response.headers()[header::CONTENT_LOCATION].to_str().unwrap()).await;
+        let manifest = app.export_lenient("/$export?_typeFilter=Patient%3Fgender%3Dfemale%26organization.name%3Dx").await;
         let outcomes = serde_json::to_string(&app.download(&manifest["error"][0]).await).unwrap();
         assert!(outcomes.contains("organization.name") && outcomes.contains("chained"), "{outcomes}");
         let patients = app.download(&manifest["output"][0]).await;
