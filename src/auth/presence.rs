@@ -22,10 +22,10 @@ pub struct Presence {
 
 impl Presence {
     pub async fn any_client(&self, store: &dyn AuthStore) -> Result<bool, StoreError> {
-        if let Some((at, any)) = *self.any.lock().expect("the presence lock is never poisoned") {
-            if at.elapsed() < RECHECK {
-                return Ok(any);
-            }
+        if let Some((at, any)) = *self.any.lock().expect("the presence lock is never poisoned")
+            && at.elapsed() < RECHECK
+        {
+            return Ok(any);
         }
         let any = store.has_clients().await?;
         *self.any.lock().expect("the presence lock is never poisoned") = Some((Instant::now(), any));
