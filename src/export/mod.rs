@@ -3,6 +3,7 @@
 
 pub mod access;
 pub mod blocks;
+pub mod fairness;
 pub mod file_sequence;
 pub mod group;
 pub mod janitor;

@@ -11,6 +11,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{
     blocks::BlockRoller,
+    fairness::Pacer,
     job::{ClaimedTask, FileKind, FileRecord},
     pipeline::Pipeline,
     roller::Roller,
@@ -135,6 +136,7 @@ fn patient_lines(stores: &Stores, task: &ClaimedTask, resource_type: &ResourceTy
 async fn pour(lines: Lines, roller: &mut BlockRoller<'_>, stop: &CancellationToken, written: &AtomicI64) -> Result<(), Halt> {
     use futures::StreamExt;
     let mut lines = lines;
+    let mut pacer = Pacer::default();
     loop {
         let next = tokio::select! {
             _ = stop.cancelled() => return Err(Halt::Stopped),
@@ -145,6 +147,7 @@ async fn pour(lines: Lines, roller: &mut BlockRoller<'_>, stop: &CancellationTok
             Some(Ok(chunk)) => {
                 roller.write(&chunk).await.map_err(|e| Halt::Failed(e.to_string()))?;
                 written.store(roller.lines() as i64, Ordering::Relaxed);
+                pacer.moved(chunk.len()).await;
             }
             Some(Err(e)) => return Err(Halt::Failed(e.to_string())),
         }

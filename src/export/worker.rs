@@ -17,6 +17,7 @@ use tracing::Instrument;
 use tokio_util::sync::CancellationToken;
 
 use super::{
+    fairness::Pacer,
     job::{ClaimedTask, FileKind, FileRecord, TaskKind},
     organized,
     roller::Roller,
@@ -204,6 +205,7 @@ async fn pump<E: std::fmt::Display>(
     written: &AtomicI64,
     base: i64,
 ) -> Result<Vec<FileRecord>, TaskEnd> {
+    let mut pacer = Pacer::default();
     loop {
         let next = tokio::select! {
             _ = stop.cancelled() => {
@@ -220,6 +222,7 @@ async fn pump<E: std::fmt::Display>(
                     return Err(TaskEnd::Failed(e.to_string()));
                 }
                 written.store(base + roller.lines() as i64, Ordering::Relaxed);
+                pacer.moved(chunk.len()).await;
             }
             Some(Err(e)) => {
                 roller.abort().await;
