@@ -215,7 +215,7 @@ async fn pump<E: std::fmt::Display>(
         match next {
             None => break,
             Some(Ok(chunk)) => {
-                if let Err(e) = roller.write(&chunk).await {
+                if let Err(e) = roller.write(chunk).await {
                     roller.abort().await;
                     return Err(TaskEnd::Failed(e.to_string()));
                 }

@@ -204,6 +204,14 @@ impl OutputFile {
         Ok(())
     }
 
+    /// Like `write`, without copying: the part being filled keeps `data` as it is.
+    pub async fn put(&mut self, data: Bytes) -> Result<(), OutputError> {
+        self.upload.wait_for_capacity(MAX_PARTS_IN_FLIGHT).await.map_err(|e| self.error(e))?;
+        self.bytes += data.len() as u64;
+        self.upload.put(data);
+        Ok(())
+    }
+
     pub fn bytes(&self) -> u64 {
         self.bytes
     }
