@@ -100,7 +100,7 @@ impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::Conflict(_) => Self::new(StatusCode::CONFLICT, IssueCode::Conflict, e.to_string()),
-            StoreError::Database(_) | StoreError::Migration(_) | StoreError::UnsupportedUrl(_) => {
+            StoreError::Database(_) | StoreError::Reader(_) | StoreError::Migration(_) | StoreError::UnsupportedUrl(_) => {
                 Self::internal(&e, "the database failed")
             }
         }

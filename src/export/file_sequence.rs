@@ -51,6 +51,17 @@ impl<'a> FileSequence<'a> {
         Ok(())
     }
 
+    /// Like [`Self::write`], without copying: the part being filled keeps `data` as it is.
+    ///
+    /// # Panics
+    /// When no file is open.
+    pub async fn put(&mut self, data: bytes::Bytes, lines: i64) -> Result<(), OutputError> {
+        let open = self.open.as_mut().expect("a file is open");
+        open.file.put(data).await?;
+        open.count += lines;
+        Ok(())
+    }
+
     /// Closes the open file, if any, and opens the next.
     pub async fn roll(&mut self) -> Result<(), OutputError> {
         self.close().await?;

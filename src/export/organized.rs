@@ -183,7 +183,7 @@ async fn deletions(
         let result = match next {
             None => Err(Halt::Stopped),
             Some(None) => break,
-            Some(Some(Ok(chunk))) => roller.write(&chunk).await.map_err(|e| Halt::Failed(e.to_string())),
+            Some(Some(Ok(chunk))) => roller.write(chunk).await.map_err(|e| Halt::Failed(e.to_string())),
             Some(Some(Err(e))) => Err(Halt::Failed(e.to_string())),
         };
         if let Err(halt) = result {

@@ -2,6 +2,7 @@
 //! `{Type}-{n}.ndjson` files, starting a new file before a line would take the current one past
 //! the size limit. A line is never split; a line larger than the limit gets a file of its own.
 
+use bytes::Bytes;
 use memchr::{memchr, memchr_iter, memrchr};
 
 use super::{
@@ -36,24 +37,26 @@ impl<'a> Roller<'a> {
         self.lines
     }
 
-    pub async fn write(&mut self, chunk: &[u8]) -> Result<(), OutputError> {
+    /// Takes a chunk as it came from the store: its whole lines go to the file without a copy
+    /// (slices of the same buffer), only a line split across chunks is joined.
+    pub async fn write(&mut self, chunk: Bytes) -> Result<(), OutputError> {
         let mut rest = chunk;
         if !self.partial.is_empty() {
-            let Some(end) = memchr(b'\n', rest) else {
-                self.partial.extend_from_slice(rest);
+            let Some(end) = memchr(b'\n', &rest) else {
+                self.partial.extend_from_slice(&rest);
                 return Ok(());
             };
             let mut line = std::mem::take(&mut self.partial);
             line.extend_from_slice(&rest[..=end]);
-            self.write_lines(&line).await?;
-            rest = &rest[end + 1..];
+            self.write_lines(line.into()).await?;
+            rest = rest.slice(end + 1..);
         }
-        match memrchr(b'\n', rest) {
+        match memrchr(b'\n', &rest) {
             Some(last) => {
-                self.write_lines(&rest[..=last]).await?;
+                self.write_lines(rest.slice(..=last)).await?;
                 self.partial.extend_from_slice(&rest[last + 1..]);
             }
-            None => self.partial.extend_from_slice(rest),
+            None => self.partial.extend_from_slice(&rest),
         }
         Ok(())
     }
@@ -63,7 +66,7 @@ impl<'a> Roller<'a> {
         if !self.partial.is_empty() {
             let mut line = std::mem::take(&mut self.partial);
             line.push(b'\n');
-            self.write_lines(&line).await?;
+            self.write_lines(line.into()).await?;
         }
         self.files.finish().await
     }
@@ -75,23 +78,23 @@ impl<'a> Roller<'a> {
     }
 
     /// Writes complete lines (`lines` ends with `\n`).
-    async fn write_lines(&mut self, lines: &[u8]) -> Result<(), OutputError> {
+    async fn write_lines(&mut self, lines: Bytes) -> Result<(), OutputError> {
         // Fast path: the whole run fits in the open file.
         if self.files.open_bytes().is_some_and(|bytes| bytes + lines.len() as u64 <= self.max_bytes) {
-            let count = memchr_iter(b'\n', lines).count();
-            self.files.write(lines, count as i64).await?;
+            let count = memchr_iter(b'\n', &lines).count();
+            self.files.put(lines, count as i64).await?;
             self.lines += count as u64;
             return Ok(());
         }
         let mut start = 0;
-        for end in memchr_iter(b'\n', lines) {
-            let line = &lines[start..=end];
+        for end in memchr_iter(b'\n', &lines) {
+            let line = lines.slice(start..=end);
             start = end + 1;
             let must_roll = self.files.open_bytes().is_none_or(|bytes| bytes > 0 && bytes + line.len() as u64 > self.max_bytes);
             if must_roll {
                 self.files.roll().await?;
             }
-            self.files.write(line, 1).await?;
+            self.files.put(line, 1).await?;
             self.lines += 1;
         }
         Ok(())
@@ -107,7 +110,7 @@ mod tests {
         let output = Output::local(dir.path(), 5 * 1024 * 1024).unwrap();
         let mut roller = Roller::new(&output, FileKind::Output, "Patient", "job".into(), max);
         for chunk in chunks {
-            roller.write(chunk).await.unwrap();
+            roller.write(Bytes::copy_from_slice(chunk)).await.unwrap();
         }
         let files = roller.finish().await.unwrap();
         let contents = files.iter().map(|f| std::fs::read_to_string(dir.path().join(&f.key)).unwrap()).collect();

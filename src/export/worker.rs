@@ -217,12 +217,13 @@ async fn pump<E: std::fmt::Display>(
         match next {
             None => break,
             Some(Ok(chunk)) => {
-                if let Err(e) = roller.write(&chunk).await {
+                let bytes = chunk.len();
+                if let Err(e) = roller.write(chunk).await {
                     roller.abort().await;
                     return Err(TaskEnd::Failed(e.to_string()));
                 }
                 written.store(base + roller.lines() as i64, Ordering::Relaxed);
-                pacer.moved(chunk.len()).await;
+                pacer.moved(bytes).await;
             }
             Some(Err(e)) => {
                 roller.abort().await;

@@ -30,6 +30,11 @@ const MAX_PARTS_IN_FLIGHT: usize = 2;
 
 const S3_MIN_PART_SIZE: usize = 5 * 1024 * 1024;
 
+/// Parts of a local file are positioned writes, with no cost per request to spread: small
+/// parts keep what an open file holds small. With 8 MiB parts four exports held up to 100 MB
+/// of them, reached only once the types were large, so peak RSS grew with the database.
+const LOCAL_MAX_PART_SIZE: usize = 1024 * 1024;
+
 const NDJSON: &str = "application/fhir+ndjson";
 
 #[derive(Clone)]
@@ -58,7 +63,7 @@ impl Output {
             .map_err(|e| OutputError::Config(format!("output directory '{}': {e}", root.display())))?
             .with_automatic_cleanup(true);
         let place = Place::Local { store: Arc::new(store), root: root.display().to_string() };
-        Ok(Self { place, part_size, url_mode: UrlMode::Proxy })
+        Ok(Self { place, part_size: part_size.min(LOCAL_MAX_PART_SIZE), url_mode: UrlMode::Proxy })
     }
 
     /// The destination the settings name (`output_dir` is used by the local one).
@@ -201,6 +206,14 @@ impl OutputFile {
         self.upload.wait_for_capacity(MAX_PARTS_IN_FLIGHT).await.map_err(|e| self.error(e))?;
         self.upload.write(data);
         self.bytes += data.len() as u64;
+        Ok(())
+    }
+
+    /// Like `write`, without copying: the part being filled keeps `data` as it is.
+    pub async fn put(&mut self, data: Bytes) -> Result<(), OutputError> {
+        self.upload.wait_for_capacity(MAX_PARTS_IN_FLIGHT).await.map_err(|e| self.error(e))?;
+        self.bytes += data.len() as u64;
+        self.upload.put(data);
         Ok(())
     }
 

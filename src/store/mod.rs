@@ -21,6 +21,9 @@ use crate::{
 pub enum StoreError {
     #[error("database error: {0}")]
     Database(#[from] sqlx::Error),
+    /// From the SQLite export reader's own connection (`sqlite::reader`).
+    #[error("database error: {0}")]
+    Reader(#[from] rusqlite::Error),
     #[error("migration failed: {0}")]
     Migration(#[from] sqlx::migrate::MigrateError),
     /// A concurrent write changed the same resource; the caller may retry.

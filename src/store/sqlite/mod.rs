@@ -6,6 +6,7 @@
 mod auth;
 mod jobs;
 mod queue;
+mod reader;
 mod resources;
 
 use std::{path::Path, str::FromStr, sync::Arc, time::Duration};
@@ -21,6 +22,8 @@ use super::StoreError;
 
 pub struct SqliteStore {
     pool: SqlitePool,
+    /// Exports read on connections of their own (`reader`), not the pool's.
+    reads: reader::ReadSource,
     work: Arc<Notify>,
 }
 
@@ -41,9 +44,10 @@ impl SqliteStore {
             std::fs::create_dir_all(folder)
                 .map_err(|e| StoreError::Database(sqlx::Error::Configuration(format!("cannot create {}: {e}", folder.display()).into())))?;
         }
+        let reads = reader::ReadSource::new(options.get_filename().to_path_buf());
         let pool = SqlitePoolOptions::new().max_connections(pool_size).connect_with(options).await?;
         sqlx::migrate!("./migrations/sqlite").run(&pool).await?;
-        Ok(Self { pool, work: Arc::new(Notify::new()) })
+        Ok(Self { pool, reads, work: Arc::new(Notify::new()) })
     }
 
     /// A write transaction: takes SQLite's write lock at once, so reads inside it are current.

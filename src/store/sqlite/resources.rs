@@ -1,16 +1,22 @@
 //! `ResourceStore` on SQLite: versioned writes with history and compartment rows in one
 //! `BEGIN IMMEDIATE` transaction per batch (prepared statements, reused for every row), and
-//! the export stream.
+//! the export queries (run by `reader`).
 
 use async_trait::async_trait;
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::Bytes;
 use chrono::{DateTime, Utc};
-use futures::{stream::BoxStream, StreamExt, TryStreamExt};
+use futures::stream::BoxStream;
 use std::collections::HashMap;
 
 use sqlx::{QueryBuilder, Row, Sqlite, SqliteConnection};
 
-use super::{instant, micros, SqliteStore};
+use rusqlite::types::Value;
+
+use super::{
+    instant, micros,
+    reader::{self, ReadSource},
+    SqliteStore,
+};
 use crate::{
     fhir::{types::ResourceId, Resource, ResourceType},
     store::{is_bulk, Applied, ResourceStore, Scope, Selection, Stored, StoreError, Write},
@@ -19,9 +25,6 @@ use crate::{
 /// Rows per multi-row statement of the bulk path (at most 5 bound values a row, well under
 /// SQLite's limit on parameters). Each statement is one round trip to SQLite's thread.
 const ROWS_PER_STATEMENT: usize = 200;
-
-/// Export rows are gathered into chunks of about this size before they go to the roller.
-const CHUNK_BYTES: usize = 256 * 1024;
 
 /// Versions of `?1` current at `?2` (microseconds): `(id, version_id, last_updated, body)`.
 const VERSIONS_AT: &str = "SELECT id, version_id, last_updated, body FROM resources \
@@ -125,51 +128,33 @@ impl ResourceStore for SqliteStore {
 
     fn export_stream(&self, selection: Selection) -> BoxStream<'static, Result<Bytes, StoreError>> {
         let (sql, job) = export_query(&selection);
-        text_lines(self.pool.clone(), sql, selection, job)
+        text_lines(self.reads.clone(), sql, selection, job)
     }
 
     fn deleted_stream(&self, selection: Selection) -> BoxStream<'static, Result<Bytes, StoreError>> {
         let (sql, job) = deleted_query(&selection);
-        text_lines(self.pool.clone(), sql, selection, job)
+        text_lines(self.reads.clone(), sql, selection, job)
     }
 }
 
-/// Runs a selection query of one text column and streams the values as lines, in chunks. Binds
-/// `?1` type, `?2` as_of, `?3` since, `?4` job (or NULL), `?5`-`?8` the `_typeFilter`
-/// narrowing (see `export_query`), `?9` until.
-fn text_lines(pool: sqlx::SqlitePool, sql: String, selection: Selection, job: Option<String>) -> BoxStream<'static, Result<Bytes, StoreError>> {
-    async_stream::try_stream! {
-        let mut conn = pool.acquire().await?;
-        // A sequential read gains nothing from the pool's 64 MiB page cache (set for bulk
-        // writes), and four exports filling theirs held 300 MB and grew with the database.
-        // The connection reads with a small cache and is closed after, not pooled.
-        conn.close_on_drop();
-        sqlx::query("PRAGMA cache_size = -4096").execute(&mut *conn).await?;
-        let narrowing = &selection.narrowing;
-        let query = sqlx::query_scalar::<_, String>(sqlx::AssertSqlSafe(sql))
-            .bind(selection.resource_type.as_str())
-            .bind(micros(selection.as_of))
-            .bind(selection.since.map(micros))
-            .bind(job)
-            .bind(narrowing.ids.as_ref().map(|ids| serde_json::to_string(ids).expect("a set of strings serializes")))
-            .bind(narrowing.updated_from.map(micros))
-            .bind(narrowing.updated_before.map(micros))
-            .bind(narrowing.patients.as_ref().map(|ids| serde_json::to_string(ids).expect("a set of strings serializes")))
-            .bind(selection.until.map(micros));
-        let mut bodies = query.fetch(&mut *conn);
-        let mut chunk = BytesMut::with_capacity(CHUNK_BYTES * 2);
-        while let Some(body) = bodies.try_next().await? {
-            chunk.put_slice(body.as_bytes());
-            chunk.put_u8(b'\n');
-            if chunk.len() >= CHUNK_BYTES {
-                yield chunk.split().freeze();
-            }
-        }
-        if !chunk.is_empty() {
-            yield chunk.freeze();
-        }
-    }
-    .boxed()
+/// Runs a selection query of one text column and streams the values as lines, in chunks
+/// (`reader`). Binds `?1` type, `?2` as_of, `?3` since, `?4` job (or NULL), `?5`-`?8` the
+/// `_typeFilter` narrowing (see `export_query`), `?9` until.
+fn text_lines(reads: ReadSource, sql: String, selection: Selection, job: Option<String>) -> BoxStream<'static, Result<Bytes, StoreError>> {
+    let narrowing = &selection.narrowing;
+    let json = |ids: &_| Value::Text(serde_json::to_string(ids).expect("a set of strings serializes"));
+    let params = vec![
+        Value::Text(selection.resource_type.as_str().to_owned()),
+        Value::Integer(micros(selection.as_of)),
+        selection.since.map_or(Value::Null, |t| Value::Integer(micros(t))),
+        job.map_or(Value::Null, Value::Text),
+        narrowing.ids.as_ref().map_or(Value::Null, json),
+        narrowing.updated_from.map_or(Value::Null, |t| Value::Integer(micros(t))),
+        narrowing.updated_before.map_or(Value::Null, |t| Value::Integer(micros(t))),
+        narrowing.patients.as_ref().map_or(Value::Null, json),
+        selection.until.map_or(Value::Null, |t| Value::Integer(micros(t))),
+    ];
+    reader::lines(reads, sql, params)
 }
 
 /// The query of the selected deletions' ids, and the job id to bind as `?4` for a Group export.
