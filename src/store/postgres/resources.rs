@@ -372,10 +372,11 @@ async fn copy_new(conn: &mut PgConnection, resources: &[&Resource], now: DateTim
     let mut applied = Vec::with_capacity(resources.len());
     for &resource in resources {
         let (t, id) = (resource.resource_type.as_str(), resource.id.as_str());
-        let body = resource.render(1, now);
-        for field in [t.as_bytes(), b"\x02", id.as_bytes(), b"\x021\x02", last_updated.as_bytes(), b"\x02f\x02", body.as_bytes(), b"\n"] {
+        for field in [t.as_bytes(), b"\x02", id.as_bytes(), b"\x021\x02", last_updated.as_bytes(), b"\x02f\x02"] {
             rows.extend_from_slice(field);
         }
+        resource.render_into(&mut rows, "1", &last_updated);
+        rows.push(b'\n');
         for patient in resource.compartment_patients() {
             for field in [patient.as_str().as_bytes(), b"\x02", t.as_bytes(), b"\x02", id.as_bytes(), b"\x021\n"] {
                 members.extend_from_slice(field);
