@@ -341,8 +341,11 @@ mod tests {
         use std::io::{BufRead, BufReader};
         let t = Utc::now();
         let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/synthea-r4-100");
-        for file in std::fs::read_dir(dir).unwrap() {
-            let file = std::fs::File::open(file.unwrap().path()).unwrap();
+        for path in std::fs::read_dir(dir).unwrap().map(|entry| entry.unwrap().path()) {
+            if !path.to_string_lossy().ends_with(".ndjson.gz") {
+                continue;
+            }
+            let file = std::fs::File::open(path).unwrap();
             for line in BufReader::new(flate2::read::MultiGzDecoder::new(file)).split(b'\n').take(300) {
                 let line = line.unwrap();
                 let fast = Resource::parse_fields(&line).expect("a Synthea line takes the fast path");
