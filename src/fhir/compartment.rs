@@ -36,6 +36,12 @@ pub fn is_compartment_path(t: &ResourceType, path: &[String]) -> bool {
     PATHS.get(t.as_str()).is_some_and(|paths| paths.iter().any(|p| p == path))
 }
 
+/// Whether a top-level element of a resource of type `t` can put it in a patient's compartment
+/// (the first step of one of the type's compartment paths).
+pub fn is_root(t: &ResourceType, element: &str) -> bool {
+    PATHS.get(t.as_str()).is_some_and(|paths| paths.iter().any(|p| p.first().is_some_and(|first| first == element)))
+}
+
 /// The ids of the patients whose compartment holds this resource. A Patient belongs to its own.
 pub fn patients_of(t: &ResourceType, id: &ResourceId, body: &Map<String, Value>) -> Vec<ResourceId> {
     let mut found = BTreeSet::new();
