@@ -1,6 +1,6 @@
 //! One build path for `main` and the tests: bind, connect, start workers and the janitor, serve.
 
-use std::{net::SocketAddr, time::Duration};
+use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use tokio::{net::TcpListener, task::JoinHandle};
 use tokio_util::sync::CancellationToken;
@@ -9,7 +9,7 @@ use crate::{
     api::{self, AppState},
     auth::Auth,
     config::Settings,
-    export::{janitor, worker::Worker, Exports},
+    export::{janitor, status_cache::StatusCache, worker::Worker, Exports},
     output::Output,
     store::Stores,
 };
@@ -40,16 +40,18 @@ impl Application {
             .map_err(|e| anyhow::anyhow!("cannot open the database: {e}"))?;
         let output = Output::from_settings(&settings.output, &settings.output_dir, settings.part_size_bytes)?;
         let worker_settings = settings.worker_settings();
+        // A running job's progress changes at each heartbeat: answers that old tell no less.
+        let status = Arc::new(StatusCache::new(worker_settings.heartbeat));
         let exports = Exports::new(
             stores.clone(),
             output.clone(),
             Duration::from_secs(settings.retention),
             settings.max_file_bytes,
-            worker_settings.heartbeat,
+            status.clone(),
         );
         let auth = Auth::start(stores.auth.clone(), &settings.auth, &base_url).await?;
         let shutdown = CancellationToken::new();
-        let mut background = Worker::spawn_pool(stores.clone(), output.clone(), worker_settings, shutdown.clone());
+        let mut background = Worker::spawn_pool(stores.clone(), output.clone(), worker_settings, status, shutdown.clone());
         background.push(janitor::spawn(
             stores.clone(),
             output.clone(),

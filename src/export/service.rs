@@ -38,10 +38,9 @@ pub enum ExportState {
 }
 
 impl Exports {
-    /// Status answers are served from this node's memory for up to `status_ttl` (the workers'
-    /// heartbeat: progress changes no more often).
-    pub fn new(stores: Stores, output: Output, retention: Duration, max_file_bytes: u64, status_ttl: Duration) -> Self {
-        Self { stores, output, retention, max_file_bytes, status: Arc::new(StatusCache::new(status_ttl)) }
+    /// Status answers are served from `status`, this node's cache (shared with its workers).
+    pub fn new(stores: Stores, output: Output, retention: Duration, max_file_bytes: u64, status: Arc<StatusCache>) -> Self {
+        Self { stores, output, retention, max_file_bytes, status }
     }
 
     /// Plans and records a job: fixes transactionTime, resolves Group membership at that instant,

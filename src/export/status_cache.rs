@@ -2,9 +2,9 @@
 //! worker's heartbeat, so an answer at most one heartbeat old tells a poller nothing less, and
 //! polls stop costing a database round trip each. That matters while an export runs: the
 //! database's CPU is busy streaming, and every status query waited behind it (status p99 of
-//! 134 ms on Postgres under an export, issue 7). A completed job shows as such, and a job
-//! cancelled on another node as gone, at most one heartbeat late; a cancel on this node is seen
-//! at once.
+//! 134 ms on Postgres under an export, issue 7). What this node does is seen at once (its
+//! workers forget a job when one of its tasks ends, its API when the job is cancelled); what
+//! other nodes do, at most one heartbeat late.
 
 use std::{collections::HashMap, sync::Mutex, time::Duration};
 

@@ -19,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 use super::{
     fairness::Pacer,
     job::{ClaimedTask, FileKind, FileRecord, TaskKind},
+    status_cache::StatusCache,
     organized,
     roller::Roller,
     sources::{self, Halt},
@@ -54,6 +55,8 @@ pub struct Worker {
     settings: WorkerSettings,
     /// Stops the worker; a task in hand is handed back to the queue for another worker.
     shutdown: CancellationToken,
+    /// This node's status answers: a task's end is seen by the next poll, not a heartbeat later.
+    status: Option<Arc<StatusCache>>,
 }
 
 enum TaskEnd {
@@ -65,15 +68,28 @@ enum TaskEnd {
 
 impl Worker {
     pub fn new(id: String, stores: Stores, output: Output, settings: WorkerSettings, shutdown: CancellationToken) -> Self {
-        Self { id, stores, output, settings, shutdown }
+        Self { id, stores, output, settings, shutdown, status: None }
+    }
+
+    /// Forgets the job's cached status whenever a task of it ends.
+    pub fn with_status_cache(mut self, status: Arc<StatusCache>) -> Self {
+        self.status = Some(status);
+        self
     }
 
     /// Starts `settings.workers` workers that run until `shutdown` is cancelled.
-    pub fn spawn_pool(stores: Stores, output: Output, settings: WorkerSettings, shutdown: CancellationToken) -> Vec<JoinHandle<()>> {
+    pub fn spawn_pool(
+        stores: Stores,
+        output: Output,
+        settings: WorkerSettings,
+        status: Arc<StatusCache>,
+        shutdown: CancellationToken,
+    ) -> Vec<JoinHandle<()>> {
         let host = uuid::Uuid::new_v4().simple().to_string();
         (0..settings.workers)
             .map(|n| {
-                let worker = Worker::new(format!("{}-{n}", &host[..8]), stores.clone(), output.clone(), settings.clone(), shutdown.clone());
+                let worker = Worker::new(format!("{}-{n}", &host[..8]), stores.clone(), output.clone(), settings.clone(), shutdown.clone())
+                    .with_status_cache(status.clone());
                 tokio::spawn(worker.run())
             })
             .collect()
@@ -138,6 +154,9 @@ impl Worker {
                 );
                 queue.fail(&task, outcome.to_json()).await?;
             }
+        }
+        if let Some(status) = &self.status {
+            status.forget(task.job_id);
         }
         Ok(())
     }

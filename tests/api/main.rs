@@ -24,4 +24,5 @@ mod scale_out;
 mod smart;
 mod type_filter;
 mod since_until;
+mod status_cache;
 mod synth_load;
