@@ -12,6 +12,7 @@ use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
 use super::{
+    fairness::Pacer,
     job::ClaimedTask,
     pipeline::{IdIn, Pipeline, PipelineError},
     request::{AssociatedData, ExportLevel},
@@ -86,6 +87,7 @@ pub async fn output(stores: &Stores, task: &ClaimedTask, resource_type: Resource
 
 /// Calls `each` on every chunk of whole lines, until the end or a stop.
 pub(super) async fn read_all(mut lines: Lines, stop: &CancellationToken, mut each: impl FnMut(&[u8]) -> Result<(), String>) -> Result<(), Halt> {
+    let mut pacer = Pacer::default();
     loop {
         let next = tokio::select! {
             _ = stop.cancelled() => return Err(Halt::Stopped),
@@ -93,7 +95,10 @@ pub(super) async fn read_all(mut lines: Lines, stop: &CancellationToken, mut eac
         };
         match next {
             None => return Ok(()),
-            Some(Ok(chunk)) => each(&chunk).map_err(Halt::Failed)?,
+            Some(Ok(chunk)) => {
+                each(&chunk).map_err(Halt::Failed)?;
+                pacer.moved(chunk.len()).await;
+            }
             Some(Err(e)) => return Err(Halt::Failed(e.to_string())),
         }
     }
