@@ -4,6 +4,7 @@
 //! part size. Manifest URLs are either signed (SAS, presigned) or served by this server.
 
 mod azure;
+mod direct;
 mod error;
 pub mod settings;
 
@@ -33,7 +34,8 @@ const S3_MIN_PART_SIZE: usize = 5 * 1024 * 1024;
 /// Parts of a local file are positioned writes, with no cost per request to spread: small
 /// parts keep what an open file holds small. With 8 MiB parts four exports held up to 100 MB
 /// of them, reached only once the types were large, so peak RSS grew with the database.
-const LOCAL_MAX_PART_SIZE: usize = 1024 * 1024;
+/// A multiple of the direct-I/O block, so that every part but a file's last goes direct.
+const LOCAL_MAX_PART_SIZE: usize = 256 * direct::ALIGN;
 
 const NDJSON: &str = "application/fhir+ndjson";
 
@@ -46,7 +48,8 @@ pub struct Output {
 
 #[derive(Clone)]
 enum Place {
-    Local { store: Arc<dyn ObjectStore>, root: String },
+    /// Reads, listings and deletes go through object_store; writes through [`direct`].
+    Local { store: Arc<LocalFileSystem>, root: String },
     /// Keys are `{container}/{path}`: the first segment names the Azure container.
     Azure(Arc<azure::Azure>),
     /// Keys are used as they are: a container is a top-level prefix in the bucket.
@@ -63,7 +66,8 @@ impl Output {
             .map_err(|e| OutputError::Config(format!("output directory '{}': {e}", root.display())))?
             .with_automatic_cleanup(true);
         let place = Place::Local { store: Arc::new(store), root: root.display().to_string() };
-        Ok(Self { place, part_size: part_size.min(LOCAL_MAX_PART_SIZE), url_mode: UrlMode::Proxy })
+        let part_size = (part_size.min(LOCAL_MAX_PART_SIZE) / direct::ALIGN).max(1) * direct::ALIGN;
+        Ok(Self { place, part_size, url_mode: UrlMode::Proxy })
     }
 
     /// The destination the settings name (`output_dir` is used by the local one).
@@ -99,7 +103,7 @@ impl Output {
     /// Where `key` lives: the store, the path in it, and the destination in words.
     async fn locate(&self, key: &str, create_container: bool) -> Result<(Arc<dyn ObjectStore>, Path, String), OutputError> {
         match &self.place {
-            Place::Local { store, root } => Ok((store.clone(), Path::from(key), format!("output directory '{root}'"))),
+            Place::Local { store, root } => Ok((store.clone() as _, Path::from(key), format!("output directory '{root}'"))),
             Place::S3 { store, bucket } => Ok((store.clone(), Path::from(key), format!("S3 bucket '{bucket}'"))),
             Place::Azure(azure) => {
                 let (container, rest) = key.split_once('/').unwrap_or((key, ""));
@@ -114,6 +118,16 @@ impl Output {
     pub async fn create(&self, key: &str) -> Result<OutputFile, OutputError> {
         let (store, path, destination) = self.locate(key, true).await?;
         let action = format!("writing {key}");
+        if let Place::Local { store: local, .. } = &self.place {
+            let file = local.path_to_filesystem(&path).map_err(|e| OutputError::store(&destination, &action, e))?;
+            let upload = tokio::task::spawn_blocking(move || direct::DirectUpload::create(file))
+                .await
+                .map_err(std::io::Error::other)
+                .and_then(|created| created)
+                .map_err(|e| OutputError::Storage { destination: destination.clone(), action: action.clone(), reason: e.to_string() })?;
+            let upload = WriteMultipart::new_with_chunk_size(Box::new(upload), self.part_size);
+            return Ok(OutputFile { upload, bytes: 0, destination, action });
+        }
         // Signed URLs are fetched from the store directly: the blob carries the NDJSON type.
         let mut options = object_store::PutMultipartOptions::default();
         if !matches!(self.place, Place::Local { .. }) {
