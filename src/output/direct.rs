@@ -111,13 +111,18 @@ impl State {
         // Whole blocks go direct when the part starts on a block boundary (every part but a
         // file's last is a multiple of the part size, itself a multiple of ALIGN).
         let whole = match &self.direct {
-            Some(_) if offset % ALIGN as u64 == 0 => length / ALIGN * ALIGN,
+            Some(_) if offset.is_multiple_of(ALIGN as u64) => length / ALIGN * ALIGN,
             _ => 0,
         };
         if let (Some(direct), true) = (&self.direct, whole > 0) {
             let mut buffer = self.spare.lock().expect("not poisoned").pop().unwrap_or_default();
             let block = buffer.filled_from(data, whole);
-            let written = direct.write_all_at(block, offset);
+            let written = match direct.write_all_at(block, offset) {
+                // Some file systems take O_DIRECT at open and refuse the write (a block size
+                // above ALIGN, say): the same bytes go through the cache instead.
+                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => self.buffered.write_all_at(block, offset),
+                written => written,
+            };
             self.spare.lock().expect("not poisoned").push(buffer);
             written?;
         }
