@@ -18,7 +18,7 @@ use object_store::{
     local::LocalFileSystem,
     path::Path,
     signer::Signer,
-    ObjectStore, ObjectStoreExt, WriteMultipart,
+    MultipartUpload, ObjectStore, ObjectStoreExt, WriteMultipart,
 };
 
 pub use error::OutputError;
@@ -118,22 +118,22 @@ impl Output {
     pub async fn create(&self, key: &str) -> Result<OutputFile, OutputError> {
         let (store, path, destination) = self.locate(key, true).await?;
         let action = format!("writing {key}");
-        if let Place::Local { store: local, .. } = &self.place {
-            let file = local.path_to_filesystem(&path).map_err(|e| OutputError::store(&destination, &action, e))?;
-            let upload = tokio::task::spawn_blocking(move || direct::DirectUpload::create(file))
-                .await
-                .map_err(std::io::Error::other)
-                .and_then(|created| created)
-                .map_err(|e| OutputError::Storage { destination: destination.clone(), action: action.clone(), reason: e.to_string() })?;
-            let upload = WriteMultipart::new_with_chunk_size(Box::new(upload), self.part_size);
-            return Ok(OutputFile { upload, bytes: 0, destination, action });
-        }
-        // Signed URLs are fetched from the store directly: the blob carries the NDJSON type.
-        let mut options = object_store::PutMultipartOptions::default();
-        if !matches!(self.place, Place::Local { .. }) {
-            options.attributes.insert(object_store::Attribute::ContentType, NDJSON.into());
-        }
-        let upload = store.put_multipart_opts(&path, options).await.map_err(|e| OutputError::store(&destination, &action, e))?;
+        let upload: Box<dyn MultipartUpload> = match &self.place {
+            Place::Local { store, .. } => {
+                let file = store.path_to_filesystem(&path).map_err(|e| OutputError::store(&destination, &action, e))?;
+                let created = tokio::task::spawn_blocking(move || direct::DirectUpload::create(file)).await;
+                let upload = created.map_err(std::io::Error::other).and_then(|created| created).map_err(|e| {
+                    OutputError::Storage { destination: destination.clone(), action: action.clone(), reason: e.to_string() }
+                })?;
+                Box::new(upload)
+            }
+            _ => {
+                // Signed URLs are fetched from the store directly: the blob carries the NDJSON type.
+                let mut options = object_store::PutMultipartOptions::default();
+                options.attributes.insert(object_store::Attribute::ContentType, NDJSON.into());
+                store.put_multipart_opts(&path, options).await.map_err(|e| OutputError::store(&destination, &action, e))?
+            }
+        };
         Ok(OutputFile { upload: WriteMultipart::new_with_chunk_size(upload, self.part_size), bytes: 0, destination, action })
     }
 
