@@ -17,14 +17,10 @@ use crate::store::StoreError;
 /// Room allocated per chunk. A chunk is handed over before a row would overflow it, so it is
 /// never grown (only a row larger than this gets a larger chunk of its own) and its whole
 /// allocation is text: the output keeps chunks as they are until they are written.
-/// Small chunks keep RSS down: chunks are allocated on the reader's thread and freed on
-/// another, and the allocator held on to large ones. A 1M system export peaked at 101-153 MB
-/// with 256 KiB, growing from one export to the next in a process, and at 74-97 MB with 64 KiB,
-/// at the same speed within the noise.
-const CHUNK_BYTES: usize = 64 * 1024;
+const CHUNK_BYTES: usize = 256 * 1024;
 
 /// Chunks queued between the reader and the export. With the one being filled and the one being
-/// written, what an export holds in flight is about six chunks (384 KiB), whatever the table size.
+/// written, what an export holds in flight is about six chunks (1.5 MiB), whatever the table size.
 const CHUNKS_IN_FLIGHT: usize = 4;
 
 /// SQLite virtual-machine steps between checks that the export still wants rows, so a query
