@@ -47,12 +47,15 @@ struct State {
 }
 
 impl DirectUpload {
-    /// Creates the staging file for `dest` (and `dest`'s folders). Blocking.
-    pub fn create(dest: PathBuf) -> io::Result<Self> {
-        let (buffered, staging) = create_staging(&dest)?;
-        let direct = open_direct(&staging);
-        let state = State { dest, buffered, direct, spare: Mutex::new(Vec::new()) };
-        Ok(Self { state: Arc::new(state), staging: Some(staging), offset: 0 })
+    /// Creates the staging file for `dest` (and `dest`'s folders).
+    pub async fn create(dest: PathBuf) -> object_store::Result<Self> {
+        blocking(move || {
+            let (buffered, staging) = create_staging(&dest)?;
+            let direct = open_direct(&staging);
+            let state = State { dest, buffered, direct, spare: Mutex::new(Vec::new()) };
+            Ok(Self { state: Arc::new(state), staging: Some(staging), offset: 0 })
+        })
+        .await
     }
 
     /// Whether whole blocks bypass the page cache.
@@ -68,9 +71,7 @@ impl MultipartUpload for DirectUpload {
         let offset = self.offset;
         self.offset += data.content_length() as u64;
         let state = self.state.clone();
-        tokio::task::spawn_blocking(move || state.write_part(offset, &data).map_err(io_error))
-            .map(|joined| joined.map_err(|e| io_error(io::Error::other(e)))?)
-            .boxed()
+        blocking(move || state.write_part(offset, &data)).boxed()
     }
 
     async fn complete(&mut self) -> object_store::Result<PutResult> {
@@ -238,7 +239,7 @@ mod tests {
     async fn parts_land_at_their_offsets_and_the_file_appears_on_complete() {
         let dir = tempfile::tempdir().unwrap();
         let dest = dir.path().join("job/Patient-1.ndjson");
-        let mut upload = DirectUpload::create(dest.clone()).unwrap();
+        let mut upload = DirectUpload::create(dest.clone()).await.unwrap();
         // Checks that the direct path is taken at all. It fails where the temporary directory
         // refuses direct I/O (tmpfs before Linux 6.6): run with TMPDIR on a disk there.
         assert!(upload.is_direct(), "direct I/O refused in {}", dir.path().display());
@@ -262,7 +263,7 @@ mod tests {
     async fn unaligned_parts_are_written_too() {
         let dir = tempfile::tempdir().unwrap();
         let dest = dir.path().join("odd.ndjson");
-        let mut upload = DirectUpload::create(dest.clone()).unwrap();
+        let mut upload = DirectUpload::create(dest.clone()).await.unwrap();
         upload.put_part(payload(&[b"12345"])).await.unwrap();
         upload.put_part(payload(&[&[b'x'; ALIGN + 7]])).await.unwrap();
         upload.complete().await.unwrap();
@@ -272,10 +273,10 @@ mod tests {
     #[tokio::test]
     async fn abort_and_drop_remove_the_staging_file() {
         let dir = tempfile::tempdir().unwrap();
-        let mut aborted = DirectUpload::create(dir.path().join("a.ndjson")).unwrap();
+        let mut aborted = DirectUpload::create(dir.path().join("a.ndjson")).await.unwrap();
         aborted.put_part(payload(&[b"a"])).await.unwrap();
         aborted.abort().await.unwrap();
-        drop(DirectUpload::create(dir.path().join("b.ndjson")).unwrap());
+        drop(DirectUpload::create(dir.path().join("b.ndjson")).await.unwrap());
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
     }
 }

@@ -118,20 +118,17 @@ impl Output {
     pub async fn create(&self, key: &str) -> Result<OutputFile, OutputError> {
         let (store, path, destination) = self.locate(key, true).await?;
         let action = format!("writing {key}");
+        let error = |e| OutputError::store(&destination, &action, e);
         let upload: Box<dyn MultipartUpload> = match &self.place {
             Place::Local { store, .. } => {
-                let file = store.path_to_filesystem(&path).map_err(|e| OutputError::store(&destination, &action, e))?;
-                let created = tokio::task::spawn_blocking(move || direct::DirectUpload::create(file)).await;
-                let upload = created.map_err(std::io::Error::other).and_then(|created| created).map_err(|e| {
-                    OutputError::Storage { destination: destination.clone(), action: action.clone(), reason: e.to_string() }
-                })?;
-                Box::new(upload)
+                let file = store.path_to_filesystem(&path).map_err(error)?;
+                Box::new(direct::DirectUpload::create(file).await.map_err(error)?)
             }
             _ => {
                 // Signed URLs are fetched from the store directly: the blob carries the NDJSON type.
                 let mut options = object_store::PutMultipartOptions::default();
                 options.attributes.insert(object_store::Attribute::ContentType, NDJSON.into());
-                store.put_multipart_opts(&path, options).await.map_err(|e| OutputError::store(&destination, &action, e))?
+                store.put_multipart_opts(&path, options).await.map_err(error)?
             }
         };
         Ok(OutputFile { upload: WriteMultipart::new_with_chunk_size(upload, self.part_size), bytes: 0, destination, action })
