@@ -184,6 +184,39 @@ backend_tests! {
         let exported = app.download_all(&manifest).await;
         assert_eq!(exported["Observation"].len(), 7, "six own observations plus the shared one, once");
     }
+
+    async fn patient_export_holds_the_compartments_of_patients_that_exist(backend: Backend) {
+        let app = spawn_app(backend).await;
+        for id in ["p1", "p2"] {
+            assert!(app.put(&json!({"resourceType": "Patient", "id": id})).await.status().is_success());
+            let obs = json!({"resourceType": "Observation", "id": format!("obs-{id}"), "status": "final",
+                             "code": {"text": "x"}, "subject": {"reference": format!("Patient/{id}")}});
+            assert!(app.put(&obs).await.status().is_success());
+        }
+        // In two compartments, each patient first in one of the pair.
+        for (id, subject, performer) in [("shared-12", "p1", "p2"), ("shared-21", "p2", "p1")] {
+            let obs = json!({"resourceType": "Observation", "id": id, "status": "final", "code": {"text": "x"},
+                             "subject": {"reference": format!("Patient/{subject}")},
+                             "performer": [{"reference": format!("Patient/{performer}")}]});
+            assert!(app.put(&obs).await.status().is_success());
+        }
+        let orphan = json!({"resourceType": "Observation", "id": "no-patient", "status": "final", "code": {"text": "x"}});
+        assert!(app.put(&orphan).await.status().is_success());
+
+        let observations = async || -> Vec<String> {
+            let manifest = app.wait_for_manifest(&app.kick_off("/Patient/$export?_type=Observation").await).await;
+            let exported = app.download_all(&manifest).await;
+            let mut ids: Vec<String> =
+                exported.get("Observation").into_iter().flatten().map(|r| r["id"].as_str().unwrap().to_owned()).collect();
+            ids.sort();
+            ids
+        };
+        assert_eq!(observations().await, ["obs-p1", "obs-p2", "shared-12", "shared-21"]);
+        assert_eq!(app.client.delete(app.url("/Patient/p1")).send().await.unwrap().status(), 204);
+        assert_eq!(observations().await, ["obs-p2", "shared-12", "shared-21"], "still in p2's compartment");
+        assert_eq!(app.client.delete(app.url("/Patient/p2")).send().await.unwrap().status(), 204);
+        assert_eq!(observations().await, Vec::<String>::new());
+    }
 }
 
 backend_tests! {

@@ -68,3 +68,49 @@ fn instant(micros: i64) -> DateTime<Utc> {
 fn now_micros() -> i64 {
     micros(Utc::now())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A database made before migration 0005, upgraded: each version's `patients` is filled in
+    /// from its compartment rows, current and historical alike.
+    #[tokio::test]
+    async fn migration_0005_fills_in_the_patients_of_each_version() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("old.db").display());
+        let options = SqliteConnectOptions::from_str(&url).unwrap().create_if_missing(true);
+        let pool = SqlitePoolOptions::new().connect_with(options).await.unwrap();
+        let mut before = sqlx::migrate!("./migrations/sqlite");
+        before.migrations = before.migrations.iter().filter(|m| m.version < 5).cloned().collect::<Vec<_>>().into();
+        before.run(&pool).await.unwrap();
+        sqlx::raw_sql(
+            "INSERT INTO resources (resource_type, id, version_id, last_updated, body) VALUES \
+               ('Observation', 'one', 2, 2, '{}'), ('Observation', 'two', 1, 1, '{}'), ('Organization', 'none', 1, 1, '{}'); \
+             INSERT INTO resource_history (resource_type, id, version_id, last_updated, superseded_at, deleted, body) VALUES \
+               ('Observation', 'one', 1, 1, 2, 0, '{}'); \
+             INSERT INTO compartment_members (patient_id, resource_type, id, version_id) VALUES \
+               ('a', 'Observation', 'one', 1), ('b', 'Observation', 'one', 2), \
+               ('a', 'Observation', 'two', 1), ('b', 'Observation', 'two', 1);",
+        )
+        .execute(&pool)
+        .await
+        .unwrap();
+        pool.close().await;
+
+        let store = SqliteStore::connect(&url, 1).await.unwrap();
+        let rows: Vec<(String, i64, Option<String>)> = sqlx::query_as(
+            "SELECT id, version_id, patients FROM resources UNION ALL SELECT id, version_id, patients FROM resource_history",
+        )
+        .fetch_all(&store.pool)
+        .await
+        .unwrap();
+        // group_concat's order is unspecified: each version's patients compare as a set.
+        let set = |p: &str| p.split(' ').map(str::to_owned).collect::<std::collections::BTreeSet<String>>();
+        let mut rows: Vec<_> = rows.into_iter().map(|(id, v, p)| (id, v, p.as_deref().map(set))).collect();
+        rows.sort();
+        let expected =
+            [("none".into(), 1, None), ("one".into(), 1, Some(set("a"))), ("one".into(), 2, Some(set("b"))), ("two".into(), 1, Some(set("a b")))];
+        assert_eq!(rows, expected);
+    }
+}

@@ -22,15 +22,16 @@ use crate::{
     store::{is_bulk, Applied, ResourceStore, Scope, Selection, Stored, StoreError, Write},
 };
 
-/// Rows per multi-row statement of the bulk path (at most 5 bound values a row, well under
+/// Rows per multi-row statement of the bulk path (at most 7 bound values a row, well under
 /// SQLite's limit on parameters). Each statement is one round trip to SQLite's thread.
 const ROWS_PER_STATEMENT: usize = 200;
 
-/// Versions of `?1` current at `?2` (microseconds): `(id, version_id, last_updated, body)`.
-const VERSIONS_AT: &str = "SELECT id, version_id, last_updated, body FROM resources \
+/// Versions of `?1` current at `?2` (microseconds): `(id, version_id, last_updated, body,
+/// patients)`.
+const VERSIONS_AT: &str = "SELECT id, version_id, last_updated, body, patients FROM resources \
        WHERE resource_type = ?1 AND last_updated <= ?2 AND deleted = 0 \
      UNION ALL \
-     SELECT id, version_id, last_updated, body FROM resource_history \
+     SELECT id, version_id, last_updated, body, patients FROM resource_history \
        WHERE resource_type = ?1 AND last_updated <= ?2 AND superseded_at > ?2 AND deleted = 0";
 
 /// Deletions of `?1` that stand at `?2`: `(id, version_id, last_updated)`, where
@@ -184,17 +185,9 @@ fn deleted_query(selection: &Selection) -> (String, Option<String>) {
 /// the others keep their numbers. The
 /// text is built from constants only; every value is a bind parameter.
 fn export_query(selection: &Selection) -> (String, Option<String>) {
-    // The unary `+` keeps SQLite from probing the index once per listed patient for every row
-    // (a 100-patient list made it 6x slower); it probes by resource, then checks the list.
-    let member = |patients: &str| {
-        format!(
-            " AND EXISTS (SELECT 1 FROM compartment_members c WHERE c.resource_type = ?1 AND c.id = v.id \
-             AND c.version_id = v.version_id AND +c.patient_id IN ({patients}))"
-        )
-    };
     let (scope, job) = match &selection.scope {
         Scope::All => (String::new(), None),
-        Scope::AllPatients => (member(PATIENTS_AT), None),
+        Scope::AllPatients => (in_patient_compartment(), None),
         // The rows come from the group's own list (`GROUP_VERSIONS_AT`): nothing to add.
         Scope::JobPatients(job) => (String::new(), Some(job.to_string())),
         // The rows come from the patient's compartment rows (`PATIENT_VERSIONS_AT`).
@@ -231,6 +224,19 @@ fn export_query(selection: &Selection) -> (String, Option<String>) {
     (format!("SELECT v.body FROM ({source}) v WHERE (?3 IS NULL OR v.last_updated > ?3) AND (?9 IS NULL OR v.last_updated < ?9){scope}{narrowing}"), job)
 }
 
+/// A version of `VERSIONS_AT` in the compartment of a patient that exists at `?2`. Almost every
+/// version has one patient, so its `patients` column is the id, checked against the patients
+/// read once into a temporary index. A version in several compartments is checked through
+/// its compartment rows; the unary `+` keeps SQLite from probing the index once per patient
+/// for every row (a 100-patient list made it 6x slower): it probes by resource, then checks
+/// the list.
+fn in_patient_compartment() -> String {
+    format!(
+        " AND (v.patients IN ({PATIENTS_AT}) OR (instr(v.patients, ' ') > 0 AND EXISTS (SELECT 1 FROM compartment_members c \
+           WHERE c.resource_type = ?1 AND c.id = v.id AND c.version_id = v.version_id AND +c.patient_id IN ({PATIENTS_AT}))))"
+    )
+}
+
 /// `VERSIONS_AT` for a Group export (`?4` the job): the versions in the compartments of the
 /// job's patients, found from the patients, then each version by key, so the cost follows the
 /// group's size and not the database's. CROSS JOIN fixes that join order; DISTINCT: a resource
@@ -261,8 +267,8 @@ async fn current(conn: &mut SqliteConnection, t: &str, id: &str) -> Result<Optio
 
 async fn keep_history(conn: &mut SqliteConnection, t: &str, id: &str, now: DateTime<Utc>) -> Result<(), StoreError> {
     sqlx::query(
-        "INSERT INTO resource_history (resource_type, id, version_id, last_updated, superseded_at, deleted, body) \
-         SELECT resource_type, id, version_id, last_updated, ?3, deleted, body FROM resources \
+        "INSERT INTO resource_history (resource_type, id, version_id, last_updated, superseded_at, deleted, body, patients) \
+         SELECT resource_type, id, version_id, last_updated, ?3, deleted, body, patients FROM resources \
          WHERE resource_type = ?1 AND id = ?2",
     )
     .bind(t)
@@ -282,15 +288,17 @@ async fn save_one(conn: &mut SqliteConnection, resource: Resource, now: DateTime
         keep_history(conn, t, &id, now).await?;
     }
     sqlx::query(
-        "INSERT INTO resources (resource_type, id, version_id, last_updated, deleted, body) VALUES (?1, ?2, ?3, ?4, 0, ?5) \
-         ON CONFLICT (resource_type, id) DO UPDATE \
-           SET version_id = excluded.version_id, last_updated = excluded.last_updated, deleted = 0, body = excluded.body",
+        "INSERT INTO resources (resource_type, id, version_id, last_updated, deleted, body, patients) \
+         VALUES (?1, ?2, ?3, ?4, 0, ?5, ?6) \
+         ON CONFLICT (resource_type, id) DO UPDATE SET version_id = excluded.version_id, \
+           last_updated = excluded.last_updated, deleted = 0, body = excluded.body, patients = excluded.patients",
     )
     .bind(t)
     .bind(&id)
     .bind(version_id)
     .bind(micros(now))
     .bind(&body)
+    .bind(patients_column(&resource))
     .execute(&mut *conn)
     .await?;
     for patient in resource.compartment_patients().iter() {
@@ -317,7 +325,7 @@ async fn delete_one(
     if let Some(version_id) = new_version {
         keep_history(conn, t, id.as_str(), now).await?;
         sqlx::query(
-            "UPDATE resources SET version_id = ?3, last_updated = ?4, deleted = 1, body = NULL \
+            "UPDATE resources SET version_id = ?3, last_updated = ?4, deleted = 1, body = NULL, patients = NULL \
              WHERE resource_type = ?1 AND id = ?2",
         )
         .bind(t)
@@ -358,10 +366,10 @@ async fn bulk_save(conn: &mut SqliteConnection, writes: Vec<Write>, now: DateTim
         resources.iter().filter(|r| existing.contains_key(&(r.resource_type.to_string(), r.id.to_string()))).collect();
     for chunk in replaced.chunks(ROWS_PER_STATEMENT) {
         let mut query = QueryBuilder::<Sqlite>::new(
-            "INSERT INTO resource_history (resource_type, id, version_id, last_updated, superseded_at, deleted, body) \
+            "INSERT INTO resource_history (resource_type, id, version_id, last_updated, superseded_at, deleted, body, patients) \
              SELECT resource_type, id, version_id, last_updated, ",
         );
-        query.push_bind(now_micros).push(", deleted, body FROM resources WHERE (resource_type, id) IN (");
+        query.push_bind(now_micros).push(", deleted, body, patients FROM resources WHERE (resource_type, id) IN (");
         push_keys(&mut query, chunk.iter().map(|r| (r.resource_type.as_str(), r.id.as_str())));
         query.push(")");
         query.build().execute(&mut *conn).await?;
@@ -376,16 +384,18 @@ async fn bulk_save(conn: &mut SqliteConnection, writes: Vec<Write>, now: DateTim
         let body = resource.render(version_id, now);
         members.extend(resource.compartment_patients().iter().map(|p| (p.as_str(), resource.resource_type.as_str(), resource.id.as_str(), version_id)));
         applied.push(Applied::saved(resource, version_id, now, current, None));
-        rows.push((resource.resource_type.as_str(), resource.id.as_str(), version_id, body));
+        rows.push((resource.resource_type.as_str(), resource.id.as_str(), version_id, body, patients_column(resource)));
     }
     for chunk in rows.chunks(ROWS_PER_STATEMENT) {
-        let mut query = QueryBuilder::<Sqlite>::new("INSERT INTO resources (resource_type, id, version_id, last_updated, deleted, body) ");
-        query.push_values(chunk, |mut row, (t, id, version_id, body)| {
+        let mut query =
+            QueryBuilder::<Sqlite>::new("INSERT INTO resources (resource_type, id, version_id, last_updated, deleted, body, patients) ");
+        query.push_values(chunk, |mut row, (t, id, version_id, body, patients)| {
             row.push_bind(*t).push_bind(*id).push_bind(*version_id).push_bind(now_micros).push_bind(0).push_bind(body.as_str());
+            row.push_bind(patients.as_deref());
         });
         query.push(
             " ON CONFLICT (resource_type, id) DO UPDATE SET version_id = excluded.version_id, \
-              last_updated = excluded.last_updated, deleted = 0, body = excluded.body",
+              last_updated = excluded.last_updated, deleted = 0, body = excluded.body, patients = excluded.patients",
         );
         query.build().execute(&mut *conn).await?;
     }
@@ -397,6 +407,13 @@ async fn bulk_save(conn: &mut SqliteConnection, writes: Vec<Write>, now: DateTim
         query.build().execute(&mut *conn).await?;
     }
     Ok(applied)
+}
+
+/// The `patients` column of a version (migration 0005): its compartment patients,
+/// space-separated, NULL when none. A FHIR id has no spaces.
+fn patients_column(resource: &Resource) -> Option<String> {
+    let patients = resource.compartment_patients();
+    (!patients.is_empty()).then(|| patients.iter().map(ResourceId::as_str).collect::<Vec<_>>().join(" "))
 }
 
 /// `(?, ?), (?, ?), ...` for a row-value IN list.
