@@ -4,6 +4,7 @@
 //! are woken in-process (other processes on the same file find work by polling).
 
 mod auth;
+mod chunks;
 mod jobs;
 mod queue;
 mod reader;

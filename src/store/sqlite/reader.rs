@@ -5,19 +5,15 @@
 //! profile of a system export put most of its time there, and in the kernel's context switches.
 //! One statement is one read transaction, so in WAL mode it reads one consistent snapshot.
 
-use std::{path::PathBuf, time::Duration};
+use std::{path::PathBuf, sync::Arc, time::Duration};
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::Bytes;
 use futures::{stream::BoxStream, StreamExt};
 use rusqlite::{types::Value, types::ValueRef, OpenFlags};
 use tokio::sync::mpsc;
 
+use super::chunks::{ChunkPool, CHUNK_BYTES};
 use crate::store::StoreError;
-
-/// Room allocated per chunk. A chunk is handed over before a row would overflow it, so it is
-/// never grown (only a row larger than this gets a larger chunk of its own) and its whole
-/// allocation is text: the output keeps chunks as they are until they are written.
-const CHUNK_BYTES: usize = 256 * 1024;
 
 /// Chunks queued between the reader and the export. With the one being filled and the one being
 /// written, what an export holds in flight is about six chunks (1.5 MiB), whatever the table size.
@@ -32,16 +28,17 @@ const STEPS_PER_CHECK: i32 = 100_000;
 /// readers at 4 MiB added 16 MB to peak RSS on a large database and not on a small one.
 const CACHE_SIZE_KIB: i64 = 1024;
 
-/// Where readers open their connections: the pool's database.
+/// Where readers open their connections (the pool's database), and their chunk buffers.
 #[derive(Debug, Clone)]
 pub(super) struct ReadSource {
     filename: PathBuf,
+    chunks: Arc<ChunkPool>,
 }
 
 impl ReadSource {
     /// `filename` as sqlx has it (`SqliteConnectOptions::get_filename`).
     pub fn new(filename: PathBuf) -> Self {
-        Self { filename }
+        Self { filename, chunks: Arc::default() }
     }
 
     fn open(&self) -> rusqlite::Result<rusqlite::Connection> {
@@ -82,24 +79,25 @@ fn read(source: &ReadSource, sql: &str, params: Vec<Value>, tx: mpsc::Sender<Byt
     conn.progress_handler(STEPS_PER_CHECK, Some(move || watch.is_closed()))?;
     let mut statement = conn.prepare(sql)?;
     let mut rows = statement.query(rusqlite::params_from_iter(params))?;
-    let mut chunk = BytesMut::with_capacity(CHUNK_BYTES);
+    let pool = &source.chunks;
+    let mut chunk = pool.take();
     while let Some(row) = rows.next()? {
         let text = match row.get_ref(0)? {
             ValueRef::Text(text) => text,
             other => return Err(rusqlite::Error::InvalidColumnType(0, "text".into(), other.data_type())),
         };
-        if !chunk.is_empty() && chunk.len() + text.len() + 1 > chunk.capacity() {
-            let full = std::mem::replace(&mut chunk, BytesMut::with_capacity(CHUNK_BYTES));
-            if tx.blocking_send(full.freeze()).is_err() {
+        if !chunk.is_empty() && chunk.len() + text.len() + 1 > CHUNK_BYTES {
+            let full = std::mem::replace(&mut chunk, pool.take());
+            if tx.blocking_send(pool.bytes(full)).is_err() {
                 return Ok(()); // the export was dropped: nobody to tell
             }
         }
-        chunk.put_slice(text);
-        chunk.put_u8(b'\n');
+        chunk.extend_from_slice(text);
+        chunk.push(b'\n');
     }
     if !chunk.is_empty() {
         // Fails only when the export was dropped: nobody to tell.
-        tx.blocking_send(chunk.freeze()).ok();
+        tx.blocking_send(pool.bytes(chunk)).ok();
     }
     Ok(())
 }
