@@ -294,6 +294,19 @@ pub struct Stores {
     pub auth: Arc<dyn AuthStore>,
 }
 
+/// Logs that this start upgrades an existing database's schema, before the migrations run: one
+/// that rewrites a large table takes a while (SQLite's 0005: about 30 s per million resources),
+/// and the server says nothing else meanwhile. `applied` is the latest version already applied
+/// (None for a new database, which has nothing to rewrite).
+fn announce_upgrade(applied: Option<i64>, migrator: &sqlx::migrate::Migrator) {
+    let latest = migrator.iter().map(|m| m.version).max();
+    if let (Some(applied), Some(latest)) = (applied, latest) {
+        if applied < latest {
+            tracing::info!(from = applied, to = latest, "upgrading the database schema; on a large database this can take minutes");
+        }
+    }
+}
+
 impl Stores {
     /// Connects to the database named by the URL and applies migrations.
     pub async fn connect(url: &str, pool_size: u32) -> Result<Self, StoreError> {

@@ -41,7 +41,11 @@ impl PgStore {
             .acquire_timeout(Duration::from_secs(10))
             .connect_with(options)
             .await?;
-        sqlx::migrate!("./migrations/postgres").run(&pool).await?;
+        let migrator = sqlx::migrate!("./migrations/postgres");
+        // Fails on a new database, which has no migrations table yet.
+        let applied = sqlx::query_scalar("SELECT max(version) FROM _sqlx_migrations").fetch_one(&pool).await.ok().flatten();
+        super::announce_upgrade(applied, &migrator);
+        migrator.run(&pool).await?;
         let work = Arc::new(Notify::new());
         let listener = tokio::spawn(listen_for_work(pool.clone(), work.clone()));
         Ok(Self { pool, work, listener })
