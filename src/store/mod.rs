@@ -300,10 +300,8 @@ pub struct Stores {
 /// (None for a new database, which has nothing to rewrite).
 fn announce_upgrade(applied: Option<i64>, migrator: &sqlx::migrate::Migrator) {
     let latest = migrator.iter().map(|m| m.version).max();
-    if let (Some(applied), Some(latest)) = (applied, latest) {
-        if applied < latest {
-            tracing::info!(from = applied, to = latest, "upgrading the database schema; on a large database this can take minutes");
-        }
+    if let Some((applied, latest)) = applied.zip(latest).filter(|(applied, latest)| applied < latest) {
+        tracing::info!(from = applied, to = latest, "upgrading the database schema; on a large database this can take minutes");
     }
 }
 
