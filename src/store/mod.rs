@@ -296,9 +296,17 @@ pub struct Stores {
 
 /// Logs that this start upgrades an existing database's schema, before the migrations run: one
 /// that rewrites a large table takes a while (SQLite's 0005: about 30 s per million resources),
-/// and the server says nothing else meanwhile. `applied` is the latest version already applied
-/// (None for a new database, which has nothing to rewrite).
-fn announce_upgrade(applied: Option<i64>, migrator: &sqlx::migrate::Migrator) {
+/// and the server says nothing else meanwhile.
+async fn announce_upgrade<DB: sqlx::Database>(pool: &sqlx::Pool<DB>, migrator: &sqlx::migrate::Migrator)
+where
+    DB::Connection: sqlx::migrate::Migrate,
+{
+    use sqlx::migrate::Migrate;
+    let Ok(mut conn) = pool.acquire().await else { return };
+    // Fails on a new database, which has no migrations table yet: nothing to rewrite. (Creating
+    // it here would race other nodes starting; `run` does that under its lock.)
+    let Ok(applied) = conn.list_applied_migrations(&migrator.table_name).await else { return };
+    let applied = applied.iter().map(|m| m.version).max();
     let latest = migrator.iter().map(|m| m.version).max();
     if let Some((applied, latest)) = applied.zip(latest).filter(|(applied, latest)| applied < latest) {
         tracing::info!(from = applied, to = latest, "upgrading the database schema; on a large database this can take minutes");

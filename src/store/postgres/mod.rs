@@ -42,9 +42,7 @@ impl PgStore {
             .connect_with(options)
             .await?;
         let migrator = sqlx::migrate!("./migrations/postgres");
-        // Fails on a new database, which has no migrations table yet.
-        let applied = sqlx::query_scalar("SELECT max(version) FROM _sqlx_migrations").fetch_one(&pool).await.ok().flatten();
-        super::announce_upgrade(applied, &migrator);
+        super::announce_upgrade(&pool, &migrator).await;
         migrator.run(&pool).await?;
         let work = Arc::new(Notify::new());
         let listener = tokio::spawn(listen_for_work(pool.clone(), work.clone()));

@@ -48,9 +48,7 @@ impl SqliteStore {
         let reads = reader::ReadSource::new(options.get_filename().to_path_buf());
         let pool = SqlitePoolOptions::new().max_connections(pool_size).connect_with(options).await?;
         let migrator = sqlx::migrate!("./migrations/sqlite");
-        // Fails on a new database, which has no migrations table yet.
-        let applied = sqlx::query_scalar("SELECT max(version) FROM _sqlx_migrations").fetch_one(&pool).await.ok().flatten();
-        super::announce_upgrade(applied, &migrator);
+        super::announce_upgrade(&pool, &migrator).await;
         migrator.run(&pool).await?;
         Ok(Self { pool, reads, work: Arc::new(Notify::new()) })
     }
