@@ -6,6 +6,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod background;
 pub mod config;
 pub mod export;
 pub mod fhir;

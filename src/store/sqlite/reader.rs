@@ -61,7 +61,8 @@ impl ReadSource {
 pub(super) fn lines(source: ReadSource, sql: String, params: Vec<Value>) -> BoxStream<'static, Result<Bytes, StoreError>> {
     async_stream::try_stream! {
         let (tx, mut rx) = mpsc::channel(CHUNKS_IN_FLIGHT);
-        let reader = tokio::task::spawn_blocking(move || read(&source, &sql, params, tx));
+        // On a background thread: an export's reading yields to request handling.
+        let reader = crate::background::spawn_blocking(move || read(&source, &sql, params, tx));
         while let Some(chunk) = rx.recv().await {
             yield chunk;
         }
