@@ -10,6 +10,8 @@ in the same run right beside each figure:
   system      GET /$export to the local dir    vs  COPY (SELECT body ...) TO STDOUT via psql
                                                    > /dev/null / sqlite3 SELECT body > /dev/null,
                                                    after one untimed read of the same (both warm)
+  disk        the time this disk takes to write as many bytes as the export wrote (O_DIRECT):
+              the export cannot be faster than this either
   patient     GET /Patient/$export             vs  system export
   group       GET /Group/{100 patients}/$export, at both sizes (its cost should not grow)
   status      wrk on the status URL from a system export's kick-off to its completion:
@@ -21,6 +23,7 @@ Standard library only.
 
 import glob
 import json
+import mmap
 import os
 import re
 import shutil
@@ -153,6 +156,25 @@ class Server:
         shutil.rmtree(self.out, ignore_errors=True)
 
 
+def disk_write_seconds(nbytes):
+    """Time to write `nbytes` of random data to the benchmark's disk with O_DIRECT in 1 MiB
+    blocks, then fsync: what the disk alone needs for the export's bytes. A faster read
+    ceiling than this cannot be reached by any export that writes its files to this disk."""
+    block = mmap.mmap(-1, 1 << 20)  # page-aligned, as O_DIRECT wants
+    block.write(os.urandom(1 << 20))
+    path = os.path.join(WORK, "disk-write-test")
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_DIRECT)
+    try:
+        start = time.perf_counter()
+        for _ in range(-(-nbytes // (1 << 20))):
+            os.write(fd, block)
+        os.fsync(fd)
+        return time.perf_counter() - start
+    finally:
+        os.close(fd)
+        os.remove(path)
+
+
 def load(db_url, files):
     with open(os.path.join(WORK, "load.log"), "a") as out:
         seconds, _ = timed(lambda: run([BIN, "load", "--database-url", db_url, *files], stdout=out, stderr=out))
@@ -244,12 +266,14 @@ def bench(db, quarter, rest, group):
             db.export_ceiling()
             n, b, s, rss = server.export("/$export")
             rows.append((db.name, size, "system export", n, b, s, rss, db.export_ceiling(), "ceiling: stored JSON to /dev/null"))
+            rows.append((db.name, size, "disk: write the same bytes", None, b, None, None, disk_write_seconds(b),
+                         "O_DIRECT, 1 MiB writes, fsync: the export's floor when above the ceiling"))
             log(f"{db.name}: group export at {size}")
             n, b, s, rss = server.export(f"/Group/{group}/$export")
             rows.append((db.name, size, "group export (100 patients)", n, b, s, rss, None, ""))
             if step == "full":
                 log(f"{db.name}: patient export")
-                system_seconds = rows[-2][5]
+                system_seconds = next(r[5] for r in reversed(rows) if r[0] == db.name and r[2] == "system export")
                 n, b, s, rss = server.export("/Patient/$export")
                 rows.append((db.name, size, "patient export", n, b, s, rss, system_seconds, "vs system export"))
                 log(f"{db.name}: status under load")
