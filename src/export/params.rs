@@ -83,13 +83,11 @@ impl RawParams {
         let mut pairs = url.0;
         for (name, value) in body.0 {
             let multi = name == TYPE_FILTER || LIST_PARAMS.contains(&name.as_str());
-            if !multi {
-                if let Some((_, in_url)) = pairs.iter().find(|(n, _)| *n == name) {
-                    if *in_url != value {
-                        return Err(ParamsError::Conflict { name, url: in_url.clone(), body: value });
-                    }
-                    continue;
+            if !multi && let Some((_, in_url)) = pairs.iter().find(|(n, _)| *n == name) {
+                if *in_url != value {
+                    return Err(ParamsError::Conflict { name, url: in_url.clone(), body: value });
                 }
+                continue;
             }
             pairs.push((name, value));
         }
