@@ -80,6 +80,15 @@ async fn run_until_ended(app: &TestApp, worker: &Worker, status_url: &str) -> re
     }
 }
 
+/// The diagnostics of a failed job's OperationOutcome.
+async fn failure(app: &TestApp, status_url: &str) -> String {
+    let response = app.client.get(status_url).send().await.unwrap();
+    assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    let outcome: Value = response.json().await.unwrap();
+    assert_eq!(outcome["resourceType"], "OperationOutcome");
+    outcome["issue"][0]["diagnostics"].as_str().unwrap().to_owned()
+}
+
 backend_tests! {
     async fn a_malformed_stored_date_does_not_stop_an_export(backend: Backend) {
         let app = spawn_app(backend).await;
@@ -147,6 +156,33 @@ backend_tests! {
         let status = app.kick_off("/$export?_type=Patient").await;
         let response = run_until_ended(&app, &worker, &status).await;
         assert_eq!(response.status(), StatusCode::OK);
+    }
+
+    async fn a_failed_jobs_outcome_speaks_the_clients_terms_without_paths_or_database_internals(backend: Backend) {
+        let app = spawn_app_with(backend, AppOptions { workers: 0, ..AppOptions::default() }).await;
+        assert!(app.put(&json!({"resourceType":"Patient","id":"a"})).await.status().is_success());
+
+        // The output directory turns into a file: the error names a server path.
+        let status = app.kick_off("/$export?_type=Patient").await;
+        let root = app.output_dir.path();
+        std::fs::remove_dir_all(root).unwrap();
+        std::fs::write(root, b"not a directory").unwrap();
+        app.drain().await;
+        let diagnostics = failure(&app, &status).await;
+        assert!(diagnostics.contains("exporting Patient failed") && diagnostics.contains("writing the export files"), "{diagnostics}");
+        assert!(!diagnostics.contains(root.to_str().unwrap()) && !diagnostics.contains("/tmp"), "{diagnostics}");
+        std::fs::remove_file(root).unwrap();
+        std::fs::create_dir(root).unwrap();
+
+        // The resources table is gone: the error is the database's own.
+        let status = app.kick_off("/$export?_type=Patient").await;
+        execute(&app.db, "ALTER TABLE resources RENAME TO resources_gone").await;
+        app.drain().await;
+        let diagnostics = failure(&app, &status).await;
+        assert!(diagnostics.contains("exporting Patient failed") && diagnostics.contains("reading the stored resources"), "{diagnostics}");
+        for internal in ["resources_gone", "relation", "no such table", "SELECT", "database error"] {
+            assert!(!diagnostics.contains(internal), "{diagnostics}");
+        }
     }
 
     async fn the_warnings_file_does_not_collide_with_exported_operation_outcomes(backend: Backend) {
