@@ -194,10 +194,18 @@ impl Worker {
         match end {
             TaskEnd::Done(files) => {
                 let count: i64 = files.iter().map(|f| f.count).sum();
-                if self.persist(lease, || queue.complete(task, files.clone())).await? {
-                    tracing::info!(resources = count, "task done");
-                } else {
-                    tracing::warn!("task finished after its job ended or its lease passed to another worker; its files are not listed");
+                match self.persist(lease, || queue.complete(task, files.clone())).await {
+                    Ok(true) => tracing::info!(resources = count, "task done"),
+                    Ok(false) => {
+                        tracing::warn!("task finished after its job ended or its lease passed to another worker; its files are not listed")
+                    }
+                    // Fails the same way on every attempt: say so now, not after the lease lapses.
+                    Err(e) if !e.is_transient() => {
+                        let mut failure = TaskFailure::store(&e);
+                        failure.client = "recording its files failed (the server log has the details)".into();
+                        return Box::pin(self.record(task, TaskEnd::Failed(failure), lease)).await;
+                    }
+                    Err(e) => return Err(e),
                 }
             }
             TaskEnd::Stopped => {

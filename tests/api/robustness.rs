@@ -174,6 +174,15 @@ backend_tests! {
         std::fs::remove_file(root).unwrap();
         std::fs::create_dir(root).unwrap();
 
+        // Recording the files fails the same way every time: the job fails at once, saying so
+        // (not a lease later, blaming lost workers).
+        let status = app.kick_off("/$export?_type=Patient").await;
+        execute(&app.db, "ALTER TABLE export_files RENAME TO export_files_gone").await;
+        app.drain().await;
+        let diagnostics = failure(&app, &status).await;
+        assert!(diagnostics.contains("exporting Patient failed: recording its files failed"), "{diagnostics}");
+        execute(&app.db, "ALTER TABLE export_files_gone RENAME TO export_files").await;
+
         // The resources table is gone: the error is the database's own.
         let status = app.kick_off("/$export?_type=Patient").await;
         execute(&app.db, "ALTER TABLE resources RENAME TO resources_gone").await;
