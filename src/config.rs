@@ -20,6 +20,9 @@ pub struct Settings {
     pub base_url: String,
     pub database_url: String,
     pub database_pool_size: u32,
+    /// How long a request or a worker waits for a Postgres connection before the database
+    /// counts as unreachable (a 503 for requests, a retry for export tasks).
+    pub database_acquire_timeout_millis: u64,
     pub output_dir: PathBuf,
     pub max_file_bytes: u64,
     pub part_size_bytes: usize,
@@ -160,6 +163,7 @@ impl Settings {
             ("max_attempts", self.max_attempts.max(0) as u128),
             ("sweep_seconds", self.sweep_seconds as u128),
             ("database_pool_size", self.database_pool_size as u128),
+            ("database_acquire_timeout_millis", self.database_acquire_timeout_millis as u128),
             ("request_timeout_seconds", self.request_timeout_seconds as u128),
             ("auth.token_seconds", self.auth.token_seconds as u128),
             ("auth.max_concurrent_exports", self.auth.max_concurrent_exports as u128),

@@ -35,7 +35,8 @@ impl Application {
             .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", settings.listen))?;
         let address = listener.local_addr()?;
         let base_url = settings.public_base_url(address);
-        let stores = Stores::connect(&settings.database_url, settings.database_pool_size)
+        let acquire_timeout = Duration::from_millis(settings.database_acquire_timeout_millis);
+        let stores = Stores::connect_with(&settings.database_url, settings.database_pool_size, acquire_timeout)
             .await
             .map_err(|e| anyhow::anyhow!("cannot open the database: {e}"))?;
         let output = Output::from_settings(&settings.output, &settings.output_dir, settings.part_size_bytes)?;

@@ -120,6 +120,10 @@ fn token_request(body: &[u8]) -> Result<TokenRequest, TokenError> {
 fn token_error(error: TokenError) -> Response {
     let status = match &error {
         TokenError::InvalidClient(_) => StatusCode::UNAUTHORIZED,
+        TokenError::Store(e) if e.is_transient() => {
+            tracing::warn!(error = %e, "the token endpoint could not reach the database");
+            StatusCode::SERVICE_UNAVAILABLE
+        }
         TokenError::Store(e) => {
             tracing::error!(error = %e, "the token endpoint could not reach the database");
             StatusCode::INTERNAL_SERVER_ERROR
@@ -131,7 +135,11 @@ fn token_error(error: TokenError) -> Response {
         other => other.to_string(),
     };
     tracing::info!(error = error.code(), %description, "token request refused");
-    (status, Json(json!({"error": error.code(), "error_description": description}))).into_response()
+    let mut response = (status, Json(json!({"error": error.code(), "error_description": description}))).into_response();
+    if status == StatusCode::SERVICE_UNAVAILABLE {
+        response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(5));
+    }
+    response
 }
 
 /// `.well-known/smart-configuration`, under the FHIR base and at the host root.

@@ -18,6 +18,9 @@ pub const FHIR_JSON: &str = "application/fhir+json";
 /// Seconds a client should wait after a 429 for too many exports.
 const TOO_MANY_RETRY_AFTER_SECONDS: u32 = 30;
 
+/// Seconds a client should wait after a 503 while the database is out of reach.
+const UNAVAILABLE_RETRY_AFTER_SECONDS: u32 = 5;
+
 #[derive(Debug)]
 pub struct ApiError {
     pub status: StatusCode,
@@ -49,6 +52,15 @@ impl ApiError {
         tracing::error!(error = %error_chain(error), "{what}");
         let (status, code) = (StatusCode::INTERNAL_SERVER_ERROR, IssueCode::Exception);
         Self::new(status, code, format!("{what}; the server log has the details"))
+    }
+
+    /// The database is out of reach for the moment: a 503 the client retries, never a 500 a
+    /// polling client would read as a failed export.
+    fn unavailable(error: &dyn std::error::Error) -> Self {
+        tracing::warn!(error = %error_chain(error), "the database is unreachable");
+        let diagnostics = "the database is unreachable for the moment; retry after the Retry-After delay";
+        Self::new(StatusCode::SERVICE_UNAVAILABLE, IssueCode::Transient, diagnostics)
+            .with_header(header::RETRY_AFTER, HeaderValue::from(UNAVAILABLE_RETRY_AFTER_SECONDS))
     }
 }
 
@@ -87,6 +99,7 @@ impl From<ExportError> for ApiError {
             ExportError::GroupNotFound(_) | ExportError::JobNotFound(_) | ExportError::FileNotFound { .. } => {
                 Self::not_found(text)
             }
+            ExportError::InvalidGroup { .. } => Self::new(StatusCode::UNPROCESSABLE_ENTITY, IssueCode::Processing, text),
             ExportError::Forbidden(_) => Self::new(StatusCode::FORBIDDEN, IssueCode::Forbidden, text),
             ExportError::TooManyExports { .. } => Self::new(StatusCode::TOO_MANY_REQUESTS, IssueCode::Throttled, text)
                 .with_header(header::RETRY_AFTER, HeaderValue::from(TOO_MANY_RETRY_AFTER_SECONDS)),
@@ -100,6 +113,7 @@ impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::Conflict(_) => Self::new(StatusCode::CONFLICT, IssueCode::Conflict, e.to_string()),
+            _ if e.is_transient() => Self::unavailable(&e),
             StoreError::Database(_) | StoreError::Reader(_) | StoreError::Migration(_) | StoreError::UnsupportedUrl(_) => {
                 Self::internal(&e, "the database failed")
             }

@@ -35,8 +35,17 @@ pub async fn members(
             tracing::warn!(group = %group_id, nested = %id, "nested Group does not exist; skipped");
             continue;
         };
-        let group: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
-        for member in group.get("member").and_then(Value::as_array).into_iter().flatten() {
+        let invalid = |reason: String| ExportError::InvalidGroup { id: id.to_string(), reason };
+        let group: Value = serde_json::from_str(&text).map_err(|e| invalid(format!("its stored text is not valid JSON ({e})")))?;
+        if !group.is_object() {
+            return Err(invalid("its stored text is not a JSON object".into()));
+        }
+        let members = match group.get("member") {
+            None | Some(Value::Null) => &[][..],
+            Some(Value::Array(members)) => members.as_slice(),
+            Some(_) => return Err(invalid("its 'member' is not a list".into())),
+        };
+        for member in members {
             if !is_current(member, as_of) {
                 continue;
             }

@@ -200,7 +200,7 @@ pub struct FileRecord {
 pub fn exhausted_outcome(resource_type: &str, attempts: i32) -> String {
     crate::fhir::OperationOutcome::error(
         crate::fhir::IssueCode::Exception,
-        format!("exporting {resource_type} stopped {attempts} times without finishing (workers lost their lease)"),
+        format!("exporting {resource_type} stopped {attempts} times without finishing (its workers died, lost their lease or could not reach the database)"),
     )
     .to_json()
 }

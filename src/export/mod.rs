@@ -3,6 +3,7 @@
 
 pub mod access;
 pub mod blocks;
+pub mod failure;
 pub mod fairness;
 pub mod file_sequence;
 pub mod group;
@@ -39,6 +40,9 @@ pub enum ExportError {
     UnknownParameter(String),
     #[error("Group/{0} does not exist")]
     GroupNotFound(String),
+    /// A stored Group whose members cannot be read: exporting it as empty would hide that.
+    #[error("Group/{id} cannot be exported: {reason}")]
+    InvalidGroup { id: String, reason: String },
     #[error("no export job {0}")]
     JobNotFound(String),
     #[error("no file '{name}' in export job {job}")]

@@ -15,7 +15,7 @@ use super::{
     job::{ClaimedTask, FileKind, FileRecord},
     pipeline::Pipeline,
     roller::Roller,
-    sources::{self, Halt, IdOnly, Lines},
+    sources::{self, invalid, Halt, IdOnly, Lines},
 };
 use crate::{
     fhir::{compartment, search::Narrowing, types::ResourceId, ResourceType},
@@ -44,8 +44,7 @@ pub async fn write(
     stop: &CancellationToken,
     written: &AtomicI64,
 ) -> Result<Vec<FileRecord>, Halt> {
-    let failed = |e: &dyn std::fmt::Display| Halt::Failed(e.to_string());
-    let present = stores.resources.types_present().await.map_err(|e| failed(&e))?;
+    let present = stores.resources.types_present().await?;
     let types = task.request.types_to_export(&present);
     let provenance_apart = task.request.associated.is_some();
     let (mut per_patient, apart): (Vec<ResourceType>, Vec<ResourceType>) = types
@@ -58,13 +57,13 @@ pub async fn write(
     let mut roller = BlockRoller::new(output, ORGANIZED_BY, "Patient-organized", key_dir.clone(), task.max_file_bytes);
     let blocks = async {
         for patient in &patients {
-            roller.start_block(Some(&header(patient))).await.map_err(|e| failed(&e))?;
+            roller.start_block(Some(&header(patient))).await?;
             for resource_type in &per_patient {
                 let Some(lines) = patient_lines(stores, task, resource_type, patient)? else { continue };
                 pour(lines, &mut roller, stop, written).await?;
             }
         }
-        roller.start_headerless_files().await.map_err(|e| failed(&e))?;
+        roller.start_headerless_files().await?;
         for resource_type in &apart {
             let source = sources::output(stores, task, resource_type.clone(), stop).await?;
             pour(source.lines, &mut roller, stop, written).await?;
@@ -76,7 +75,7 @@ pub async fn write(
         roller.abort().await;
         return Err(halt);
     }
-    let mut files = roller.finish().await.map_err(|e| failed(&e))?;
+    let mut files = roller.finish().await?;
     if task.request.since.is_some() {
         for resource_type in per_patient {
             files.extend(deletions(stores, output, task, resource_type, &key_dir, stop).await?);
@@ -114,7 +113,7 @@ async fn patients(stores: &Stores, task: &ClaimedTask, stop: &CancellationToken)
 /// One patient's resources of one type, as the type's task would export them; None when the
 /// type's `_typeFilter` cannot match in this patient's compartment.
 fn patient_lines(stores: &Stores, task: &ClaimedTask, resource_type: &ResourceType, patient: &ResourceId) -> Result<Option<Lines>, Halt> {
-    let pipeline = Pipeline::for_type(&task.request, resource_type).map_err(Halt::Failed)?;
+    let pipeline = Pipeline::for_type(&task.request, resource_type).map_err(invalid)?;
     let mut narrowing = sources::narrowing(task, resource_type)?;
     // A `_typeFilter` bound to other patients' compartments selects nothing in this block.
     match &narrowing.patients {
@@ -145,11 +144,11 @@ async fn pour(lines: Lines, roller: &mut BlockRoller<'_>, stop: &CancellationTok
         match next {
             None => return Ok(()),
             Some(Ok(chunk)) => {
-                roller.write(&chunk).await.map_err(|e| Halt::Failed(e.to_string()))?;
+                roller.write(&chunk).await?;
                 written.store(roller.lines() as i64, Ordering::Relaxed);
                 pacer.moved(chunk.len()).await;
             }
-            Some(Err(e)) => return Err(Halt::Failed(e.to_string())),
+            Some(Err(e)) => return Err(e.into()),
         }
     }
 }
@@ -183,13 +182,13 @@ async fn deletions(
         let result = match next {
             None => Err(Halt::Stopped),
             Some(None) => break,
-            Some(Some(Ok(chunk))) => roller.write(chunk).await.map_err(|e| Halt::Failed(e.to_string())),
-            Some(Some(Err(e))) => Err(Halt::Failed(e.to_string())),
+            Some(Some(Ok(chunk))) => roller.write(chunk).await.map_err(Halt::from),
+            Some(Some(Err(e))) => Err(e.into()),
         };
         if let Err(halt) = result {
             roller.abort().await;
             return Err(halt);
         }
     }
-    roller.finish().await.map_err(|e| Halt::Failed(e.to_string()))
+    Ok(roller.finish().await?)
 }

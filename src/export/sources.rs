@@ -12,6 +12,7 @@ use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
 use super::{
+    failure::TaskFailure,
     fairness::Pacer,
     job::ClaimedTask,
     pipeline::{IdIn, Pipeline, PipelineError},
@@ -19,13 +20,43 @@ use super::{
 };
 use crate::{
     fhir::{compartment, instant, references, search::Narrowing, types::ResourceId, ResourceType},
-    store::{Scope, Selection, Stores},
+    output::OutputError,
+    store::{Scope, Selection, StoreError, Stores},
 };
 
 /// Why a task stopped before its source was ready.
 pub enum Halt {
     Stopped,
-    Failed(String),
+    Failed(TaskFailure),
+}
+
+impl From<TaskFailure> for Halt {
+    fn from(failure: TaskFailure) -> Self {
+        Self::Failed(failure)
+    }
+}
+
+impl From<StoreError> for Halt {
+    fn from(e: StoreError) -> Self {
+        Self::Failed(e.into())
+    }
+}
+
+impl From<OutputError> for Halt {
+    fn from(e: OutputError) -> Self {
+        Self::Failed(e.into())
+    }
+}
+
+impl From<PipelineError> for Halt {
+    fn from(e: PipelineError) -> Self {
+        Self::Failed(e.into())
+    }
+}
+
+/// A request or data problem, in the client's words.
+pub(super) fn invalid(message: String) -> Halt {
+    Halt::Failed(TaskFailure::data(message))
 }
 
 pub type Lines = BoxStream<'static, Result<Bytes, PipelineError>>;
@@ -51,12 +82,12 @@ pub(super) fn scope(task: &ClaimedTask) -> Scope {
 
 /// The `_typeFilter` bounds on indexed columns for one type's selection.
 pub(super) fn narrowing(task: &ClaimedTask, resource_type: &ResourceType) -> Result<Narrowing, Halt> {
-    task.request.filters_for(resource_type).map(|filters| Narrowing::for_filters(&filters)).map_err(Halt::Failed)
+    task.request.filters_for(resource_type).map(|filters| Narrowing::for_filters(&filters)).map_err(invalid)
 }
 
 /// The lines the task for `resource_type` exports.
 pub async fn output(stores: &Stores, task: &ClaimedTask, resource_type: ResourceType, stop: &CancellationToken) -> Result<OutputSource, Halt> {
-    let mut pipeline = Pipeline::for_type(&task.request, &resource_type).map_err(Halt::Failed)?;
+    let mut pipeline = Pipeline::for_type(&task.request, &resource_type).map_err(invalid)?;
     let narrowing = narrowing(task, &resource_type)?;
     let mut selection = Selection {
         resource_type,
@@ -96,10 +127,10 @@ pub(super) async fn read_all(mut lines: Lines, stop: &CancellationToken, mut eac
         match next {
             None => return Ok(()),
             Some(Ok(chunk)) => {
-                each(&chunk).map_err(Halt::Failed)?;
+                each(&chunk).map_err(invalid)?;
                 pacer.moved(chunk.len()).await;
             }
-            Some(Err(e)) => return Err(Halt::Failed(e.to_string())),
+            Some(Err(e)) => return Err(e.into()),
         }
     }
 }
@@ -109,10 +140,10 @@ pub(super) async fn read_all(mut lines: Lines, stop: &CancellationToken, mut eac
 /// included), and searched for references without parsing. Provenance counts as the
 /// compartment type it is, even under `includeAssociatedData`.
 async fn referenced_ids(stores: &Stores, task: &ClaimedTask, target: &ResourceType, stop: &CancellationToken) -> Result<BTreeSet<ResourceId>, Halt> {
-    let present = stores.resources.types_present().await.map_err(|e| Halt::Failed(e.to_string()))?;
+    let present = stores.resources.types_present().await?;
     let mut found = BTreeSet::new();
     for resource_type in task.request.types_to_export(&present).into_iter().filter(compartment::is_compartment_type) {
-        let pipeline = Pipeline::for_type(&task.request, &resource_type).map_err(Halt::Failed)?;
+        let pipeline = Pipeline::for_type(&task.request, &resource_type).map_err(invalid)?;
         let narrowing = narrowing(task, &resource_type)?;
         let selection = Selection {
             resource_type,
@@ -175,7 +206,7 @@ async fn associated_provenance(stores: &Stores, task: &ClaimedTask, associated: 
     for (t, id) in records.iter().flat_map(|r| r.targets.iter()) {
         wanted.entry(t.clone()).or_default().insert(id.clone());
     }
-    let present = stores.resources.types_present().await.map_err(|e| Halt::Failed(e.to_string()))?;
+    let present = stores.resources.types_present().await?;
     let exported_types = task.request.types_to_export(&present);
     let mut exported: BTreeSet<(ResourceType, ResourceId)> = BTreeSet::new();
     for (t, ids) in wanted {

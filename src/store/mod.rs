@@ -33,6 +33,43 @@ pub enum StoreError {
     UnsupportedUrl(String),
 }
 
+impl StoreError {
+    /// Whether the database was out of reach or refused only for the moment: the connection
+    /// dropped or could not be made, the pool had no connection in time, the server is shutting
+    /// down or starting, the transaction lost a deadlock or serialization race, SQLite was
+    /// busy. The same call may succeed later; any other error would fail again.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Self::Database(e) => is_transient_sqlx(e),
+            Self::Reader(e) => is_sqlite_busy(e.sqlite_error_code()),
+            Self::Migration(_) | Self::Conflict(_) | Self::UnsupportedUrl(_) => false,
+        }
+    }
+}
+
+fn is_transient_sqlx(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed => true,
+        sqlx::Error::Database(db) => db.code().is_some_and(|code| is_transient_code(&code)),
+        _ => false,
+    }
+}
+
+/// Postgres SQLSTATEs (class 08 connection exception; 57P01-03 shutting down or starting;
+/// 53300 too many connections; 40001 and 40P01 serialization failure and deadlock victim) and
+/// SQLite's primary result codes BUSY (5) and LOCKED (6), extended codes included. A SQLSTATE
+/// has five characters; SQLite's codes are numbers below 10000.
+fn is_transient_code(code: &str) -> bool {
+    if code.len() == 5 {
+        return code.starts_with("08") || matches!(code, "57P01" | "57P02" | "57P03" | "53300" | "40001" | "40P01");
+    }
+    code.parse::<i32>().is_ok_and(|sqlite| matches!(sqlite & 0xff, 5 | 6))
+}
+
+fn is_sqlite_busy(code: Option<rusqlite::ErrorCode>) -> bool {
+    matches!(code, Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked))
+}
+
 /// One write of a resource-level change.
 #[derive(Debug, Clone)]
 pub enum Write {
@@ -214,6 +251,10 @@ pub trait WorkQueue: Send + Sync {
     /// Hands back a task the worker stopped: cancelled when its job ended (so the job's files
     /// can be deleted at once), queued again for another worker when the worker shut down.
     async fn release(&self, task: &ClaimedTask) -> Result<(), StoreError>;
+    /// Hands back a task that failed for a passing reason (the database was out of reach, a
+    /// panic): any worker may claim it again once `backoff` has passed, and the attempt counts.
+    /// False when it had no attempt left or is no longer this claim's: the caller fails it.
+    async fn retry(&self, task: &ClaimedTask, backoff: Duration, max_attempts: i32) -> Result<bool, StoreError>;
     /// Waits until new work may be there, or the timeout passes.
     async fn wait_for_work(&self, timeout: Duration);
 
@@ -313,17 +354,46 @@ where
     }
 }
 
+/// How long a caller waits for a pooled connection unless told otherwise: short, so that an
+/// unreachable database is reported (503, task retry) instead of holding every request.
+pub const DEFAULT_ACQUIRE_TIMEOUT: Duration = Duration::from_secs(3);
+
 impl Stores {
     /// Connects to the database named by the URL and applies migrations.
     pub async fn connect(url: &str, pool_size: u32) -> Result<Self, StoreError> {
+        Self::connect_with(url, pool_size, DEFAULT_ACQUIRE_TIMEOUT).await
+    }
+
+    /// Like [`Self::connect`], waiting at most `acquire_timeout` for a pooled Postgres connection.
+    pub async fn connect_with(url: &str, pool_size: u32, acquire_timeout: Duration) -> Result<Self, StoreError> {
         if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-            let pg = Arc::new(postgres::PgStore::connect(url, pool_size).await?);
+            let pg = Arc::new(postgres::PgStore::connect(url, pool_size, acquire_timeout).await?);
             Ok(Self { resources: pg.clone(), jobs: pg.clone(), queue: pg.clone(), auth: pg })
         } else if url.starts_with("sqlite:") {
+            // A SQLite file is never out of reach: its pool waits as long as a busy writer may.
             let lite = Arc::new(sqlite::SqliteStore::connect(url, pool_size).await?);
             Ok(Self { resources: lite.clone(), jobs: lite.clone(), queue: lite.clone(), auth: lite })
         } else {
             Err(StoreError::UnsupportedUrl(url.to_owned()))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connection_faults_are_transient_and_data_faults_are_not() {
+        for code in ["08006", "08001", "57P01", "57P03", "53300", "40P01", "5", "517", "6"] {
+            assert!(is_transient_code(code), "{code}");
+        }
+        for code in ["23505", "22008", "42P01", "19", "2067", "40002"] {
+            assert!(!is_transient_code(code), "{code}");
+        }
+        assert!(StoreError::Database(sqlx::Error::PoolTimedOut).is_transient());
+        assert!(StoreError::Database(sqlx::Error::Io(std::io::ErrorKind::ConnectionReset.into())).is_transient());
+        assert!(!StoreError::Database(sqlx::Error::RowNotFound).is_transient());
+        assert!(!StoreError::Conflict("Patient/1".into()).is_transient());
     }
 }

@@ -138,6 +138,7 @@ pub struct AppOptions {
     pub max_attempts: i32,
     pub max_body_bytes: usize,
     pub kickoff_headers: KickoffHeaders,
+    pub database_acquire_timeout_millis: u64,
     /// Authorization: open by default (no clients); auth tests register clients.
     pub auth: AuthSettings,
     pub output: bulkfhir::output::OutputSettings,
@@ -154,6 +155,7 @@ impl Default for AppOptions {
             max_attempts: 3,
             max_body_bytes: 16 * 1024 * 1024,
             kickoff_headers: KickoffHeaders::Strict,
+            database_acquire_timeout_millis: 3000,
             auth: AuthSettings::default(),
             output: Default::default(),
         }
@@ -185,14 +187,20 @@ pub async fn spawn_app(backend: Backend) -> TestApp {
 }
 
 pub async fn spawn_app_with(backend: Backend, options: AppOptions) -> TestApp {
+    let db = TestDb::create(backend).await;
+    let url = db.url.clone();
+    spawn_app_on(db, &url, options).await
+}
+
+/// The app on a test database it reaches at `database_url` (through a proxy, say).
+pub async fn spawn_app_on(db: TestDb, database_url: &str, options: AppOptions) -> TestApp {
     TRACING.call_once(|| {
         if std::env::var("TEST_LOG").is_ok() {
             bulkfhir::telemetry::init(LogFormat::Text);
         }
     });
-    let db = TestDb::create(backend).await;
     let output_dir = tempfile::tempdir().expect("temp dir");
-    let app = Application::build(settings(&db.url, output_dir.path(), &options)).await.expect("the app builds");
+    let app = Application::build(settings(database_url, output_dir.path(), &options)).await.expect("the app builds");
     let (base_url, stores, output, shutdown) =
         (app.base_url().to_owned(), app.stores().clone(), app.output().clone(), app.shutdown_token());
     tokio::spawn(app.run_until_stopped());
@@ -208,6 +216,7 @@ fn settings(database_url: &str, output_dir: &std::path::Path, options: &AppOptio
         base_url: String::new(),
         database_url: database_url.to_owned(),
         database_pool_size: 8,
+        database_acquire_timeout_millis: options.database_acquire_timeout_millis,
         output_dir: output_dir.to_owned(),
         max_file_bytes: options.max_file_bytes,
         part_size_bytes: 1024 * 1024,

@@ -19,6 +19,7 @@ mod point_in_time;
 mod recovery;
 mod rejections;
 mod rest;
+mod robustness;
 mod rollover;
 mod s3;
 mod scale_out;

@@ -13,4 +13,6 @@ pub use pushdown::Narrowing;
 pub use query::{CompiledFilter, FilterError, TypeFilter};
 
 #[cfg(test)]
+mod fuzz;
+#[cfg(test)]
 mod tests;

@@ -75,21 +75,26 @@ fn parse_date_time(text: &str) -> Option<DateRange> {
     Some(DateRange { low, high: low + unit.num_microseconds()? })
 }
 
-/// Splits off the zone: `Z` or `±hh:mm` gives its offset in seconds; none means UTC.
+/// Splits off the zone: `Z` or `±hh:mm` gives its offset in seconds; none means UTC. Stored
+/// values are whatever was written (`2020-01-01Té12345`), so nothing here may slice blindly.
 fn split_zone(text: &str) -> Option<(&str, i64)> {
     if let Some(local) = text.strip_suffix('Z') {
         return Some((local, 0));
     }
     let tail = text.len().checked_sub(6)?;
-    let zone = &text[tail..];
-    let zb = zone.as_bytes();
-    if (zb[0] == b'+' || zb[0] == b'-') && zb[3] == b':' {
-        let hours: i64 = zone[1..3].parse().ok()?;
-        let minutes: i64 = zone[4..6].parse().ok()?;
-        let sign = if zb[0] == b'-' { -1 } else { 1 };
-        return Some((&text[..tail], sign * (hours * 3600 + minutes * 60)));
+    let (Some(local), Some(zone)) = (text.get(..tail), text.get(tail..)) else { return None };
+    match zone.as_bytes() {
+        [sign @ (b'+' | b'-'), h1, h2, b':', m1, m2] => {
+            let two = |a: u8, b: u8| (a.is_ascii_digit() && b.is_ascii_digit()).then(|| i64::from(a - b'0') * 10 + i64::from(b - b'0'));
+            let (hours, minutes) = (two(*h1, *h2)?, two(*m1, *m2)?);
+            if hours > 14 || minutes > 59 {
+                return None;
+            }
+            let sign = if *sign == b'-' { -1 } else { 1 };
+            Some((local, sign * (hours * 3600 + minutes * 60)))
+        }
+        _ => Some((text, 0)),
     }
-    Some((text, 0))
 }
 
 /// The midpoint of "now" for `ap` on dates: the gap to it sets the tolerance.
@@ -112,12 +117,17 @@ pub fn parse_decimal(text: &str) -> Option<Decimal> {
     if !value.is_finite() || text.contains(['i', 'n', 'I', 'N']) {
         return None;
     }
-    let (mantissa, exponent) = match text.find(['e', 'E']) {
-        Some(i) => (&text[..i], text[i + 1..].parse::<i32>().ok()?),
+    let (mantissa, exponent) = match text.split_once(['e', 'E']) {
+        Some((mantissa, exponent)) => (mantissa, exponent.parse::<i32>().ok()?),
         None => (text, 0),
     };
-    let decimals = mantissa.split_once('.').map_or(0, |(_, f)| f.len() as i32) - exponent;
-    let half = 0.5 * 10f64.powi(-decimals);
+    // Checked: an exponent near i32::MIN would overflow the subtraction.
+    let fraction = i32::try_from(mantissa.split_once('.').map_or(0, |(_, f)| f.len())).ok()?;
+    let decimals = fraction.checked_sub(exponent)?;
+    let half = 0.5 * 10f64.powi(decimals.checked_neg()?);
+    if !half.is_finite() {
+        return None;
+    }
     Some(Decimal { value, low: value - half, high: value + half })
 }
 

@@ -30,7 +30,7 @@ pub struct PgStore {
 impl PgStore {
     /// Connects (creating the database if it does not exist yet), applies migrations, and starts
     /// listening for work notifications.
-    pub async fn connect(url: &str, pool_size: u32) -> Result<Self, StoreError> {
+    pub async fn connect(url: &str, pool_size: u32, acquire_timeout: Duration) -> Result<Self, StoreError> {
         if !Postgres::database_exists(url).await? {
             tracing::info!("creating database");
             Postgres::create_database(url).await?;
@@ -38,7 +38,7 @@ impl PgStore {
         let options = PgConnectOptions::from_str(url)?.application_name("bulkfhir");
         let pool = PgPoolOptions::new()
             .max_connections(pool_size)
-            .acquire_timeout(Duration::from_secs(10))
+            .acquire_timeout(acquire_timeout)
             .connect_with(options)
             .await?;
         let migrator = sqlx::migrate!("./migrations/postgres");

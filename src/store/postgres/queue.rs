@@ -169,6 +169,22 @@ impl WorkQueue for PgStore {
         Ok(())
     }
 
+    async fn retry(&self, task: &ClaimedTask, backoff: Duration, max_attempts: i32) -> Result<bool, StoreError> {
+        // Still 'running', under a lease that ends after the backoff: the claim takes it then.
+        let retried = sqlx::query(
+            "UPDATE export_tasks SET worker_id = NULL, lease_expires_at = now() + $3 * interval '1 millisecond' \
+             WHERE id = $1 AND fence = $2 AND status = 'running' AND attempts < $4",
+        )
+        .bind(task.task_id)
+        .bind(task.fence)
+        .bind(backoff.as_millis() as i64)
+        .bind(max_attempts)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        Ok(retried == 1)
+    }
+
     async fn wait_for_work(&self, timeout: Duration) {
         let _ = tokio::time::timeout(timeout, self.work.notified()).await;
     }

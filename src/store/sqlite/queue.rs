@@ -180,6 +180,24 @@ impl WorkQueue for SqliteStore {
         Ok(())
     }
 
+    async fn retry(&self, task: &ClaimedTask, backoff: Duration, max_attempts: i32) -> Result<bool, StoreError> {
+        // Still 'running', under a lease that ends after the backoff: the claim takes it then.
+        let mut tx = self.begin_write().await?;
+        let retried = sqlx::query(
+            "UPDATE export_tasks SET worker_id = NULL, lease_expires_at = ?3 \
+             WHERE id = ?1 AND fence = ?2 AND status = 'running' AND attempts < ?4",
+        )
+        .bind(task.task_id)
+        .bind(task.fence)
+        .bind(lease_until(backoff))
+        .bind(max_attempts)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        tx.commit().await?;
+        Ok(retried == 1)
+    }
+
     async fn wait_for_work(&self, timeout: Duration) {
         let _ = tokio::time::timeout(timeout, self.work.notified()).await;
     }
