@@ -14,6 +14,7 @@ use serde_json::{json, Value};
 use sqlx::{Connection, PgConnection};
 
 use crate::{
+    moto::Moto,
     helpers::{assert_outcome, backend_tests, settings, spawn_app_with, AppOptions, Backend, TestDb},
     smart::{access_token, client, export_as, kick_off_as, spawn_secured, TestKey},
 };
@@ -120,6 +121,29 @@ backend_tests! {
         let provenance_url = manifest["output"].as_array().unwrap().iter().find(|o| o["type"] == "Provenance").unwrap()["url"].as_str().unwrap();
         let refused = app.client.get(provenance_url).bearer_auth(&patients_only).send().await.unwrap();
         assert_outcome(refused, StatusCode::FORBIDDEN, "Provenance").await;
+    }
+
+    /// On S3, where the manifest hands out presigned URLs that need no token, a URL is minted
+    /// only for the files the polling token may read.
+    async fn presigned_urls_are_minted_only_for_types_the_token_may_read(backend: Backend) {
+        let moto = Moto::start().await;
+        let key = TestKey::ec("k");
+        let app = spawn_secured(backend, vec![client("scoped", &[&key], &["system/*.*"])], |o| o.output = moto.settings()).await;
+        let writer = access_token(&app, &key, "scoped", "system/*.*").await;
+        for resource in [json!({"resourceType": "Patient", "id": "p"}), json!({"resourceType": "Observation", "id": "o", "status": "final",
+            "code": {"text": "x"}, "subject": {"reference": "Patient/p"}})] {
+            let url = app.url(&format!("/{}/{}", resource["resourceType"].as_str().unwrap(), resource["id"].as_str().unwrap()));
+            assert_eq!(app.client.put(url).bearer_auth(&writer).json(&resource).send().await.unwrap().status(), StatusCode::CREATED);
+        }
+        let both = access_token(&app, &key, "scoped", "system/Patient.read system/Observation.read").await;
+        let (status_url, manifest) = export_as(&app, &both, "/$export?_type=Patient,Observation").await;
+        assert_eq!(types_of(&manifest), ["Observation", "Patient"].map(String::from).into());
+
+        let patients_only = access_token(&app, &key, "scoped", "system/Patient.read").await;
+        let narrowed: Value = app.client.get(&status_url).bearer_auth(&patients_only).send().await.unwrap().json().await.unwrap();
+        assert_eq!(types_of(&narrowed), ["Patient"].map(String::from).into());
+        let text = narrowed.to_string();
+        assert!(text.contains("X-Amz-Signature=") && !text.contains("Observation-"), "{narrowed}");
     }
 
     /// A kick-off that fails after its job is recorded (here: a base URL with a control
