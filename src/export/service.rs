@@ -98,7 +98,9 @@ impl Exports {
             retention: self.retention,
             max_file_bytes: self.max_file_bytes,
         };
+        let level = job.request.level.name();
         self.stores.jobs.create_job(job).await?;
+        metrics::counter!(crate::telemetry::names::EXPORTS_STARTED, "level" => level).increment(1);
         tracing::info!(job = %id, "export job created");
         Ok(id)
     }

@@ -26,6 +26,7 @@ use super::{
 };
 use crate::{
     fhir::{IssueCode, OperationOutcome},
+    telemetry::names,
     output::Output,
     store::{Lease, Stores},
 };
@@ -126,6 +127,10 @@ impl Worker {
     async fn run_task(&self, task: ClaimedTask) -> Result<(), crate::store::StoreError> {
         let queue = &self.stores.queue;
         tracing::info!("task started");
+        let started = std::time::Instant::now();
+        if task.fence > 1 {
+            metrics::counter!(names::TASK_RERUNS).increment(1);
+        }
 
         let stop = self.shutdown.child_token();
         let written = Arc::new(AtomicI64::new(0));
@@ -133,11 +138,23 @@ impl Worker {
         let end = self.execute(&task, &stop, &written).await;
         heartbeat.abort();
 
+        let outcome = match &end {
+            TaskEnd::Done(_) => "done",
+            TaskEnd::Stopped => "stopped",
+            TaskEnd::Failed(_) => "failed",
+        };
+        metrics::histogram!(names::TASK_SECONDS, "outcome" => outcome).record(started.elapsed().as_secs_f64());
         match end {
             TaskEnd::Done(files) => {
                 let count: i64 = files.iter().map(|f| f.count).sum();
+                let written: Vec<(String, i64, i64)> =
+                    files.iter().filter(|f| f.kind == FileKind::Output).map(|f| (f.resource_type.clone(), f.count, f.bytes)).collect();
                 if queue.complete(&task, files).await? {
                     tracing::info!(resources = count, "task done");
+                    for (resource_type, count, bytes) in written {
+                        metrics::counter!(names::RESOURCES_WRITTEN, "type" => resource_type.clone()).increment(count.max(0) as u64);
+                        metrics::counter!(names::BYTES_WRITTEN, "type" => resource_type).increment(bytes.max(0) as u64);
+                    }
                 } else {
                     tracing::warn!("task finished after its job ended or its lease passed to another worker; its files are not listed");
                 }
@@ -262,7 +279,12 @@ async fn heartbeat(stores: Stores, task: ClaimedTask, settings: WorkerSettings, 
         interval.tick().await;
         match stores.queue.heartbeat(&task, settings.lease, written.load(Ordering::Relaxed)).await {
             Ok(Lease::Held) => {}
-            Ok(Lease::Lost | Lease::Cancelled) => {
+            Ok(Lease::Lost) => {
+                metrics::counter!(names::LEASE_LOSSES).increment(1);
+                stop.cancel();
+                return;
+            }
+            Ok(Lease::Cancelled) => {
                 stop.cancel();
                 return;
             }

@@ -161,6 +161,26 @@ impl Output {
         Ok(Some(url.to_string()))
     }
 
+    /// Writes and deletes a small object: the destination takes writes now (readiness).
+    pub async fn probe_writable(&self) -> Result<(), OutputError> {
+        let name = format!("probe-{}", uuid::Uuid::new_v4().simple());
+        let key = match &self.place {
+            Place::Local { root, .. } => {
+                let directory = |source| OutputError::Directory { path: root.clone(), source };
+                let path = FsPath::new(root).join(format!(".{name}"));
+                tokio::fs::write(&path, b"").await.map_err(directory)?;
+                return tokio::fs::remove_file(&path).await.map_err(directory);
+            }
+            // An Azure key starts with its container: the probes get one of their own.
+            Place::Azure(_) => format!("bulkfhir-readiness/{name}"),
+            Place::S3 { .. } => format!(".bulkfhir-readiness/{name}"),
+        };
+        let (store, path, destination) = self.locate(&key, true).await?;
+        let error = |e| OutputError::store(&destination, "writing a readiness probe", e);
+        store.put(&path, object_store::PutPayload::from_static(b"ready")).await.map_err(error)?;
+        store.delete(&path).await.map_err(error)
+    }
+
     /// Deletes every file under a job's folder; on Azure, a container made for the job goes too.
     pub async fn delete_folder(&self, folder: &str) -> Result<(), OutputError> {
         if let Place::Azure(azure) = &self.place

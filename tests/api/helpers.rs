@@ -137,6 +137,7 @@ pub struct AppOptions {
     pub heartbeat_millis: u64,
     pub max_attempts: i32,
     pub max_body_bytes: usize,
+    pub header_read_timeout_seconds: u64,
     /// Authorization: open by default (no clients); auth tests register clients.
     pub auth: AuthSettings,
     pub output: bulkfhir::output::OutputSettings,
@@ -152,6 +153,7 @@ impl Default for AppOptions {
             heartbeat_millis: 200,
             max_attempts: 3,
             max_body_bytes: 16 * 1024 * 1024,
+            header_read_timeout_seconds: 10,
             auth: AuthSettings::default(),
             output: Default::default(),
         }
@@ -218,6 +220,8 @@ fn settings(database_url: &str, output_dir: &std::path::Path, options: &AppOptio
         max_body_bytes: options.max_body_bytes,
         log_format: LogFormat::Text,
         request_timeout_seconds: 60,
+        header_read_timeout_seconds: options.header_read_timeout_seconds,
+        concurrent_large_bodies: 2,
         auth: options.auth.clone(),
         output: options.output.clone(),
     }
