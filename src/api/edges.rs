@@ -142,4 +142,20 @@ mod tests {
         assert!(headers[header::ALLOW].to_str().unwrap().contains("GET"));
         assert!(body["issue"][0]["diagnostics"].as_str().unwrap().starts_with("DELETE is not allowed"), "{body}");
     }
+
+    #[tokio::test]
+    async fn large_bodies_wait_for_a_slot_and_small_ones_do_not() {
+        let limits = BodyLimits { max_body_bytes: 16 << 20, large: Arc::new(Semaphore::new(1)) };
+        let guarded = limits.clone();
+        let app = Router::new()
+            .route("/x", axum::routing::put(|| async { "ok" }))
+            .layer(axum::middleware::from_fn(move |request: Request, next: Next| guard(guarded.clone(), request, next)));
+        let put = |length: u64| Request::put("/x").header(header::CONTENT_LENGTH, length).body(Body::empty()).unwrap();
+        let held = limits.large.clone().acquire_owned().await.unwrap();
+        let wait = std::time::Duration::from_millis(200);
+        assert!(tokio::time::timeout(wait, app.clone().oneshot(put(10))).await.is_ok(), "a small body goes on");
+        assert!(tokio::time::timeout(wait, app.clone().oneshot(put(2 << 20))).await.is_err(), "a large one waits");
+        drop(held);
+        assert!(tokio::time::timeout(wait, app.oneshot(put(2 << 20))).await.is_ok(), "and goes on once a slot is free");
+    }
 }

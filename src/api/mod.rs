@@ -90,8 +90,9 @@ fn router(state: AppState, limits: Limits) -> Router {
         .fallback(|| async { ApiError::not_found("no such endpoint; the FHIR base is /fhir") })
         .with_state(state)
         .layer(DefaultBodyLimit::max(limits.max_body_bytes))
-        .layer(middleware::from_fn(move |request: Request, next: Next| time_limit(limits.request_timeout, request, next)))
+        // Inside the time limit: a request waiting for a large-body slot waits no longer than it.
         .layer(middleware::from_fn(move |request: Request, next: Next| edges::guard(bodies.clone(), request, next)))
+        .layer(middleware::from_fn(move |request: Request, next: Next| time_limit(limits.request_timeout, request, next)))
         .layer(middleware::from_fn(edges::outcomes_only))
         .layer(CatchPanicLayer::custom(|_| {
             ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, IssueCode::Exception, "internal error; the server log has the details")
