@@ -62,6 +62,9 @@ pub mod names {
     pub const LEASE_LOSSES: &str = "bulkfhir_export_lease_losses_total";
     /// Counter: tasks claimed again after an earlier claim (a worker died or lost its lease).
     pub const TASK_RERUNS: &str = "bulkfhir_export_task_reruns_total";
+    /// Counter: storage requests that failed in a way object_store retries (5xx, 408, 429,
+    /// connection errors, timeouts), by `destination` (azure, s3).
+    pub const STORAGE_RETRIES: &str = "bulkfhir_storage_retries_total";
     /// Counter and histogram: HTTP requests by `method`, `route` (the matched path pattern) and
     /// `status`.
     pub const HTTP_REQUESTS: &str = "bulkfhir_http_requests_total";

@@ -6,6 +6,7 @@
 mod azure;
 mod direct;
 mod error;
+mod metered;
 pub mod settings;
 
 use std::{path::Path as FsPath, sync::Arc, time::Duration};
@@ -204,7 +205,8 @@ fn s3(settings: &OutputSettings) -> Result<AmazonS3, OutputError> {
     let mut builder = AmazonS3Builder::from_env()
         .with_bucket_name(&settings.s3_bucket)
         .with_client_options(options)
-        .with_retry(settings.retry());
+        .with_retry(settings.retry())
+        .with_http_connector(metered::Metered::new("s3"));
     if !settings.s3_region.is_empty() {
         builder = builder.with_region(&settings.s3_region);
     }
