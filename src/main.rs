@@ -114,7 +114,7 @@ enum JobsCommand {
 #[derive(Args)]
 struct DatabaseArgs {
     /// Database URL (also DATABASE_URL or BULKFHIR_DATABASE_URL).
-    #[arg(long)]
+    #[arg(long, global = true)]
     database_url: Option<String>,
 }
 

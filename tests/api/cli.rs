@@ -72,7 +72,7 @@ backend_tests! {
         let manifest = app.wait_for_manifest(&done_url).await;
         let queued_url = app.kick_off("/Patient/$export").await;
         let (done, queued) = (done_url.rsplit('/').next().unwrap(), queued_url.rsplit('/').next().unwrap());
-        let jobs = |args: &[&str]| bulkfhir().arg("jobs").args(args).env("DATABASE_URL", &app.db.url).output().unwrap();
+        let jobs = |args: &[&str]| bulkfhir().arg("jobs").args(args).args(["--database-url", &app.db.url]).output().unwrap();
 
         let list = jobs(&["list"]);
         let text = String::from_utf8_lossy(&list.stdout);
