@@ -1,6 +1,9 @@
 //! Settings: one typed tree, loaded once. Defaults (`config/default.toml`, built in) < a config
 //! file < environment (`BULKFHIR_*`, `DATABASE_URL`) < command-line flags. A bad value stops
-//! start-up with a message naming the key.
+//! start-up with a message naming the key, and so does a key or `BULKFHIR_*` variable that names
+//! no setting (`strict`).
+
+mod strict;
 
 use std::{net::SocketAddr, path::{Path, PathBuf}, time::Duration};
 
@@ -38,6 +41,10 @@ pub struct Settings {
     pub request_timeout_seconds: u64,
     /// How the kick-off treats missing or different `Accept` and `Prefer` headers.
     pub kickoff_headers: KickoffHeaders,
+    /// Seconds a connection may take to send a request's headers.
+    pub header_read_timeout_seconds: u64,
+    /// Requests with bodies over 1 MiB handled at once; more wait their turn.
+    pub concurrent_large_bodies: usize,
     pub auth: AuthSettings,
     /// Where export files go (`destination`, `file_urls`, `azure_*`, `s3_*`, `storage_*`).
     #[serde(flatten)]
@@ -136,12 +143,18 @@ pub struct Overrides {
 
 impl Settings {
     pub fn load(config_file: Option<&Path>, overrides: &Overrides) -> Result<Self, String> {
+        let known = strict::KnownKeys::from_defaults(DEFAULTS);
+        let mut unknown = known.check_env(std::env::vars_os().filter_map(|(name, _)| name.into_string().ok()));
         let mut figment = Figment::from(Toml::string(DEFAULTS));
         if let Some(file) = config_file {
             if !file.exists() {
                 return Err(format!("config file '{}' does not exist", file.display()));
             }
+            unknown.splice(0..0, known.check_file(file));
             figment = figment.merge(Toml::file(file));
+        }
+        if !unknown.is_empty() {
+            return Err(format!("invalid configuration: {}", unknown.join("\ninvalid configuration: ")));
         }
         let settings: Self = figment
             .merge(Env::raw().only(&["DATABASE_URL"]).map(|_| "database_url".into()))
@@ -165,6 +178,8 @@ impl Settings {
             ("database_pool_size", self.database_pool_size as u128),
             ("database_acquire_timeout_millis", self.database_acquire_timeout_millis as u128),
             ("request_timeout_seconds", self.request_timeout_seconds as u128),
+            ("header_read_timeout_seconds", self.header_read_timeout_seconds as u128),
+            ("concurrent_large_bodies", self.concurrent_large_bodies as u128),
             ("auth.token_seconds", self.auth.token_seconds as u128),
             ("auth.max_concurrent_exports", self.auth.max_concurrent_exports as u128),
             ("auth.status_polls_per_second", self.auth.status_polls_per_second as u128),

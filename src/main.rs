@@ -12,6 +12,8 @@ use bulkfhir::{
 };
 use clap::{Args, Parser, Subcommand};
 
+mod jobs_command;
+
 /// Loading parses and builds millions of small JSON values; mimalloc handles that churn far
 /// better than the system allocator. Built without transparent huge pages (`no_thp`): with them
 /// a touched heap page cost RSS in 2 MB steps (first SQLite export at 1M: 126 MB peak, 110 MB
@@ -52,6 +54,13 @@ enum Command {
         #[command(subcommand)]
         command: ClientsCommand,
     },
+    /// See and cancel export jobs in the database (status, owner, level, progress, files, age).
+    Jobs {
+        #[command(flatten)]
+        database: DatabaseArgs,
+        #[command(subcommand)]
+        command: JobsCommand,
+    },
     /// Write a benchmark population: whole copies of a sample (NDJSON) with fresh ids.
     Synth {
         /// At least this many resources (rounded up to whole copies of the sample).
@@ -88,10 +97,24 @@ enum ClientsCommand {
     Remove { client_id: String },
 }
 
+#[derive(Subcommand)]
+enum JobsCommand {
+    /// The most recent jobs, newest first, one a line.
+    List {
+        /// How many jobs to show.
+        #[arg(long, default_value_t = 50)]
+        limit: i64,
+    },
+    /// One job: its request, progress and files.
+    Show { id: String },
+    /// Cancel a job as the client's DELETE does: it stops and its files are deleted.
+    Cancel { id: String },
+}
+
 #[derive(Args)]
 struct DatabaseArgs {
     /// Database URL (also DATABASE_URL or BULKFHIR_DATABASE_URL).
-    #[arg(long)]
+    #[arg(long, global = true)]
     database_url: Option<String>,
 }
 
@@ -132,7 +155,7 @@ async fn main() -> ExitCode {
             workers: a.workers,
             retention: a.retention,
         },
-        Command::Load { database, .. } | Command::Migrate { database } | Command::Clients { database, .. } => {
+        Command::Load { database, .. } | Command::Migrate { database } | Command::Clients { database, .. } | Command::Jobs { database, .. } => {
             Overrides { database_url: database.database_url.clone(), ..Default::default() }
         }
         Command::Synth { .. } => Overrides::default(),
@@ -149,6 +172,7 @@ async fn main() -> ExitCode {
         Command::Serve(_) => serve(settings).await,
         Command::Load { paths, .. } => load_files(&settings, &paths).await,
         Command::Clients { command, .. } => manage_clients(&settings, command).await,
+        Command::Jobs { command, .. } => jobs_command::run(&settings, command).await,
         Command::Migrate { .. } => Stores::connect(&settings.database_url, 1).await.map(|_| {
             eprintln!("migrations applied");
             ExitCode::SUCCESS

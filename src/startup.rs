@@ -2,6 +2,11 @@
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
+use hyper_util::{
+    rt::{TokioExecutor, TokioIo, TokioTimer},
+    server::{conn::auto, graceful::GracefulShutdown},
+    service::TowerToHyperService,
+};
 use tokio::{net::TcpListener, task::JoinHandle};
 use tokio_util::sync::CancellationToken;
 
@@ -24,6 +29,7 @@ pub struct Application {
     shutdown: CancellationToken,
     background: Vec<JoinHandle<()>>,
     limits: api::Limits,
+    header_read_timeout: Duration,
 }
 
 impl Application {
@@ -60,9 +66,16 @@ impl Application {
             settings.max_attempts,
             shutdown.clone(),
         ));
-        let state = AppState { exports, stores: stores.clone(), base_url: base_url.clone(), auth, kickoff_headers: settings.kickoff_headers };
-        let limits = api::Limits { max_body_bytes: settings.max_body_bytes, request_timeout: Duration::from_secs(settings.request_timeout_seconds) };
-        Ok(Self { listener, address, base_url, state, stores, output, shutdown, background, limits })
+        let state = AppState { exports, stores: stores.clone(), base_url: base_url.clone(), auth, kickoff_headers: settings.kickoff_headers, output: output.clone() };
+        let limits = api::Limits {
+            max_body_bytes: settings.max_body_bytes,
+            request_timeout: Duration::from_secs(settings.request_timeout_seconds),
+            concurrent_large_bodies: settings.concurrent_large_bodies,
+        };
+        let header_read_timeout = Duration::from_secs(settings.header_read_timeout_seconds);
+        // Installed before the first request, so the first scrape already lists what it can.
+        crate::telemetry::metrics();
+        Ok(Self { listener, address, base_url, state, stores, output, shutdown, background, limits, header_read_timeout })
     }
 
     pub fn port(&self) -> u16 {
@@ -90,15 +103,47 @@ impl Application {
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
         tracing::info!(address = %self.address, base_url = %self.base_url, "bulkfhir serving");
         let app = api::app(self.state, self.limits);
-        let shutdown = self.shutdown.clone();
-        let service = axum::ServiceExt::<axum::extract::Request>::into_make_service(app);
-        let served = axum::serve(self.listener, service).with_graceful_shutdown(async move { shutdown.cancelled().await }).await;
+        serve(self.listener, app, self.header_read_timeout, self.shutdown.clone()).await;
         self.shutdown.cancel();
         for handle in self.background {
             if let Err(e) = handle.await {
                 tracing::error!(error = %e, "a background task ended abnormally");
             }
         }
-        served
+        Ok(())
     }
+}
+
+/// Accepts connections until shutdown, then waits for those open to finish their requests.
+/// Our own loop rather than `axum::serve`, which cannot bound the time to send headers: a
+/// client sending half its headers would hold a connection (and its task) for minutes.
+async fn serve(listener: TcpListener, app: api::App, header_read_timeout: Duration, shutdown: CancellationToken) {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder.http1().timer(TokioTimer::new()).header_read_timeout(header_read_timeout);
+    let graceful = GracefulShutdown::new();
+    loop {
+        let stream = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                // Out of file descriptors and the like: pause rather than spin.
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not accept a connection");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        if let Err(e) = stream.set_nodelay(true) {
+            tracing::debug!(error = %e, "could not set TCP_NODELAY");
+        }
+        let service = TowerToHyperService::new(app.clone());
+        let connection = graceful.watch(builder.serve_connection(TokioIo::new(stream), service).into_owned());
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(error = %e, "a connection ended with an error");
+            }
+        });
+    }
+    graceful.shutdown().await;
 }

@@ -40,8 +40,12 @@ impl FromRequestParts<AppState> for Authorized {
         let authorization = parts.headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
         match app.auth.caller(authorization).await {
             Ok(caller) => Ok(Self(caller)),
-            Err(AuthError::MissingToken) => Err(unauthorized(AuthError::MissingToken.to_string(), REALM.to_owned())),
+            Err(AuthError::MissingToken) => {
+                super::metrics::auth_failed("missing_token");
+                Err(unauthorized(AuthError::MissingToken.to_string(), REALM.to_owned()))
+            }
             Err(AuthError::InvalidToken(reason)) => {
+                super::metrics::auth_failed("invalid_token");
                 let challenge = format!("{REALM}, error=\"invalid_token\", error_description=\"{reason}\"");
                 Err(unauthorized(reason, challenge))
             }
@@ -60,6 +64,7 @@ pub fn require(caller: &Caller, resource_type: &str, letter: char) -> Result<(),
     if caller.may(resource_type, letter) {
         Ok(())
     } else {
+        super::metrics::auth_failed("scope");
         let what = match letter {
             'c' => "create",
             'r' => "read",
@@ -135,6 +140,7 @@ fn token_error(error: TokenError) -> Response {
         other => other.to_string(),
     };
     tracing::info!(error = error.code(), %description, "token request refused");
+    super::metrics::auth_failed(error.code());
     let mut response = (status, Json(json!({"error": error.code(), "error_description": description}))).into_response();
     if status == StatusCode::SERVICE_UNAVAILABLE {
         response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(5));

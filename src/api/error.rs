@@ -101,8 +101,11 @@ impl From<ExportError> for ApiError {
             }
             ExportError::InvalidGroup { .. } => Self::new(StatusCode::UNPROCESSABLE_ENTITY, IssueCode::Processing, text),
             ExportError::Forbidden(_) => Self::new(StatusCode::FORBIDDEN, IssueCode::Forbidden, text),
-            ExportError::TooManyExports { .. } => Self::new(StatusCode::TOO_MANY_REQUESTS, IssueCode::Throttled, text)
-                .with_header(header::RETRY_AFTER, HeaderValue::from(TOO_MANY_RETRY_AFTER_SECONDS)),
+            ExportError::TooManyExports { .. } => {
+                super::metrics::throttled("exports");
+                Self::new(StatusCode::TOO_MANY_REQUESTS, IssueCode::Throttled, text)
+                    .with_header(header::RETRY_AFTER, HeaderValue::from(TOO_MANY_RETRY_AFTER_SECONDS))
+            }
             ExportError::Store(e) => e.into(),
             ExportError::Output(e) => e.into(),
         }

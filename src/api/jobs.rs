@@ -45,6 +45,7 @@ fn job_id(raw: &str) -> Result<JobId, ApiError> {
 async fn export_status(State(app): State<AppState>, Authorized(caller): Authorized, Path(id): Path<String>) -> Result<Response, ApiError> {
     let id = job_id(&id)?;
     if !app.auth.poll_allowed(&caller) {
+        super::metrics::throttled("polls");
         return Err(ApiError::new(StatusCode::TOO_MANY_REQUESTS, IssueCode::Throttled, "status polled too often; wait as Retry-After asks")
             .with_header(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECONDS)));
     }

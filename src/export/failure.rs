@@ -37,7 +37,14 @@ impl TaskFailure {
     }
 
     pub fn output(error: &OutputError) -> Self {
-        let client = "writing the export files failed (the server log has the details)".to_owned();
+        // Storage errors are written for clients (destination and the service's answer, never a
+        // URL or key); a local directory's name is the server's own and stays in the log.
+        let client = match error {
+            OutputError::NotFound { .. } | OutputError::Storage { .. } => format!("writing the export files failed: {error}"),
+            OutputError::Directory { .. } | OutputError::Config(_) => {
+                "writing the export files failed (the server log has the details)".to_owned()
+            }
+        };
         Self { client, detail: error_chain(error), code: IssueCode::Exception, retry: false }
     }
 

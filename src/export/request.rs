@@ -24,6 +24,15 @@ pub enum ExportLevel {
 }
 
 impl ExportLevel {
+    /// As stored in a job's request (`system`, `patient`, `group`).
+    pub const fn name(&self) -> &'static str {
+        match self {
+            Self::System => "system",
+            Self::Patient => "patient",
+            Self::Group { .. } => "group",
+        }
+    }
+
     pub fn is_compartment(&self) -> bool {
         !matches!(self, Self::System)
     }

@@ -90,10 +90,12 @@ impl Exports {
             retention: self.retention,
             max_file_bytes: self.max_file_bytes,
         };
+        let level = job.request.level.name();
         let limit = requester.max_active_exports;
         if let Created::OverLimit { active } = self.stores.jobs.create_job(job, limit).await? {
             return Err(ExportError::TooManyExports { active, limit: limit.unwrap_or_default() });
         }
+        metrics::counter!(crate::telemetry::names::EXPORTS_STARTED, "level" => level).increment(1);
         tracing::info!(job = %id, "export job created");
         Ok(id)
     }

@@ -32,6 +32,7 @@ use super::{
 };
 use crate::{
     fhir::{IssueCode, OperationOutcome},
+    telemetry::names,
     output::Output,
     store::{Lease, StoreError, Stores},
 };
@@ -164,6 +165,10 @@ impl Worker {
     async fn run_task(&self, task: ClaimedTask) -> Result<(), StoreError> {
         tracing::info!("task started");
         let lease = LeaseClock::new(self.settings.lease);
+        let started = std::time::Instant::now();
+        if task.fence > 1 {
+            metrics::counter!(names::TASK_RERUNS).increment(1);
+        }
         let stop = self.shutdown.child_token();
         let written = AtomicI64::new(0);
         let end = {
@@ -180,6 +185,12 @@ impl Worker {
             };
             ended.unwrap_or_else(|payload| TaskEnd::Failed(TaskFailure::panic(payload.as_ref())))
         };
+        let outcome = match &end {
+            TaskEnd::Done(_) => "done",
+            TaskEnd::Stopped => "stopped",
+            TaskEnd::Failed(_) => "failed",
+        };
+        metrics::histogram!(names::TASK_SECONDS, "outcome" => outcome).record(started.elapsed().as_secs_f64());
         let result = self.record(&task, end, &lease).await;
         if let Some(status) = &self.status {
             status.forget(task.job_id);
@@ -195,7 +206,13 @@ impl Worker {
             TaskEnd::Done(files) => {
                 let count: i64 = files.iter().map(|f| f.count).sum();
                 match self.persist(lease, || queue.complete(task, files.clone())).await {
-                    Ok(true) => tracing::info!(resources = count, "task done"),
+                    Ok(true) => {
+                        tracing::info!(resources = count, "task done");
+                        for file in files.iter().filter(|f| f.kind == FileKind::Output) {
+                            metrics::counter!(names::RESOURCES_WRITTEN, "type" => file.resource_type.clone()).increment(file.count.max(0) as u64);
+                            metrics::counter!(names::BYTES_WRITTEN, "type" => file.resource_type.clone()).increment(file.bytes.max(0) as u64);
+                        }
+                    }
                     Ok(false) => {
                         tracing::warn!("task finished after its job ended or its lease passed to another worker; its files are not listed")
                     }
@@ -390,7 +407,11 @@ async fn heartbeat(stores: &Stores, task: &ClaimedTask, settings: &WorkerSetting
         let renewal = tokio::time::timeout_at(give_up, stores.queue.heartbeat(task, settings.lease, written.load(Ordering::Relaxed))).await;
         match renewal {
             Ok(Ok(Lease::Held)) => lease.renewed(sent),
-            Ok(Ok(Lease::Lost | Lease::Cancelled)) => break,
+            Ok(Ok(Lease::Lost)) => {
+                metrics::counter!(names::LEASE_LOSSES).increment(1);
+                break;
+            }
+            Ok(Ok(Lease::Cancelled)) => break,
             // The lease is still ours until it expires; the next beat may get through.
             Ok(Err(e)) => tracing::warn!(error = %e, "heartbeat failed"),
             Err(_) => {}

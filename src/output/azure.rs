@@ -11,7 +11,7 @@ use std::{
 use http::{Method, StatusCode};
 use object_store::{
     azure::{AzureAuthorizer, MicrosoftAzure, MicrosoftAzureBuilder},
-    client::{HttpClient, HttpConnector, HttpRequestBody, ReqwestConnector},
+    client::{HttpClient, HttpConnector, HttpRequestBody},
     ClientOptions, RetryConfig,
 };
 
@@ -53,7 +53,8 @@ impl Azure {
             .with_endpoint(service.clone())
             .with_client_options(options.clone())
             .with_allow_http(service.starts_with("http://"))
-            .with_retry(settings.retry());
+            .with_retry(settings.retry())
+            .with_http_connector(super::metered::Metered::new("azure"));
         if settings.azure_access_key.is_set() {
             builder = builder.with_access_key(settings.azure_access_key.expose());
         } else if settings.azure_sas_token.is_set() {
@@ -64,7 +65,7 @@ impl Azure {
             builder = builder.with_access_key(AZURITE_KEY);
         }
         let options = options.with_allow_http(service.starts_with("http://"));
-        let http = ReqwestConnector::default().connect(&options).map_err(config)?;
+        let http = super::metered::Metered::new("azure").connect(&options).map_err(config)?;
         let azure = Self {
             account,
             service,

@@ -6,6 +6,7 @@
 mod azure;
 mod direct;
 mod error;
+mod metered;
 pub mod settings;
 
 use std::{path::Path as FsPath, sync::Arc, time::Duration};
@@ -161,6 +162,26 @@ impl Output {
         Ok(Some(url.to_string()))
     }
 
+    /// Writes and deletes a small object: the destination takes writes now (readiness).
+    pub async fn probe_writable(&self) -> Result<(), OutputError> {
+        let name = format!("probe-{}", uuid::Uuid::new_v4().simple());
+        let key = match &self.place {
+            Place::Local { root, .. } => {
+                let directory = |source| OutputError::Directory { path: root.clone(), source };
+                let path = FsPath::new(root).join(format!(".{name}"));
+                tokio::fs::write(&path, b"").await.map_err(directory)?;
+                return tokio::fs::remove_file(&path).await.map_err(directory);
+            }
+            // An Azure key starts with its container: the probes get one of their own.
+            Place::Azure(_) => format!("bulkfhir-readiness/{name}"),
+            Place::S3 { .. } => format!(".bulkfhir-readiness/{name}"),
+        };
+        let (store, path, destination) = self.locate(&key, true).await?;
+        let error = |e| OutputError::store(&destination, "writing a readiness probe", e);
+        store.put(&path, object_store::PutPayload::from_static(b"ready")).await.map_err(error)?;
+        store.delete(&path).await.map_err(error)
+    }
+
     /// Deletes every file under a job's folder (on Azure, a container made for the job goes
     /// too), and succeeds only when nothing is left. Several nodes' janitors may delete the same
     /// folder at once: a file already gone counts as deleted, and one failure does not stop the
@@ -243,7 +264,8 @@ fn s3(settings: &OutputSettings) -> Result<AmazonS3, OutputError> {
     let mut builder = AmazonS3Builder::from_env()
         .with_bucket_name(&settings.s3_bucket)
         .with_client_options(options)
-        .with_retry(settings.retry());
+        .with_retry(settings.retry())
+        .with_http_connector(metered::Metered::new("s3"));
     if !settings.s3_region.is_empty() {
         builder = builder.with_region(&settings.s3_region);
     }

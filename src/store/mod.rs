@@ -235,6 +235,28 @@ pub trait JobStore: Send + Sync {
     /// Marks a job cancelled (queued/running) or released (finished). False if it was unknown or
     /// already gone.
     async fn cancel(&self, id: JobId) -> Result<bool, StoreError>;
+
+    /// Operators: the most recent jobs, newest first.
+    async fn recent_jobs(&self, limit: i64) -> Result<Vec<JobId>, StoreError>;
+    /// Operators: the jobs kept, counted by level and status (metrics).
+    async fn job_counts(&self) -> Result<Vec<JobCount>, StoreError>;
+    /// Whether every migration this build carries is applied (readiness); an error when the
+    /// database does not answer.
+    async fn schema_current(&self) -> Result<bool, StoreError>;
+}
+
+/// Jobs of one level in one status.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobCount {
+    pub level: String,
+    pub status: String,
+    pub count: i64,
+}
+
+/// Whether the latest applied migration is the latest this build carries.
+fn is_current(applied: Option<i64>, migrator: &sqlx::migrate::Migrator) -> bool {
+    let latest = migrator.iter().map(|m| m.version).max();
+    applied >= latest
 }
 
 /// What `create_job` did.

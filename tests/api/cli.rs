@@ -62,3 +62,39 @@ backend_tests! {
         assert_eq!(manifest["output"][0]["count"], 1, "the loaded transaction's references were resolved");
     }
 }
+
+backend_tests! {
+    async fn jobs_list_show_and_cancel_work_against_the_database(backend: Backend) {
+        let app = spawn_app_with(backend, AppOptions { workers: 0, ..Default::default() }).await;
+        assert!(app.put(&json!({"resourceType": "Patient", "id": "p1"})).await.status().is_success());
+        let done_url = app.kick_off("/$export?_type=Patient").await;
+        app.drain().await;
+        let manifest = app.wait_for_manifest(&done_url).await;
+        let queued_url = app.kick_off("/Patient/$export").await;
+        let (done, queued) = (done_url.rsplit('/').next().unwrap(), queued_url.rsplit('/').next().unwrap());
+        let jobs = |args: &[&str]| bulkfhir().arg("jobs").args(args).args(["--database-url", &app.db.url]).output().unwrap();
+
+        let list = jobs(&["list"]);
+        let text = String::from_utf8_lossy(&list.stdout);
+        assert!(list.status.success(), "{}", String::from_utf8_lossy(&list.stderr));
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 3, "a header and two jobs: {text}");
+        assert!(lines[1].starts_with(queued) && lines[1].contains(" queued ") && lines[1].contains(" patient "), "newest first: {text}");
+        let file = manifest["output"][0]["url"].as_str().unwrap();
+        let bytes = app.client.get(file).send().await.unwrap().bytes().await.unwrap().len();
+        assert!(lines[2].starts_with(done) && lines[2].contains(" completed ") && lines[2].contains(&format!(" {bytes} ")), "{text}");
+
+        let show = jobs(&["show", done]);
+        let text = String::from_utf8_lossy(&show.stdout);
+        assert!(text.contains("status:           completed") && text.contains("level:            system"), "{text}");
+        assert!(text.contains("Patient-1.ndjson") && text.contains(&format!("files:            1 ({bytes} bytes)")), "{text}");
+
+        let cancel = jobs(&["cancel", queued]);
+        assert!(cancel.status.success(), "{}", String::from_utf8_lossy(&cancel.stderr));
+        let status = app.client.get(&queued_url).send().await.unwrap();
+        assert_eq!(status.status(), 404, "cancelled as DELETE cancels");
+        assert!(!jobs(&["cancel", queued]).status.success(), "a cancelled job cannot be cancelled again");
+        let unknown = jobs(&["show", "not-a-job"]);
+        assert!(!unknown.status.success() && String::from_utf8_lossy(&unknown.stderr).contains("not a job id"));
+    }
+}

@@ -139,6 +139,7 @@ pub struct AppOptions {
     pub max_body_bytes: usize,
     pub kickoff_headers: KickoffHeaders,
     pub database_acquire_timeout_millis: u64,
+    pub header_read_timeout_seconds: u64,
     /// Authorization: open by default (no clients); auth tests register clients.
     pub auth: AuthSettings,
     pub output: bulkfhir::output::OutputSettings,
@@ -156,6 +157,7 @@ impl Default for AppOptions {
             max_body_bytes: 16 * 1024 * 1024,
             kickoff_headers: KickoffHeaders::Strict,
             database_acquire_timeout_millis: 3000,
+            header_read_timeout_seconds: 10,
             auth: AuthSettings::default(),
             output: Default::default(),
         }
@@ -230,6 +232,8 @@ pub(crate) fn settings(database_url: &str, output_dir: &std::path::Path, options
         log_format: LogFormat::Text,
         request_timeout_seconds: 60,
         kickoff_headers: options.kickoff_headers,
+        header_read_timeout_seconds: options.header_read_timeout_seconds,
+        concurrent_large_bodies: 2,
         auth: options.auth.clone(),
         output: options.output.clone(),
     }

@@ -6,7 +6,7 @@ use sqlx::{postgres::PgRow, Row};
 use super::{retrying, PgStore, WORK_CHANNEL};
 use crate::{
     export::job::{FileRecord, JobId, JobRecord, JobStatus, NewJob, Progress},
-    store::{Created, FileRow, JobStore, StoreError},
+    store::{is_current, Created, FileRow, JobCount, JobStore, StoreError},
 };
 
 /// Advisory lock class of the per-owner export limit (`pg_advisory_xact_lock(class, owner hash)`).
@@ -60,6 +60,27 @@ impl JobStore for PgStore {
 
     async fn cancel(&self, id: JobId) -> Result<bool, StoreError> {
         retrying(|| self.cancel_once(id)).await
+    }
+
+    async fn recent_jobs(&self, limit: i64) -> Result<Vec<JobId>, StoreError> {
+        let ids: Vec<uuid::Uuid> = sqlx::query_scalar("SELECT id FROM export_jobs ORDER BY created_at DESC LIMIT $1")
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(ids.into_iter().map(JobId).collect())
+    }
+
+    async fn job_counts(&self) -> Result<Vec<JobCount>, StoreError> {
+        let rows: Vec<(Option<String>, String, i64)> =
+            sqlx::query_as("SELECT request->>'level' AS level, status, count(*) FROM export_jobs GROUP BY 1, 2 ORDER BY 1, 2")
+                .fetch_all(&self.pool)
+                .await?;
+        Ok(rows.into_iter().map(|(level, status, count)| JobCount { level: level.unwrap_or_default(), status, count }).collect())
+    }
+
+    async fn schema_current(&self) -> Result<bool, StoreError> {
+        let applied: Option<i64> = sqlx::query_scalar("SELECT max(version) FROM _sqlx_migrations WHERE success").fetch_one(&self.pool).await?;
+        Ok(is_current(applied, &sqlx::migrate!("./migrations/postgres")))
     }
 }
 

@@ -6,7 +6,7 @@ use sqlx::{sqlite::SqliteRow, Row};
 use super::{instant, micros, now_micros, SqliteStore};
 use crate::{
     export::job::{FileRecord, JobId, JobRecord, JobStatus, NewJob, Progress},
-    store::{Created, FileRow, JobStore, StoreError},
+    store::{is_current, Created, FileRow, JobCount, JobStore, StoreError},
 };
 
 #[async_trait]
@@ -124,6 +124,27 @@ impl JobStore for SqliteStore {
             .await?;
         tx.commit().await?;
         Ok(cancelled)
+    }
+
+    async fn recent_jobs(&self, limit: i64) -> Result<Vec<JobId>, StoreError> {
+        let ids: Vec<String> = sqlx::query_scalar("SELECT id FROM export_jobs ORDER BY created_at DESC LIMIT ?")
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await?;
+        ids.iter().map(|id| id.parse().map_err(|_| StoreError::Database(decode(format!("job id '{id}'"))))).collect()
+    }
+
+    async fn job_counts(&self) -> Result<Vec<JobCount>, StoreError> {
+        let rows: Vec<(Option<String>, String, i64)> =
+            sqlx::query_as("SELECT json_extract(request, '$.level') AS level, status, count(*) FROM export_jobs GROUP BY 1, 2 ORDER BY 1, 2")
+                .fetch_all(&self.pool)
+                .await?;
+        Ok(rows.into_iter().map(|(level, status, count)| JobCount { level: level.unwrap_or_default(), status, count }).collect())
+    }
+
+    async fn schema_current(&self) -> Result<bool, StoreError> {
+        let applied: Option<i64> = sqlx::query_scalar("SELECT max(version) FROM _sqlx_migrations WHERE success").fetch_one(&self.pool).await?;
+        Ok(is_current(applied, &sqlx::migrate!("./migrations/sqlite")))
     }
 }
 
