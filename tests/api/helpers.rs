@@ -69,6 +69,8 @@ pub struct TestDb {
 enum Place {
     Postgres { name: String },
     Sqlite { _dir: tempfile::TempDir },
+    /// A database of a server the test runs itself; the test cleans up.
+    Given,
 }
 
 impl TestDb {
@@ -90,6 +92,11 @@ impl TestDb {
                 Self { backend, url, place: Place::Sqlite { _dir: dir } }
             }
         }
+    }
+
+    /// The Postgres database at `url`, on a server the test manages itself.
+    pub fn given(url: &str) -> Self {
+        Self { backend: Backend::Postgres, url: url.to_owned(), place: Place::Given }
     }
 
     /// A one-number query (`SELECT count(*) ...`) run on a connection of the test's own, beside
@@ -183,12 +190,16 @@ pub async fn spawn_app(backend: Backend) -> TestApp {
 }
 
 pub async fn spawn_app_with(backend: Backend, options: AppOptions) -> TestApp {
+    spawn_app_in(TestDb::create(backend).await, options).await
+}
+
+/// The test app on a database the caller provides.
+pub async fn spawn_app_in(db: TestDb, options: AppOptions) -> TestApp {
     TRACING.call_once(|| {
         if std::env::var("TEST_LOG").is_ok() {
             bulkfhir::telemetry::init(LogFormat::Text);
         }
     });
-    let db = TestDb::create(backend).await;
     let output_dir = tempfile::tempdir().expect("temp dir");
     let app = Application::build(settings(&db.url, output_dir.path(), &options)).await.expect("the app builds");
     let (base_url, stores, output, shutdown) =

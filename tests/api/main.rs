@@ -15,6 +15,7 @@ mod organize_output;
 mod partial_manifests;
 mod patient_param;
 mod point_in_time;
+mod postgres_tls;
 mod recovery;
 mod rejections;
 mod rest;
