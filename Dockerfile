@@ -29,9 +29,15 @@ RUN touch src/main.rs src/lib.rs \
  && cargo build --release --locked --bin bulkfhir
 
 # ---- runtime ----------------------------------------------------------------
-# The binary needs only glibc and libgcc_s (SQLite is bundled, no TLS), so no
-# packages are installed: not even ca-certificates, as nothing makes TLS calls.
 FROM debian:bookworm-slim
+
+# ca-certificates: the trust store of outgoing HTTPS (JWKS URLs, Azure, S3), so
+# the binary's bundled fallback roots are not used; unpinned so that a rebuild
+# takes bookworm's security updates.
+# hadolint ignore=DL3008
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends ca-certificates \
+ && rm -rf /var/lib/apt/lists/*
 
 # Fixed UID/GID so volume ownership and runAsUser policies are predictable.
 RUN groupadd --system --gid 10001 bulkfhir \
@@ -59,10 +65,11 @@ EXPOSE 8080
 VOLUME ["/var/lib/bulkfhir/exports", "/var/lib/bulkfhir/data"]
 
 # No curl in the slim image: bash's /dev/tcp sends a bare HTTP/1.0 request to
-# /fhir/metadata (200 while the database answers: it says whether authorization
-# is on) on the port taken from BULKFHIR_LISTEN.
+# /readyz (200 once the database answers, migrations are applied and the output
+# destination is writable; 503 with the reason otherwise) on the port taken from
+# BULKFHIR_LISTEN.
 HEALTHCHECK --interval=30s --timeout=5s --start-period=10s --retries=3 \
-  CMD ["bash", "-c", "exec 3<>\"/dev/tcp/127.0.0.1/${BULKFHIR_LISTEN##*:}\" && printf 'GET /fhir/metadata HTTP/1.0\\r\\n\\r\\n' >&3 && read -r -t 4 _ code _ <&3 && [ \"$code\" = 200 ]"]
+  CMD ["bash", "-c", "exec 3<>\"/dev/tcp/127.0.0.1/${BULKFHIR_LISTEN##*:}\" && printf 'GET /readyz HTTP/1.0\\r\\n\\r\\n' >&3 && read -r -t 4 _ code _ <&3 && [ \"$code\" = 200 ]"]
 
 # Exec form: bulkfhir is PID 1 and gets SIGTERM directly (it shuts down
 # gracefully on it).

@@ -10,6 +10,7 @@ pub mod background;
 pub mod config;
 pub mod export;
 pub mod fhir;
+pub mod https;
 pub mod load;
 pub mod output;
 pub mod startup;

@@ -180,9 +180,24 @@ async fn main() -> ExitCode {
         Command::Synth { resources, out, sample } => synth(&sample, resources, &out),
     };
     result.unwrap_or_else(|e| {
-        eprintln!("bulkfhir: {e:#}");
+        eprintln!("bulkfhir: {}", describe(&e));
         ExitCode::FAILURE
     })
+}
+
+/// The error and its causes, each once: many errors (sqlx's, ours around them) already quote
+/// their source in their own message, so `{:#}` would repeat it.
+fn describe(error: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in error.chain().map(ToString::to_string) {
+        if !text.contains(&cause) {
+            if !text.is_empty() {
+                text.push_str(": ");
+            }
+            text.push_str(&cause);
+        }
+    }
+    text
 }
 
 async fn serve(settings: Settings) -> anyhow::Result<ExitCode> {

@@ -3,7 +3,7 @@
 
 use std::{
     collections::HashMap,
-    sync::{Arc, Mutex},
+    sync::{Arc, Mutex, OnceLock},
     time::{Duration, Instant},
 };
 
@@ -16,20 +16,28 @@ const MAX_CACHE: Duration = Duration::from_secs(3600);
 /// A JWKS larger than this is refused (a key set is a few kilobytes).
 const MAX_JWKS_BYTES: usize = 256 * 1024;
 
-#[derive(Clone)]
+#[derive(Clone, Default)]
 pub struct JwksFetcher {
-    http: reqwest13::Client,
+    /// Built on the first fetch, not at start-up: most servers never fetch a JWKS, and a client
+    /// that cannot be built must fail that fetch, not the server.
+    http: Arc<OnceLock<Result<reqwest13::Client, String>>>,
     cache: Arc<Mutex<HashMap<Url, (JwkSet, Instant)>>>,
 }
 
 impl JwksFetcher {
     pub fn new() -> Self {
-        let http = reqwest13::Client::builder()
-            .timeout(Duration::from_secs(10))
-            .redirect(reqwest13::redirect::Policy::none())
-            .build()
-            .expect("an HTTP client with rustls builds");
-        Self { http, cache: Arc::default() }
+        Self::default()
+    }
+
+    fn http(&self) -> Result<&reqwest13::Client, String> {
+        let built = self.http.get_or_init(|| {
+            crate::https::reqwest_trust(reqwest13::Client::builder())
+                .timeout(Duration::from_secs(10))
+                .redirect(reqwest13::redirect::Policy::none())
+                .build()
+                .map_err(|e| format!("cannot build the HTTPS client that fetches JWKS URLs: {e}"))
+        });
+        built.as_ref().map_err(Clone::clone)
     }
 
     /// The key set at `url`: from the cache while it is fresh, unless `refresh` (a `kid` was
@@ -43,7 +51,7 @@ impl JwksFetcher {
                 return Ok((set.clone(), true));
             }
         }
-        let response = self.http.get(url.clone()).send().await.map_err(|e| format!("fetching the JWKS at {url} failed: {e}"))?;
+        let response = self.http()?.get(url.clone()).send().await.map_err(|e| format!("fetching the JWKS at {url} failed: {e}"))?;
         if !response.status().is_success() {
             return Err(format!("the JWKS URL {url} answered {}", response.status()));
         }
@@ -58,12 +66,6 @@ impl JwksFetcher {
             cache.insert(url.clone(), (set.clone(), Instant::now() + max_age.min(MAX_CACHE)));
         }
         Ok((set, false))
-    }
-}
-
-impl Default for JwksFetcher {
-    fn default() -> Self {
-        Self::new()
     }
 }
 

@@ -45,7 +45,7 @@ impl Azure {
             ("", false) => format!("https://{account}.blob.core.windows.net"),
             (endpoint, _) => endpoint.trim_end_matches('/').to_owned(),
         };
-        let options = ClientOptions::new().with_timeout(settings.request_timeout());
+        let options = crate::https::object_store_trust(ClientOptions::new()).with_timeout(settings.request_timeout());
         // from_env picks up the default credential chain (AZURE_CLIENT_ID, AZURE_FEDERATED_TOKEN_FILE,
         // managed identity, ...) when neither a key nor a SAS token is configured.
         let mut builder = MicrosoftAzureBuilder::from_env()

@@ -259,7 +259,7 @@ fn remove_tree(root: &FsPath, folder: &FsPath) -> std::io::Result<()> {
 }
 
 fn s3(settings: &OutputSettings) -> Result<AmazonS3, OutputError> {
-    let options = object_store::ClientOptions::new().with_timeout(settings.request_timeout());
+    let options = crate::https::object_store_trust(object_store::ClientOptions::new()).with_timeout(settings.request_timeout());
     // from_env picks up the AWS default chain (AWS_* variables, web identity, instance metadata).
     let mut builder = AmazonS3Builder::from_env()
         .with_bucket_name(&settings.s3_bucket)

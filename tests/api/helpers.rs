@@ -69,6 +69,8 @@ pub struct TestDb {
 enum Place {
     Postgres { name: String },
     Sqlite { _dir: tempfile::TempDir },
+    /// A database of a server the test runs itself; the test cleans up.
+    Given,
 }
 
 impl TestDb {
@@ -90,6 +92,11 @@ impl TestDb {
                 Self { backend, url, place: Place::Sqlite { _dir: dir } }
             }
         }
+    }
+
+    /// The Postgres database at `url`, on a server the test manages itself.
+    pub fn given(url: &str) -> Self {
+        Self { backend: Backend::Postgres, url: url.to_owned(), place: Place::Given }
     }
 
     /// A one-number query (`SELECT count(*) ...`) run on a connection of the test's own, beside
@@ -189,7 +196,11 @@ pub async fn spawn_app(backend: Backend) -> TestApp {
 }
 
 pub async fn spawn_app_with(backend: Backend, options: AppOptions) -> TestApp {
-    let db = TestDb::create(backend).await;
+    spawn_app_in(TestDb::create(backend).await, options).await
+}
+
+/// The test app on a database the caller provides.
+pub async fn spawn_app_in(db: TestDb, options: AppOptions) -> TestApp {
     let url = db.url.clone();
     spawn_app_on(db, &url, options).await
 }

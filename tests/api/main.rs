@@ -22,6 +22,7 @@ mod partial_manifests;
 mod patient_param;
 mod point_in_time;
 mod races;
+mod postgres_tls;
 mod recovery;
 mod rejections;
 mod rest;

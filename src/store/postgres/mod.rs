@@ -11,7 +11,7 @@ use std::{str::FromStr, sync::Arc, time::Duration};
 
 use sqlx::{
     migrate::MigrateDatabase,
-    postgres::{PgConnectOptions, PgListener, PgPoolOptions},
+    postgres::{PgConnectOptions, PgListener, PgPoolOptions, PgSslMode},
     PgPool, Postgres,
 };
 use tokio::{sync::Notify, task::JoinHandle};
@@ -30,17 +30,23 @@ pub struct PgStore {
 impl PgStore {
     /// Connects (creating the database if it does not exist yet), applies migrations, and starts
     /// listening for work notifications.
+    ///
+    /// TLS as libpq spells it in the URL: `sslmode` (`disable`, `prefer` (the default),
+    /// `require`, `verify-ca`, `verify-full`) and `sslrootcert` (a CA file; without it the
+    /// `verify-*` modes trust the bundled Mozilla roots).
     pub async fn connect(url: &str, pool_size: u32, acquire_timeout: Duration) -> Result<Self, StoreError> {
-        if !Postgres::database_exists(url).await? {
-            tracing::info!("creating database");
-            Postgres::create_database(url).await?;
-        }
         let options = PgConnectOptions::from_str(url)?.application_name("bulkfhir");
+        let explain = |e| explain_tls(e, &options);
+        if !Postgres::database_exists(url).await.map_err(explain)? {
+            tracing::info!("creating database");
+            Postgres::create_database(url).await.map_err(explain)?;
+        }
         let pool = PgPoolOptions::new()
             .max_connections(pool_size)
             .acquire_timeout(acquire_timeout)
-            .connect_with(options)
-            .await?;
+            .connect_with(options.clone())
+            .await
+            .map_err(explain)?;
         let migrator = sqlx::migrate!("./migrations/postgres");
         super::announce_upgrade(&pool, &migrator).await;
         accept_superseded_checksums(&pool, &migrator).await?;
@@ -118,6 +124,39 @@ where
             result => return result,
         }
     }
+/// A refused server certificate, said in the URL's terms (rustls names only the check that
+/// failed); other errors as they are.
+fn explain_tls(error: sqlx::Error, options: &PgConnectOptions) -> sqlx::Error {
+    use rustls::{CertificateError, Error as TlsError};
+    // rustls's error arrives inside an io::Error, whose `source` skips it: look inside too.
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(&error);
+    let refused = std::iter::from_fn(|| {
+        let current = cause?;
+        cause = current.source();
+        Some(current)
+    })
+    .find_map(|e| {
+        let tls = e.downcast_ref::<TlsError>().or_else(|| e.downcast_ref::<std::io::Error>()?.get_ref()?.downcast_ref::<TlsError>());
+        match tls {
+            Some(TlsError::InvalidCertificate(c)) => Some(c.clone()),
+            _ => None,
+        }
+    });
+    let reason = match &refused {
+        Some(CertificateError::UnknownIssuer | CertificateError::BadSignature) => {
+            "the server's certificate is not signed by a CA in sslrootcert (without sslrootcert: by a public CA)".to_owned()
+        }
+        Some(CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. }) => format!(
+            "the server's certificate is not valid for the host '{}' of the URL (sslmode=verify-full checks the name, verify-ca does not)",
+            options.get_host()
+        ),
+        Some(CertificateError::Expired | CertificateError::ExpiredContext { .. }) => "the server's certificate has expired".to_owned(),
+        _ => return error,
+    };
+    // Only the verify-* modes check a certificate.
+    let mode = if matches!(options.get_ssl_mode(), PgSslMode::VerifyCa) { "verify-ca" } else { "verify-full" };
+    let detail = refused.map(TlsError::InvalidCertificate).map(|e| e.to_string()).unwrap_or_default();
+    sqlx::Error::Tls(format!("sslmode={mode} refused the server: {reason} ({detail})").into())
 }
 
 /// LISTEN for new work and wake idle workers; reconnects after errors. Workers also poll, so a
