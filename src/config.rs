@@ -33,6 +33,8 @@ pub struct Settings {
     pub log_format: LogFormat,
     /// Request timeout (seconds) for everything but the streaming of file bodies.
     pub request_timeout_seconds: u64,
+    /// How the kick-off treats missing or different `Accept` and `Prefer` headers.
+    pub kickoff_headers: KickoffHeaders,
     pub auth: AuthSettings,
     /// Where export files go (`destination`, `file_urls`, `azure_*`, `s3_*`, `storage_*`).
     #[serde(flatten)]
@@ -97,6 +99,17 @@ impl ClientSettings {
 pub enum LogFormat {
     Text,
     Json,
+}
+
+/// `kickoff_headers`: `strict` requires `Accept: application/fhir+json` and
+/// `Prefer: respond-async` on a kick-off, as the seed system (Azure API for FHIR) does;
+/// `lenient` takes a missing Accept or Prefer, and `application/json`, as well.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum KickoffHeaders {
+    #[default]
+    Strict,
+    Lenient,
 }
 
 /// Values given on the command line; unset ones leave the lower layers alone.
@@ -202,6 +215,7 @@ mod tests {
         assert_eq!(s.workers, 7);
         assert_eq!(s.max_file_bytes, 1000);
         assert_eq!(s.retention, 86400);
+        assert_eq!(s.kickoff_headers, KickoffHeaders::Strict);
     }
 
     #[test]

@@ -19,6 +19,7 @@ use super::{
     AppState,
 };
 use crate::{
+    auth::Caller,
     export::{
         job::{FileRecord, JobRecord},
         manifest::manifest,
@@ -50,7 +51,7 @@ async fn export_status(State(app): State<AppState>, Authorized(caller): Authoriz
     let mut response = match app.exports.state(id, &caller.requester.owner).await? {
         ExportState::InProgress(job, files) => {
             let mut response = if job.request.allow_partial_manifests {
-                (StatusCode::ACCEPTED, Json(file_manifest(&app, id, &job, &files).await?)).into_response()
+                (StatusCode::ACCEPTED, Json(file_manifest(&app, &caller, id, &job, &files).await?)).into_response()
             } else {
                 StatusCode::ACCEPTED.into_response()
             };
@@ -61,7 +62,7 @@ async fn export_status(State(app): State<AppState>, Authorized(caller): Authoriz
             response
         }
         ExportState::Completed(job, files) => {
-            let mut response = Json(file_manifest(&app, id, &job, &files).await?).into_response();
+            let mut response = Json(file_manifest(&app, &caller, id, &job, &files).await?).into_response();
             if let Some(expires) = job.expires_at {
                 let date = httpdate::fmt_http_date(SystemTime::from(expires));
                 response.headers_mut().insert(header::EXPIRES, HeaderValue::from_str(&date).expect("an HTTP date is a valid header"));
@@ -80,11 +81,11 @@ async fn export_status(State(app): State<AppState>, Authorized(caller): Authoriz
 }
 
 /// The manifest of the files listed so far, each with its URL: signed by the store, or this
-/// server's own file URL.
-async fn file_manifest(app: &AppState, id: JobId, job: &JobRecord, files: &[FileRecord]) -> Result<serde_json::Value, ApiError> {
+/// server's own file URL, which needs a token only when authorization is on.
+async fn file_manifest(app: &AppState, caller: &Caller, id: JobId, job: &JobRecord, files: &[FileRecord]) -> Result<serde_json::Value, ApiError> {
     Ok(match app.exports.signed_urls(job, files).await? {
         Some(signed) => manifest(job, files, false, |f| signed.get(&f.key).cloned().unwrap_or_default()),
-        None => manifest(job, files, true, |f| format!("{}/files/{}", app.status_url(id), f.name)),
+        None => manifest(job, files, caller.scopes.is_some(), |f| format!("{}/files/{}", app.status_url(id), f.name)),
     })
 }
 

@@ -8,10 +8,12 @@ use axum::{
     Router,
 };
 
+use serde_json::Value;
+
 use super::{
     auth::Authorized,
     error::{fhir_json, ApiError},
-    extract::{check_kickoff_accept, kickoff_handling, JsonBody},
+    extract::{check_kickoff_accept, kickoff_handling, OptionalJsonBody},
     AppState,
 };
 use crate::{
@@ -28,23 +30,23 @@ pub fn router() -> Router<AppState> {
 }
 
 async fn system_get(State(app): State<AppState>, Authorized(caller): Authorized, headers: HeaderMap, OriginalUri(uri): OriginalUri) -> Result<Response, ApiError> {
-    kick_off(app, &caller, ExportLevel::System, &headers, &uri, None).await
+    kick_off(app, &caller, ExportLevel::System, &headers, &uri, Method::GET, None).await
 }
 
-async fn system_post(State(app): State<AppState>, Authorized(caller): Authorized, headers: HeaderMap, OriginalUri(uri): OriginalUri, body: JsonBody) -> Result<Response, ApiError> {
-    kick_off(app, &caller, ExportLevel::System, &headers, &uri, Some(body)).await
+async fn system_post(State(app): State<AppState>, Authorized(caller): Authorized, headers: HeaderMap, OriginalUri(uri): OriginalUri, OptionalJsonBody(body): OptionalJsonBody) -> Result<Response, ApiError> {
+    kick_off(app, &caller, ExportLevel::System, &headers, &uri, Method::POST, body).await
 }
 
 async fn patient_get(State(app): State<AppState>, Authorized(caller): Authorized, headers: HeaderMap, OriginalUri(uri): OriginalUri) -> Result<Response, ApiError> {
-    kick_off(app, &caller, ExportLevel::Patient, &headers, &uri, None).await
+    kick_off(app, &caller, ExportLevel::Patient, &headers, &uri, Method::GET, None).await
 }
 
-async fn patient_post(State(app): State<AppState>, Authorized(caller): Authorized, headers: HeaderMap, OriginalUri(uri): OriginalUri, body: JsonBody) -> Result<Response, ApiError> {
-    kick_off(app, &caller, ExportLevel::Patient, &headers, &uri, Some(body)).await
+async fn patient_post(State(app): State<AppState>, Authorized(caller): Authorized, headers: HeaderMap, OriginalUri(uri): OriginalUri, OptionalJsonBody(body): OptionalJsonBody) -> Result<Response, ApiError> {
+    kick_off(app, &caller, ExportLevel::Patient, &headers, &uri, Method::POST, body).await
 }
 
 async fn group_get(State(app): State<AppState>, Authorized(caller): Authorized, Path(id): Path<String>, headers: HeaderMap, OriginalUri(uri): OriginalUri) -> Result<Response, ApiError> {
-    kick_off(app, &caller, group_level(&id)?, &headers, &uri, None).await
+    kick_off(app, &caller, group_level(&id)?, &headers, &uri, Method::GET, None).await
 }
 
 async fn group_post(
@@ -53,9 +55,9 @@ async fn group_post(
     Path(id): Path<String>,
     headers: HeaderMap,
     OriginalUri(uri): OriginalUri,
-    body: JsonBody,
+    OptionalJsonBody(body): OptionalJsonBody,
 ) -> Result<Response, ApiError> {
-    kick_off(app, &caller, group_level(&id)?, &headers, &uri, Some(body)).await
+    kick_off(app, &caller, group_level(&id)?, &headers, &uri, Method::POST, body).await
 }
 
 fn group_level(id: &str) -> Result<ExportLevel, ApiError> {
@@ -63,13 +65,15 @@ fn group_level(id: &str) -> Result<ExportLevel, ApiError> {
     Ok(ExportLevel::Group { id })
 }
 
-#[tracing::instrument(skip_all, fields(method = %if body.is_some() { Method::POST } else { Method::GET }))]
-async fn kick_off(app: AppState, caller: &Caller, level: ExportLevel, headers: &HeaderMap, uri: &Uri, body: Option<JsonBody>) -> Result<Response, ApiError> {
-    check_kickoff_accept(headers)?;
-    let handling = kickoff_handling(headers)?;
+/// A POST without a body (or with an empty one) is a Parameters resource without parameters:
+/// its parameters are the URL's, as for a GET.
+#[tracing::instrument(skip_all, fields(%method))]
+async fn kick_off(app: AppState, caller: &Caller, level: ExportLevel, headers: &HeaderMap, uri: &Uri, method: Method, body: Option<Value>) -> Result<Response, ApiError> {
+    check_kickoff_accept(headers, app.kickoff_headers)?;
+    let handling = kickoff_handling(headers, app.kickoff_headers)?;
     let mut params = RawParams::from_query(uri.query().unwrap_or(""))?;
-    if let Some(JsonBody(body)) = body {
-        params.0.extend(RawParams::from_parameters(&body)?.0);
+    if let Some(body) = body {
+        params = RawParams::merge(params, RawParams::from_parameters(&body)?)?;
     }
     // The manifest's `request`: the kick-off URL as the client sent it, on the public base.
     let path_and_query = uri.path_and_query().map_or("", |p| p.as_str());

@@ -29,7 +29,7 @@ use tower_http::{
 pub use auth::Authorized;
 pub use error::ApiError;
 
-use crate::{auth::Auth, export::Exports, fhir::IssueCode, store::Stores};
+use crate::{auth::Auth, config::KickoffHeaders, export::Exports, fhir::IssueCode, store::Stores};
 
 /// Everything a handler needs, cloned per request.
 #[derive(Clone)]
@@ -39,6 +39,8 @@ pub struct AppState {
     /// The public URL of the FHIR base, without a trailing slash.
     pub base_url: String,
     pub auth: Auth,
+    /// Whether a kick-off must send `Accept: application/fhir+json` and `Prefer: respond-async`.
+    pub kickoff_headers: KickoffHeaders,
 }
 
 /// Bounds on what one request may cost.

@@ -4,8 +4,14 @@
 use percent_encoding::percent_decode_str;
 use serde_json::Value;
 
-/// Parameters whose values are comma-separated lists.
-const LIST_PARAMS: [&str; 4] = ["_type", "_typeFilter", "_elements", "includeAssociatedData"];
+use crate::fhir::ResourceType;
+
+/// List parameters whose items can never hold a comma: decoded first, then split on commas,
+/// since Python's `urlencode` and JavaScript's `URLSearchParams` send `,` as `%2C`.
+const LIST_PARAMS: [&str; 4] = ["_type", "_elements", "includeAssociatedData", "patient"];
+
+/// `_typeFilter`: a list whose queries may hold commas (OR-ed values) of their own.
+const TYPE_FILTER: &str = "_typeFilter";
 
 /// Name/value pairs in request order, list values already split into one pair per item.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -21,25 +27,34 @@ pub enum ParamsError {
     MissingValue(String),
     #[error("the query string is not valid percent-encoded UTF-8")]
     BadEncoding,
+    #[error("parameter '{name}' is given in the URL as '{url}' and in the body as '{body}'; give it once")]
+    Conflict { name: String, url: String, body: String },
+    #[error("parameter name '{0}' contains a control character (such as NUL), which no parameter may hold")]
+    ControlCharacterInName(String),
+    #[error("parameter '{0}': the value contains a control character (such as NUL), which no parameter value may hold")]
+    ControlCharacterInValue(String),
 }
 
 impl RawParams {
-    /// Parses a query string. List values are split on literal commas before percent-decoding,
-    /// so a comma inside a value arrives as `%2C` and stays inside it (Bulk Data `_typeFilter`).
+    /// Parses a query string. `_typeFilter` is split on literal commas before percent-decoding,
+    /// so a comma inside a query arrives as `%2C` and stays inside it (Bulk Data); every other
+    /// list is decoded, then split.
     pub fn from_query(query: &str) -> Result<Self, ParamsError> {
         let mut pairs = Vec::new();
         for piece in query.split('&').filter(|p| !p.is_empty()) {
             let (raw_name, raw_value) = piece.split_once('=').unwrap_or((piece, ""));
             let name = decode(raw_name)?;
-            if LIST_PARAMS.contains(&name.as_str()) {
+            if name == TYPE_FILTER {
                 for item in raw_value.split(',') {
-                    pairs.push((name.clone(), decode(item)?));
+                    pairs.extend(split_type_filters(decode(item)?).into_iter().map(|query| (name.clone(), query)));
                 }
+            } else if LIST_PARAMS.contains(&name.as_str()) {
+                pairs.extend(decode(raw_value)?.split(',').map(|item| (name.clone(), item.to_owned())));
             } else {
                 pairs.push((name, decode(raw_value)?));
             }
         }
-        Ok(Self(pairs))
+        Self(pairs).checked()
     }
 
     /// Parses a `Parameters` body: one entry per value. `_type` may still hold a comma list;
@@ -53,17 +68,62 @@ impl RawParams {
         for (i, entry) in entries.iter().enumerate() {
             let name = entry.get("name").and_then(Value::as_str).ok_or(ParamsError::MissingName(i))?;
             let value = parameter_value(entry).ok_or_else(|| ParamsError::MissingValue(name.to_owned()))?;
-            if name != "_typeFilter" && LIST_PARAMS.contains(&name) {
+            if LIST_PARAMS.contains(&name) {
                 pairs.extend(value.split(',').map(|item| (name.to_owned(), item.trim().to_owned())));
             } else {
                 pairs.push((name.to_owned(), value));
             }
+        }
+        Self(pairs).checked()
+    }
+
+    /// The URL's and the body's parameters of one POST kick-off together. List parameters are
+    /// joined; a single-valued one given in both must have the same value there.
+    pub fn merge(url: Self, body: Self) -> Result<Self, ParamsError> {
+        let mut pairs = url.0;
+        for (name, value) in body.0 {
+            let multi = name == TYPE_FILTER || LIST_PARAMS.contains(&name.as_str());
+            if !multi {
+                if let Some((_, in_url)) = pairs.iter().find(|(n, _)| *n == name) {
+                    if *in_url != value {
+                        return Err(ParamsError::Conflict { name, url: in_url.clone(), body: value });
+                    }
+                    continue;
+                }
+            }
+            pairs.push((name, value));
         }
         Ok(Self(pairs))
     }
 
     pub fn values<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
         self.0.iter().filter(move |(n, _)| n == name).map(|(_, v)| v.as_str())
+    }
+
+    /// Refuses control characters in names and values: nothing in a kick-off needs them, and
+    /// Postgres text cannot hold NUL (a lenient warning names an unknown parameter).
+    fn checked(self) -> Result<Self, ParamsError> {
+        for (name, value) in &self.0 {
+            if name.chars().any(char::is_control) {
+                return Err(ParamsError::ControlCharacterInName(name.escape_debug().to_string()));
+            }
+            if value.chars().any(char::is_control) {
+                return Err(ParamsError::ControlCharacterInValue(name.clone()));
+            }
+        }
+        Ok(self)
+    }
+}
+
+/// A decoded `_typeFilter` item whose queries were separated by `%2C` instead of a literal
+/// comma: split when every piece starts with `Type?` of a known type; otherwise its commas
+/// belong to the query (OR-ed values) and it stays whole.
+fn split_type_filters(item: String) -> Vec<String> {
+    let starts_query = |piece: &str| piece.split_once('?').is_some_and(|(t, _)| ResourceType::parse(t).is_some());
+    if item.contains(',') && item.split(',').all(starts_query) {
+        item.split(',').map(str::to_owned).collect()
+    } else {
+        vec![item]
     }
 }
 
@@ -108,5 +168,52 @@ mod tests {
         assert_eq!(p.values("_typeFilter").collect::<Vec<_>>(), vec!["Observation?code=a,b"]);
         assert_eq!(p.values("patient").collect::<Vec<_>>(), vec!["Patient/1"]);
         assert_eq!(RawParams::from_parameters(&json!({"resourceType":"Patient"})), Err(ParamsError::NotParameters));
+    }
+
+    #[test]
+    fn encoded_commas_split_every_list_but_inside_type_filter_queries() {
+        let p = RawParams::from_query(
+            "_type=AllergyIntolerance%2CCondition&_elements=id%2Cmeta&includeAssociatedData=LatestProvenanceResources%2CRelevantProvenanceResources&patient=Patient%2Fa%2CPatient%2Fb",
+        )
+        .unwrap();
+        assert_eq!(p.values("_type").collect::<Vec<_>>(), ["AllergyIntolerance", "Condition"]);
+        assert_eq!(p.values("_elements").collect::<Vec<_>>(), ["id", "meta"]);
+        assert_eq!(p.values("includeAssociatedData").count(), 2);
+        assert_eq!(p.values("patient").collect::<Vec<_>>(), ["Patient/a", "Patient/b"]);
+        // `%2C` between whole queries splits them; a `%2C` between OR-ed values does not.
+        let p = RawParams::from_query("_typeFilter=Patient%3Fgender%3Dmale%2CObservation%3Fcode%3Da%2Cb").unwrap();
+        // Ambiguous (the last piece is no query): left whole.
+        assert_eq!(p.values("_typeFilter").collect::<Vec<_>>(), ["Patient?gender=male,Observation?code=a,b"]);
+        let p = RawParams::from_query("_typeFilter=Patient%3Fgender%3Dmale%2CObservation%3Fcode%3Da").unwrap();
+        assert_eq!(p.values("_typeFilter").collect::<Vec<_>>(), ["Patient?gender=male", "Observation?code=a"]);
+        let p = RawParams::from_query("_typeFilter=Observation%3Fcode%3Da%2Cb").unwrap();
+        assert_eq!(p.values("_typeFilter").collect::<Vec<_>>(), ["Observation?code=a,b"]);
+        // Other single values keep their commas.
+        assert_eq!(RawParams::from_query("_container=a%2Cb").unwrap().values("_container").collect::<Vec<_>>(), ["a,b"]);
+    }
+
+    #[test]
+    fn url_and_body_merge_and_conflicts_name_the_parameter() {
+        let url = RawParams::from_query("_type=Patient&_since=2024-01-01&_outputFormat=ndjson").unwrap();
+        let body = RawParams::from_parameters(&json!({"resourceType":"Parameters","parameter":[
+            {"name":"_type","valueString":"Observation"},
+            {"name":"_since","valueInstant":"2024-01-01"}]}))
+        .unwrap();
+        let merged = RawParams::merge(url.clone(), body).unwrap();
+        assert_eq!(merged.values("_type").collect::<Vec<_>>(), ["Patient", "Observation"]);
+        assert_eq!(merged.values("_since").count(), 1);
+        let body = RawParams::from_parameters(&json!({"resourceType":"Parameters","parameter":[
+            {"name":"_outputFormat","valueString":"application/fhir+ndjson"}]}))
+        .unwrap();
+        assert!(matches!(RawParams::merge(url, body), Err(ParamsError::Conflict { name, .. }) if name == "_outputFormat"));
+    }
+
+    #[test]
+    fn control_characters_are_refused_in_names_and_values() {
+        assert_eq!(RawParams::from_query("_type=Patient%00"), Err(ParamsError::ControlCharacterInValue("_type".into())));
+        assert_eq!(RawParams::from_query("_typeFilter=Patient%3Fname%3D%01"), Err(ParamsError::ControlCharacterInValue("_typeFilter".into())));
+        assert!(matches!(RawParams::from_query("fo%00o=1"), Err(ParamsError::ControlCharacterInName(n)) if n == "fo\\0o"));
+        let body = json!({"resourceType":"Parameters","parameter":[{"name":"_since","valueString":"2024\u{0}"}]});
+        assert_eq!(RawParams::from_parameters(&body), Err(ParamsError::ControlCharacterInValue("_since".into())));
     }
 }

@@ -181,6 +181,11 @@ impl ExportRequest {
         let since = single(raw, "_since")?
             .map(|value| instant::parse(value).map_err(|reason| invalid("_since", reason)))
             .transpose()?;
+        let now = Utc::now();
+        if let Some(since) = since
+            && since > now {
+                return Err(invalid("_since", format!("{} is in the future (the server's time is {}); use an instant in the past", instant::format(since), instant::format(now))));
+            }
         let until = single(raw, "_until")?
             .map(|value| instant::parse(value).map_err(|reason| invalid("_until", reason)))
             .transpose()?;
@@ -225,30 +230,39 @@ impl ExportRequest {
             .map(|value| ContainerName::parse(value).map_err(|reason| invalid("_container", reason)))
             .transpose()?;
 
+        // Types the level does not cover are left out with an OperationOutcome under either
+        // handling; only a request left with no type fails (Bulk Data: the server SHOULD).
         let mut types = BTreeSet::new();
+        let mut dropped: Vec<(ResourceType, String)> = Vec::new();
         for name in raw.values("_type").map(str::trim).filter(|n| !n.is_empty()) {
             let t = ResourceType::parse(name)
                 .ok_or_else(|| invalid("_type", format!("'{name}' is not a known FHIR R4 resource type")))?;
-            if !level.covers(&t) {
-                let reason = match level {
-                    ExportLevel::Group { .. } => format!(
-                        "{t} is not in the Patient compartment; Group level exports cover Patient compartment types and the types their resources reference ({})",
-                        references::REFERENCED_TYPES.join(", ")
-                    ),
-                    _ => format!("{t} is not in the Patient compartment; Patient level exports cover Patient compartment types only"),
-                };
-                refuse(invalid("_type", reason))?;
-                continue;
+            if level.covers(&t) {
+                types.insert(t);
+            } else if !dropped.iter().any(|(d, _)| *d == t) {
+                let reason = not_covered(&level, &t);
+                dropped.push((t, reason));
             }
-            types.insert(t);
+        }
+        if types.is_empty() && !dropped.is_empty() {
+            let reasons: Vec<&str> = dropped.iter().map(|(_, reason)| reason.as_str()).collect();
+            return Err(invalid("_type", format!("no requested type can be exported: {}", reasons.join("; "))));
         }
         let types = if raw.values("_type").next().is_some() { Some(types.into_iter().collect()) } else { None };
 
         let mut type_filters = Vec::new();
+        let mut dropped_filters = Vec::new();
         for text in raw.values("_typeFilter").map(str::trim).filter(|q| !q.is_empty()) {
+            let filtered = text.split_once('?').map_or(text, |(t, _)| t);
+            if dropped.iter().any(|(t, _)| t.as_str() == filtered) {
+                dropped_filters.push(format!("parameter '_typeFilter': '{text}' left out with its type {filtered}"));
+                continue;
+            }
             let filter = parse_type_filter(text, &level, types.as_deref(), &mut refuse)?;
             type_filters.push(filter);
         }
+        warnings.extend(dropped.into_iter().map(|(_, reason)| format!("parameter '_type': {reason}; left out of this export")));
+        warnings.extend(dropped_filters);
 
         Ok(Self {
             level,
@@ -288,6 +302,17 @@ impl ExportRequest {
             })
             .cloned()
             .collect()
+    }
+}
+
+/// Why a type requested in `_type` is not exported at this level.
+fn not_covered(level: &ExportLevel, t: &ResourceType) -> String {
+    match level {
+        ExportLevel::Group { .. } => format!(
+            "{t} is not in the Patient compartment; Group level exports cover Patient compartment types and the types their resources reference ({})",
+            references::REFERENCED_TYPES.join(", ")
+        ),
+        _ => format!("{t} is not in the Patient compartment; Patient level exports cover Patient compartment types only"),
     }
 }
 
@@ -444,7 +469,9 @@ mod tests {
         for (query, why) in [
             ("_type=Patient&_typeFilter=Observation%3Fcode%3Da", "_type does not export"),
             ("_typeFilter=Observation%3Fdate%3Dsoon", "is not a FHIR date"),
-            ("_typeFilter=Observation%3Fbogus%3D1", "not an R4 search parameter"),
+            ("_typeFilter=Observation%3Fdate%3D2020-01-01T%25C3%25A912345", "is not a FHIR date"),
+            ("_typeFilter=Observation%3F_lastUpdated%3Dgt0000-01-01", "0001 to 9999"),
+            ("_typeFilter=Observation%3Fcode%3Da%2500", "control character"),
         ] {
             match parse(ExportLevel::System, query, Handling::Lenient) {
                 Err(ExportError::InvalidParameter { name, reason }) => assert!(name == "_typeFilter" && reason.contains(why), "{query}: {reason}"),
@@ -457,6 +484,30 @@ mod tests {
         let r = parse(ExportLevel::System, chained, Handling::Lenient).unwrap();
         assert_eq!(r.type_filters[0].conditions.len(), 1, "the chain is dropped, status kept");
         assert!(r.warnings[0].contains("chained") && r.warnings[0].contains("lenient"));
+    }
+
+    #[test]
+    fn unknown_search_parameters_fail_strict_and_are_dropped_lenient() {
+        let query = "_typeFilter=Patient%3Fstatus%3Dactive%26gender%3Dfemale";
+        assert!(matches!(parse(ExportLevel::System, query, Handling::Strict), Err(ExportError::UnsupportedSearch(m)) if m.contains("'status'")));
+        let r = parse(ExportLevel::System, query, Handling::Lenient).unwrap();
+        assert_eq!(r.type_filters[0].conditions.len(), 1, "status is dropped, gender kept");
+        assert_eq!(r.type_filters[0].conditions[0].name, "gender");
+        assert!(r.warnings[0].contains("status") && r.warnings[0].contains("lenient"), "{:?}", r.warnings);
+    }
+
+    #[test]
+    fn since_in_the_future_and_instants_outside_the_stored_years_are_refused() {
+        for query in ["_since=2999-01-01T00:00:00Z", "_since=0000-01-01T00:00:00Z", "_until=0000-12-31"] {
+            for handling in [Handling::Strict, Handling::Lenient] {
+                match parse(ExportLevel::System, query, handling) {
+                    Err(ExportError::InvalidParameter { name, .. }) => assert_eq!(name, query[..6].trim_end_matches('='), "{query}"),
+                    other => panic!("{query}: {other:?}"),
+                }
+            }
+        }
+        let past = (Utc::now() - chrono::Duration::seconds(5)).to_rfc3339().replace('+', "%2B");
+        assert!(parse(ExportLevel::System, &format!("_since={past}"), Handling::Strict).is_ok());
     }
 
     #[test]
@@ -490,7 +541,16 @@ mod tests {
     #[test]
     fn compartment_levels_keep_to_compartment_types() {
         assert!(parse(ExportLevel::Patient, "_type=Organization", Handling::Strict).is_err());
-        let r = parse(ExportLevel::Patient, "_type=Organization,Observation", Handling::Lenient).unwrap();
-        assert_eq!(r.types.unwrap(), vec![ResourceType::parse("Observation").unwrap()]);
+        assert!(parse(ExportLevel::Patient, "_type=Organization,Device", Handling::Lenient).is_err(), "nothing would remain");
+        for handling in [Handling::Strict, Handling::Lenient] {
+            let r = parse(ExportLevel::Patient, "_type=Organization,Observation&_typeFilter=Organization%3Fname%3Dx", handling).unwrap();
+            assert_eq!(r.types.unwrap(), vec![ResourceType::parse("Observation").unwrap()]);
+            assert!(r.type_filters.is_empty());
+            assert_eq!(r.warnings.len(), 2, "{:?}", r.warnings);
+            assert!(r.warnings[0].contains("Organization is not in the Patient compartment"), "{:?}", r.warnings);
+        }
+        let r = parse(ExportLevel::Group { id: ResourceId::parse("g").unwrap() }, "_type=Device&_type=Patient", Handling::Strict).unwrap();
+        assert_eq!(r.types.unwrap(), vec![ResourceType::parse("Patient").unwrap()]);
+        assert!(r.warnings[0].contains("Device"));
     }
 }

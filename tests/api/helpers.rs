@@ -11,7 +11,7 @@ use std::{
 };
 
 use bulkfhir::{
-    config::{AuthSettings, LogFormat, Settings},
+    config::{AuthSettings, KickoffHeaders, LogFormat, Settings},
     export::worker::{Ran, Worker},
     output::Output,
     startup::Application,
@@ -137,6 +137,7 @@ pub struct AppOptions {
     pub heartbeat_millis: u64,
     pub max_attempts: i32,
     pub max_body_bytes: usize,
+    pub kickoff_headers: KickoffHeaders,
     /// Authorization: open by default (no clients); auth tests register clients.
     pub auth: AuthSettings,
     pub output: bulkfhir::output::OutputSettings,
@@ -152,6 +153,7 @@ impl Default for AppOptions {
             heartbeat_millis: 200,
             max_attempts: 3,
             max_body_bytes: 16 * 1024 * 1024,
+            kickoff_headers: KickoffHeaders::Strict,
             auth: AuthSettings::default(),
             output: Default::default(),
         }
@@ -218,6 +220,7 @@ fn settings(database_url: &str, output_dir: &std::path::Path, options: &AppOptio
         max_body_bytes: options.max_body_bytes,
         log_format: LogFormat::Text,
         request_timeout_seconds: 60,
+        kickoff_headers: options.kickoff_headers,
         auth: options.auth.clone(),
         output: options.output.clone(),
     }

@@ -10,6 +10,7 @@ mod cli;
 mod elements;
 mod export_levels;
 mod helpers;
+mod kickoff_clients;
 mod moto;
 mod organize_output;
 mod partial_manifests;

@@ -50,6 +50,7 @@ backend_tests! {
             .client
             .post(app.url("/$export"))
             .header(header::ACCEPT, "application/fhir+json")
+            .header("prefer", "respond-async")
             .json(&json!({"resourceType": "Patient"}))
             .send()
             .await
@@ -60,8 +61,8 @@ backend_tests! {
     async fn real_client_headers_and_post_kick_off_are_accepted(backend: Backend) {
         let app = spawn_app(backend).await;
         assert_eq!(app.put(&json!({"resourceType": "Patient", "id": "p"})).await.status(), 201);
-        for accept in ["application/fhir+json, */*; q=0.1", "application/json"] {
-            let response = app.client.get(app.url("/$export")).header(header::ACCEPT, accept).send().await.unwrap();
+        for accept in ["application/fhir+json, */*; q=0.1", "application/fhir+json"] {
+            let response = app.client.get(app.url("/$export")).header(header::ACCEPT, accept).header("prefer", "respond-async").send().await.unwrap();
             assert_eq!(response.status(), StatusCode::ACCEPTED, "Accept: {accept}");
         }
         let parameters = json!({"resourceType": "Parameters", "parameter": [

@@ -12,7 +12,7 @@ use super::{
     query::{CompiledFilter, Prefix, ReferenceValue, Test, TokenValue},
     ranges::DateRange,
 };
-use crate::fhir::{compartment, types::is_valid_id, ResourceType};
+use crate::fhir::{compartment, instant, types::is_valid_id, ResourceType};
 
 /// Bounds on the id and last-updated columns; None where nothing narrows.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -71,12 +71,12 @@ impl Narrowing {
                     let low = bounds.iter().map(|b| b.0).min().unwrap_or(DateRange::UNBOUNDED_LOW);
                     let high = bounds.iter().map(|b| b.1).max().unwrap_or(DateRange::UNBOUNDED_HIGH);
                     let range = DateRange { low, high };
-                    if let Some(from) = range.low_instant() {
-                        let from = from - MARGIN;
+                    // A bound past year 0001 or 9999 narrows nothing (every stored time lies
+                    // within them) and is left out: Postgres cannot read it as timestamp text.
+                    if let Some(from) = range.low_instant().map(|t| t - MARGIN).filter(|t| instant::in_range(*t)) {
                         narrowing.updated_from = Some(narrowing.updated_from.map_or(from, |f| f.max(from)));
                     }
-                    if let Some(before) = range.high_instant() {
-                        let before = before + MARGIN;
+                    if let Some(before) = range.high_instant().map(|t| t + MARGIN).filter(|t| instant::in_range(*t)) {
                         narrowing.updated_before = Some(narrowing.updated_before.map_or(before, |b| b.min(before)));
                     }
                 }
@@ -193,6 +193,8 @@ mod tests {
         let n = narrowing(&["Patient?_id=a", "Patient?_id=b"]);
         assert_eq!(n.ids.unwrap().len(), 2);
         assert_eq!(narrowing(&["Patient?_id:not=a&_lastUpdated=ne2024"]), Narrowing::default());
+        let n = narrowing(&["Patient?_lastUpdated=ge0001-01-01&_lastUpdated=le9999-12-31"]);
+        assert_eq!((n.updated_from, n.updated_before), (None, None), "bounds past the stored years narrow nothing");
     }
 
     #[test]

@@ -10,7 +10,7 @@ use super::{
     ranges::{parse_date, parse_decimal, DateRange, Decimal},
     table::{self, SearchType},
 };
-use crate::fhir::ResourceType;
+use crate::fhir::{instant, ResourceType};
 
 /// A query as received, split into conditions; what the export request stores.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -58,6 +58,10 @@ impl TypeFilter {
                 .ok_or_else(|| FilterError::Invalid(format!("'{text}': '{piece}' has no value")))?;
             let name = decode(raw_name).ok_or_else(|| FilterError::Invalid(format!("'{text}': bad percent-encoding")))?;
             let value = decode(raw_value).ok_or_else(|| FilterError::Invalid(format!("'{text}': bad percent-encoding")))?;
+            // Decoded a second time here, so checked again: Postgres text cannot hold NUL.
+            if name.chars().chain(value.chars()).any(char::is_control) {
+                return Err(FilterError::Invalid(format!("'{text}': a control character (such as NUL) in '{piece}'")));
+            }
             let (name, modifier) = match name.split_once(':') {
                 Some((n, m)) => (n.to_owned(), Some(m.to_owned())),
                 None => (name, None),
@@ -176,7 +180,8 @@ impl Condition {
         if NOT_FILTERS.contains(&name.as_str()) {
             return Err(unsupported(format!("{name} is not supported inside _typeFilter (only search conditions are)")));
         }
-        let param = table::lookup(t, name).ok_or_else(|| invalid(format!("'{name}' is not an R4 search parameter of {t}")))?;
+        // Clients send custom and profile parameters: unknown is unsupported, not malformed.
+        let param = table::lookup(t, name).ok_or_else(|| unsupported(format!("'{name}' is not an R4 search parameter of {t}")))?;
         let expression = param
             .expression
             .as_ref()
@@ -200,15 +205,7 @@ impl Condition {
             (None, SearchType::String) => Test::String { mode: StringMode::StartsWith, values: unescaped(&values) },
             (Some("exact"), SearchType::String) => Test::String { mode: StringMode::Exact, values: unescaped(&values) },
             (Some("contains"), SearchType::String) => Test::String { mode: StringMode::Contains, values: unescaped(&values) },
-            (None, SearchType::Date) => Test::Date(
-                values
-                    .iter()
-                    .map(|v| {
-                        let (prefix, rest) = prefix(v);
-                        parse_date(rest).map(|r| (prefix, r)).ok_or_else(|| invalid(format!("'{v}' is not a FHIR date")))
-                    })
-                    .collect::<Result<_, _>>()?,
-            ),
+            (None, SearchType::Date) => Test::Date(values.iter().map(|v| date_value(v)).collect::<Result<_, _>>().map_err(invalid)?),
             (None, SearchType::Number) => Test::Number(
                 values
                     .iter()
@@ -234,6 +231,17 @@ impl Condition {
         };
         Ok(CompiledCondition { code: name.clone(), expression, test })
     }
+}
+
+/// A date condition's value: its prefix and range, within the years the stores hold.
+fn date_value(value: &str) -> Result<(Prefix, DateRange), String> {
+    let (prefix, rest) = prefix(value);
+    // FHIR dates are ASCII; checked first, as the date parser reads fixed byte positions.
+    let range = rest.is_ascii().then(|| parse_date(rest)).flatten().ok_or_else(|| format!("'{value}' is not a FHIR date"))?;
+    if range.low < instant::MIN_MICROS || range.high > instant::END_MICROS {
+        return Err(format!("'{value}' is outside the years 0001 to 9999 (UTC) that FHIR dates cover"));
+    }
+    Ok((prefix, range))
 }
 
 /// Splits on commas not escaped with `\`; the parts keep their other escapes.
@@ -362,6 +370,13 @@ mod tests {
     }
 
     #[test]
+    fn dates_at_the_ends_of_the_range_compile() {
+        for text in ["Observation?_lastUpdated=ge0001-01-01", "Observation?date=le9999-12-31", "Observation?date=9999"] {
+            assert!(compile(text).is_ok(), "{text}");
+        }
+    }
+
+    #[test]
     fn refuses_what_it_cannot_apply() {
         for (text, unsupported) in [
             ("Observation?patient.name=x", true),
@@ -372,13 +387,20 @@ mod tests {
             ("Observation?_elements=id", true),
             ("Observation?code-value-quantity=x$1", true),
             ("Observation?code:in=http://vs", true),
-            ("Observation?bogus=1", false),
+            ("Observation?bogus=1", true),
+            ("Patient?status=active", true),
             ("Observation?date=yesterday", false),
             ("Observation?value-quantity=abc", false),
             ("Observation?code:missing=maybe", false),
             ("Observation?code:frobnicate=x", false),
             ("Bogus?x=1", false),
             ("Observation?subject:Patient=Group/1", false),
+            ("Observation?date=2020-01-01T\u{e9}12345", false),
+            ("Observation?date=2020-01-01T00:00:0\u{e9}", false),
+            ("Observation?_lastUpdated=gt0000-01-01", false),
+            ("Observation?date=le0001-01-01T00:30:00+01:00", false),
+            ("Observation?name%00=x", false),
+            ("Observation?code=a%00", false),
         ] {
             match compile(text) {
                 Err(FilterError::Unsupported(m)) => assert!(unsupported, "{text}: {m}"),
