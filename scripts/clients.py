@@ -147,8 +147,11 @@ class JobWatcher:
                     continue
                 counts = dict(c.execute("SELECT resource_type, SUM(count) FROM export_files WHERE job_id = ? AND kind = 'output' GROUP BY resource_type", (job,)).fetchall())
                 old = self.seen.get(job)
-                if old is None or old[0] != "completed" or counts:
-                    self.seen[job] = (status, request, counts if counts or old is None else old[2])
+                # A completed job keeps its counts when the client deletes it afterwards.
+                if old is not None and old[0] == "completed":
+                    self.seen[job] = ("completed", request, counts or old[2])
+                else:
+                    self.seen[job] = (status, request, counts)
 
     def _run(self):
         while not self.stopping.is_set():
