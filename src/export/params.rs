@@ -83,13 +83,11 @@ impl RawParams {
         let mut pairs = url.0;
         for (name, value) in body.0 {
             let multi = name == TYPE_FILTER || LIST_PARAMS.contains(&name.as_str());
-            if !multi {
-                if let Some((_, in_url)) = pairs.iter().find(|(n, _)| *n == name) {
-                    if *in_url != value {
-                        return Err(ParamsError::Conflict { name, url: in_url.clone(), body: value });
-                    }
-                    continue;
+            if !multi && let Some((_, in_url)) = pairs.iter().find(|(n, _)| *n == name) {
+                if *in_url != value {
+                    return Err(ParamsError::Conflict { name, url: in_url.clone(), body: value });
                 }
+                continue;
             }
             pairs.push((name, value));
         }
@@ -186,6 +184,9 @@ mod tests {
         assert_eq!(p.values("_typeFilter").collect::<Vec<_>>(), ["Patient?gender=male,Observation?code=a,b"]);
         let p = RawParams::from_query("_typeFilter=Patient%3Fgender%3Dmale%2CObservation%3Fcode%3Da").unwrap();
         assert_eq!(p.values("_typeFilter").collect::<Vec<_>>(), ["Patient?gender=male", "Observation?code=a"]);
+        // smart-fetch: each query's own commas encoded once more, the queries joined by commas.
+        let p = RawParams::from_query("_typeFilter=Observation%3Fstatus%3Dfinal%252Cpreliminary%2CPatient%3Fgender%3Dfemale").unwrap();
+        assert_eq!(p.values("_typeFilter").collect::<Vec<_>>(), ["Observation?status=final%2Cpreliminary", "Patient?gender=female"]);
         let p = RawParams::from_query("_typeFilter=Observation%3Fcode%3Da%2Cb").unwrap();
         assert_eq!(p.values("_typeFilter").collect::<Vec<_>>(), ["Observation?code=a,b"]);
         // Other single values keep their commas.

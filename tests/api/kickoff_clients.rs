@@ -95,6 +95,9 @@ async fn bare_kick_off(app: &TestApp, method: &str, path: &str, headers: &[(&str
     status
 }
 
+/// Request headers, name and value.
+type Headers<'a> = &'a [(&'a str, &'a str)];
+
 const ACCEPT_FHIR: (&str, &str) = ("Accept", "application/fhir+json");
 const RESPOND_ASYNC: (&str, &str) = ("Prefer", "respond-async");
 
@@ -211,18 +214,18 @@ backend_tests! {
                 assert_eq!(bare_kick_off(&app, method, path, &headers, "").await, 202, "{method} {headers:?}");
             }
         }
-        let refused: [(Vec<(&str, &str)>, u16, &str); 7] = [
-            (vec![RESPOND_ASYNC], 400, "the Accept header is missing; a kick-off must send Accept: application/fhir+json"),
-            (vec![], 400, "Accept: application/fhir+json"),
-            (vec![("Accept", "text/html"), RESPOND_ASYNC], 406, "send Accept: application/fhir+json"),
-            (vec![("Accept", "application/json"), RESPOND_ASYNC], 406, "send Accept: application/fhir+json"),
-            (vec![("Accept", "*/*"), RESPOND_ASYNC], 406, "send Accept: application/fhir+json"),
-            (vec![ACCEPT_FHIR], 400, "the Prefer header is missing; a kick-off must send Prefer: respond-async"),
-            (vec![ACCEPT_FHIR, ("Prefer", "return=representation")], 400, "must send Prefer: respond-async"),
+        let refused: [(Headers, u16, &str); 7] = [
+            (&[RESPOND_ASYNC], 400, "the Accept header is missing; a kick-off must send Accept: application/fhir+json"),
+            (&[], 400, "Accept: application/fhir+json"),
+            (&[("Accept", "text/html"), RESPOND_ASYNC], 406, "send Accept: application/fhir+json"),
+            (&[("Accept", "application/json"), RESPOND_ASYNC], 406, "send Accept: application/fhir+json"),
+            (&[("Accept", "*/*"), RESPOND_ASYNC], 406, "send Accept: application/fhir+json"),
+            (&[ACCEPT_FHIR], 400, "the Prefer header is missing; a kick-off must send Prefer: respond-async"),
+            (&[ACCEPT_FHIR, ("Prefer", "return=representation")], 400, "must send Prefer: respond-async"),
         ];
         for (headers, status, needle) in refused {
             for method in ["GET", "POST"] {
-                assert_eq!(bare_kick_off(&app, method, path, &headers, needle).await, status, "{method} {headers:?}");
+                assert_eq!(bare_kick_off(&app, method, path, headers, needle).await, status, "{method} {headers:?}");
             }
         }
         assert_eq!(app.db.count("SELECT count(*) FROM export_jobs").await, 6, "one job per accepted kick-off");
