@@ -17,6 +17,7 @@ import gzip
 import json
 import os
 import re
+import shutil
 import socket
 import sqlite3
 import subprocess
@@ -34,6 +35,8 @@ SAMPLE = os.path.abspath(os.environ.get("CLIENTS_SAMPLE", "tests/fixtures/synthe
 ONLY = [c for c in os.environ.get("CLIENTS_ONLY", "").split(",") if c]
 MODES = os.environ.get("CLIENTS_MODES", "open,smart").split(",")
 TIMEOUT = int(os.environ.get("CLIENTS_TIMEOUT", "600"))
+# Downloads are about 100 MB a run; they are deleted once counted unless kept.
+KEEP = os.environ.get("CLIENTS_KEEP") == "1"
 # The sample's Group: all 100 patients.
 GROUP = "d9f31445-f448-48c0-af57-295c005e07df"
 SCOPE = "system/*.read"
@@ -215,6 +218,8 @@ def run_client(server, client, level, mode, args, cwd=None, env=None, before=Non
     seconds = time.time() - started
     jobs = watcher.stop()
     got = received(out)
+    if not KEEP:
+        shutil.rmtree(out, ignore_errors=True)
     completed = [v for v in jobs.values() if v[0] == "completed"]
     if not completed:
         states = ", ".join(sorted(v[0] for v in jobs.values())) or "no job"
@@ -343,6 +348,8 @@ def main():
             bdt(server, mode, keys)
     finally:
         server.stop()
+        if not KEEP:
+            shutil.rmtree(os.path.join(WORK, "exports"), ignore_errors=True)
     failed = [r for r in results if not r[3]]
     log(f"{len(results) - len(failed)} of {len(results)} client runs received every resource of their manifest")
     sys.exit(1 if failed else 0)

@@ -16,6 +16,8 @@
 #   BULKFHIR_BIN     a built bulkfhir binary (default: cargo build --release)
 #   CLIENTS_WORK     scratch folder: database, keys, downloads, logs (default: a new temporary
 #                    folder, kept)
+#   CLIENTS_KEEP=1   keep the clients' downloads and the server's export files (deleted once
+#                    counted otherwise: about 100 MB a run)
 #   CLIENTS_ONLY     comma list of clients to run (smart-fetch, medplum, bulk-data-client, bdt)
 #   CLIENTS_MODES    open, smart or both (default open,smart)
 #
