@@ -150,13 +150,14 @@ fn token_error(error: TokenError) -> Response {
 
 /// `.well-known/smart-configuration`, under the FHIR base and at the host root.
 async fn smart_configuration(State(app): State<AppState>) -> Response {
-    Json(json!({
+    let config = Json(json!({
         "token_endpoint": app.auth.token_url(),
         "grant_types_supported": ["client_credentials"],
         "token_endpoint_auth_methods_supported": ["private_key_jwt"],
         "token_endpoint_auth_signing_alg_values_supported": ["RS384", "ES384"],
         "scopes_supported": ["system/*.read", "system/*.rs"],
         "capabilities": ["client-confidential-asymmetric", "permission-v1", "permission-v2"],
-    }))
-    .into_response()
+    }));
+    // Uncacheable, like the CapabilityStatement (see `metadata::capability_statement`).
+    ([(header::CACHE_CONTROL, HeaderValue::from_static("no-store"))], config).into_response()
 }

@@ -1,6 +1,12 @@
 //! `GET [base]/metadata`: the CapabilityStatement, declaring Bulk Data export.
 
-use axum::{extract::State, http::StatusCode, response::Response, routing::get, Router};
+use axum::{
+    extract::State,
+    http::{header, HeaderValue, StatusCode},
+    response::Response,
+    routing::get,
+    Router,
+};
 use serde_json::{json, Value};
 
 use super::{
@@ -17,7 +23,11 @@ pub fn router() -> Router<AppState> {
 
 async fn capability_statement(State(app): State<AppState>) -> Result<Response, ApiError> {
     let token_url = app.auth.enforced().await?.then(|| app.auth.token_url());
-    Ok(fhir_json(StatusCode::OK, capabilities(&app.base_url, token_url).to_string()))
+    let mut response = fhir_json(StatusCode::OK, capabilities(&app.base_url, token_url).to_string());
+    // Uncacheable, so that clients with a response cache never wait on it: SMART's
+    // bulk-data-client (got 11) on Node 20+ never settles a cacheable 200 read in one chunk.
+    response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    Ok(response)
 }
 
 /// `rest.security`: SMART Backend Services with the token endpoint, or a plain statement that

@@ -7,8 +7,11 @@ use jsonwebtoken::{
 };
 use serde::Deserialize;
 
+use super::clients::strong_enough;
+
 /// Assertions may expire at most this far ahead (SMART: "no more than five minutes in the future").
 pub const MAX_LIFETIME_SECONDS: u64 = 300;
+const MAX_JTI_BYTES: usize = 512;
 
 /// Claims read before the signature is checked, only to find the client.
 #[derive(Debug, Deserialize)]
@@ -37,18 +40,28 @@ pub fn unverified_claims(assertion: &str) -> Result<UnverifiedClaims, String> {
     jsonwebtoken::dangerous::insecure_decode_claims(assertion).map_err(|_| "the client assertion's claims are not readable".to_owned())
 }
 
-/// The one key of the set with this `kid` that fits the algorithm. None or several is an error:
-/// SMART asks for exactly one match.
-pub fn select_key<'a>(keys: &'a JwkSet, kid: &str, alg: Algorithm) -> Result<&'a Jwk, String> {
+/// The one key of the set that fits the algorithm and has this `kid`. Without a `kid` (Medplum's
+/// CLI sends none), the one fitting key whose signature verifies the assertion. None or several
+/// is an error: SMART asks for exactly one match.
+pub fn select_key<'a>(keys: &'a JwkSet, kid: Option<&str>, alg: Algorithm, assertion: &str) -> Result<&'a Jwk, String> {
     let fits = |k: &&Jwk| {
-        k.common.key_id.as_deref() == Some(kid)
+        kid.is_none_or(|kid| k.common.key_id.as_deref() == Some(kid))
             && !matches!(k.common.public_key_use, Some(PublicKeyUse::Encryption))
             && k.common.key_algorithm.is_none_or(|a| key_algorithm(alg) == Some(a))
+            && strong_enough(k).is_ok()
             && match (&k.algorithm, alg) {
                 (AlgorithmParameters::RSA(_), Algorithm::RS384) => true,
                 (AlgorithmParameters::EllipticCurve(ec), Algorithm::ES384) => ec.curve == EllipticCurve::P384,
                 _ => false,
             }
+    };
+    let Some(kid) = kid else {
+        let mut verifying = keys.keys.iter().filter(fits).filter(|k| signature_verifies(assertion, k, alg));
+        return match (verifying.next(), verifying.next()) {
+            (Some(key), None) => Ok(key),
+            (None, _) => Err(format!("the client assertion has no kid and none of the client's {alg:?} keys verifies its signature")),
+            (Some(_), Some(_)) => Err(format!("the client assertion has no kid and several of the client's {alg:?} keys verify it; send a kid")),
+        };
     };
     let mut matches = keys.keys.iter().filter(fits);
     match (matches.next(), matches.next()) {
@@ -56,6 +69,16 @@ pub fn select_key<'a>(keys: &'a JwkSet, kid: &str, alg: Algorithm) -> Result<&'a
         (None, _) => Err(format!("the client's JWKS has no {alg:?} key with kid '{kid}'")),
         (Some(_), Some(_)) => Err(format!("the client's JWKS has several {alg:?} keys with kid '{kid}'")),
     }
+}
+
+/// Whether the key signed the assertion, claims unchecked (`verify` checks them).
+fn signature_verifies(assertion: &str, key: &Jwk, alg: Algorithm) -> bool {
+    let Ok(decoding) = DecodingKey::from_jwk(key) else { return false };
+    let mut validation = Validation::new(alg);
+    validation.required_spec_claims.clear();
+    validation.validate_exp = false;
+    validation.validate_aud = false;
+    jsonwebtoken::decode::<serde_json::Value>(assertion, &decoding, &validation).is_ok()
 }
 
 fn key_algorithm(alg: Algorithm) -> Option<KeyAlgorithm> {
@@ -93,8 +116,13 @@ pub fn verify(assertion: &str, key: &Jwk, alg: Algorithm, client_id: &str, token
     if claims.exp > now + MAX_LIFETIME_SECONDS + skew {
         return Err("the client assertion's exp is more than five minutes ahead".into());
     }
-    if claims.jti.as_deref().is_none_or(str::is_empty) {
-        return Err("the client assertion has no jti".into());
+    match claims.jti.as_deref() {
+        None | Some("") => return Err("the client assertion has no jti".into()),
+        // The jti is stored to refuse replays: keep it to printable text of a sane length.
+        Some(jti) if jti.len() > MAX_JTI_BYTES || jti.chars().any(char::is_control) => {
+            return Err(format!("the client assertion's jti must be at most {MAX_JTI_BYTES} bytes without control characters"));
+        }
+        Some(_) => {}
     }
     Ok(claims)
 }

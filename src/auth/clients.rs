@@ -1,7 +1,8 @@
 //! Registered backend clients: a `client_id`, its public keys (a JWKS inline or at a URL), and
 //! the system scopes it may be granted.
 
-use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, JwkSet};
+use base64::{engine::general_purpose::URL_SAFE_NO_PAD, Engine};
+use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, JwkSet};
 use url::Url;
 
 use super::scopes::Scopes;
@@ -35,12 +36,15 @@ impl Client {
     /// Validates a registration: a printable id, exactly one of an inline JWKS (with at least one
     /// RS384 or ES384 key that has a `kid`) or an http(s) JWKS URL, and at least one scope.
     pub fn new(client_id: &str, jwks: Option<&str>, jwks_url: Option<&str>, scopes: &[String]) -> Result<Self, String> {
-        let id_ok = !client_id.is_empty() && client_id.len() <= 255 && client_id.chars().all(|c| c.is_ascii_graphic());
-        if !id_ok {
+        if !valid_client_id(client_id) {
             return Err(format!("client_id '{client_id}' must be 1 to 255 printable ASCII characters without spaces"));
         }
         let keys = match (jwks, jwks_url) {
-            (Some(text), None) => KeySource::Inline(parse_jwks(text)?),
+            (Some(text), None) => {
+                let set = parse_jwks(text)?;
+                set.keys.iter().try_for_each(strong_enough)?;
+                KeySource::Inline(set)
+            }
             (None, Some(url)) => KeySource::Url(parse_jwks_url(url)?),
             _ => return Err(format!("client '{client_id}' needs exactly one of a JWKS (inline) or a JWKS URL")),
         };
@@ -65,11 +69,42 @@ impl Client {
     }
 }
 
-/// Parses a JWKS and checks that it holds at least one usable signing key.
+/// Whether the text can be a client_id: 1 to 255 printable ASCII characters without spaces.
+pub fn valid_client_id(client_id: &str) -> bool {
+    !client_id.is_empty() && client_id.len() <= 255 && client_id.chars().all(|c| c.is_ascii_graphic())
+}
+
+/// RSA keys need a modulus of at least this many bits (NIST SP 800-131A).
+const MIN_RSA_BITS: usize = 2048;
+/// And a public exponent of at least this (FIPS 186-5: e > 2^16); e = 3 invites old attacks.
+const MIN_RSA_EXPONENT: u64 = 65537;
+
+/// Refuses RSA keys too weak to trust: a modulus under 2048 bits or a small public exponent.
+pub fn strong_enough(key: &Jwk) -> Result<(), String> {
+    let AlgorithmParameters::RSA(rsa) = &key.algorithm else { return Ok(()) };
+    let kid = key.common.key_id.as_deref().unwrap_or("(no kid)");
+    let decode = |text: &str| URL_SAFE_NO_PAD.decode(text.trim_end_matches('=')).map_err(|_| format!("the RSA key '{kid}' is not valid base64url"));
+    let (n, e) = (decode(&rsa.n)?, decode(&rsa.e)?);
+    let n = &n[n.iter().take_while(|b| **b == 0).count()..];
+    let bits = n.first().map_or(0, |top| (n.len() - 1) * 8 + (8 - top.leading_zeros() as usize));
+    if bits < MIN_RSA_BITS {
+        return Err(format!("the RSA key '{kid}' has {bits} bits; at least {MIN_RSA_BITS} are required"));
+    }
+    let e = &e[e.iter().take_while(|b| **b == 0).count()..];
+    let exponent = if e.len() > 8 { u64::MAX } else { e.iter().fold(0u64, |acc, b| acc << 8 | u64::from(*b)) };
+    if exponent < MIN_RSA_EXPONENT || exponent % 2 == 0 {
+        return Err(format!("the RSA key '{kid}' has public exponent {exponent}; an odd exponent of at least {MIN_RSA_EXPONENT} is required"));
+    }
+    Ok(())
+}
+
+/// Parses a JWKS and checks that it holds at least one usable signing key (weak RSA keys are
+/// not usable; a registration refuses them outright, see `Client::new`).
 pub fn parse_jwks(text: &str) -> Result<JwkSet, String> {
     let set: JwkSet = serde_json::from_str(text).map_err(|e| format!("the JWKS is not valid: {e}"))?;
     let usable = set.keys.iter().any(|k| {
         k.common.key_id.is_some()
+            && strong_enough(k).is_ok()
             && match &k.algorithm {
                 AlgorithmParameters::RSA(_) => true,
                 AlgorithmParameters::EllipticCurve(ec) => ec.curve == EllipticCurve::P384,
@@ -78,6 +113,8 @@ pub fn parse_jwks(text: &str) -> Result<JwkSet, String> {
     });
     if usable {
         Ok(set)
+    } else if let Some(weak) = set.keys.iter().find_map(|k| strong_enough(k).err()) {
+        Err(weak)
     } else {
         Err("the JWKS has no RSA or P-384 EC key with a 'kid' (RS384 and ES384 are supported)".into())
     }
@@ -113,6 +150,20 @@ mod tests {
         assert!(Client::new("app", Some(EC_JWKS), None, &[]).is_err());
         assert!(Client::new("app", Some(EC_JWKS), None, &["patient/*.read".to_owned()]).is_err());
         assert!(Client::new("app", Some(r#"{"keys":[{"kty":"EC","crv":"P-256","kid":"k","x":"AA","y":"AA"}]}"#), None, &scopes).is_err());
+    }
+
+    #[test]
+    fn weak_rsa_keys_are_refused_and_the_message_says_why() {
+        let n_1024 = "wvC7i-GUWpiiRvy1iYq0bFz5ouHWY5gaULpbf8-RIkCG49g4qvdnBtzZ6ZXGZ5duBMddwIhD2DiPgSZaK1b_FSz684w3TThumhoXo3EW6k8vODYh45WRXEIb_tmFTVJ9K5Sw713YrRZKqUBPSJ_oSJlQc9T_4NFO5p64R7NY9Hk";
+        let n_2048 = format!("AQ{}", "A".repeat(340)); // 2^2040-ish: the top byte is 1, so 2041 bits
+        let jwks = |n: &str, e: &str| format!(r#"{{"keys":[{{"kty":"RSA","kid":"r","n":"{n}","e":"{e}"}}]}}"#);
+        let scopes = vec!["system/*.read".to_owned()];
+        let refused = |n: &str, e: &str| Client::new("app", Some(&jwks(n, e)), None, &scopes).unwrap_err();
+        assert!(refused(n_1024, "AQAB").contains("has 1024 bits; at least 2048"));
+        assert!(refused(&n_2048, "AQAB").contains("has 2041 bits"));
+        let n_4096 = format!("gA{}", "A".repeat(681));
+        assert!(refused(&n_4096, "Aw").contains("public exponent 3"));
+        assert!(Client::new("app", Some(&jwks(&n_4096, "AQAB")), None, &scopes).is_ok());
     }
 
     #[test]

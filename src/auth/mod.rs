@@ -205,13 +205,30 @@ impl Auth {
             return Err(TokenError::InvalidRequest(format!("client_assertion_type must be {CLIENT_ASSERTION_TYPE}")));
         }
         let assertion = request.client_assertion.as_deref().filter(|a| !a.is_empty()).ok_or_else(|| TokenError::InvalidRequest("client_assertion is required".into()))?;
-        let requested = request.scope.as_deref().map(str::trim).filter(|s| !s.is_empty()).ok_or_else(|| TokenError::InvalidRequest("scope is required".into()))?;
+        // An empty scope asks for nothing; a missing one asks for the default (checked below).
+        if request.scope.as_deref().is_some_and(|s| s.trim().is_empty()) {
+            return Err(TokenError::InvalidScope("the scope is empty; ask for system scopes such as system/*.read".into()));
+        }
+        let requested = request.scope.as_deref().map(|s| (s.trim(), Scopes::parse_lenient(s)));
+        if let Some(unknown) = requested.as_ref().and_then(|(_, scopes)| scopes.unknown_type()) {
+            return Err(TokenError::InvalidScope(format!("'{unknown}' is not a FHIR R4 resource type")));
+        }
 
         let (client, expires_at, jti) = self.authenticate_client(assertion).await?;
-        let granted = client.scopes.grant(&Scopes::parse_lenient(requested));
-        if granted.is_empty() {
-            return Err(TokenError::InvalidScope(format!("none of the requested scopes '{requested}' is allowed for this client")));
-        }
+        let granted = match &requested {
+            Some((text, scopes)) => {
+                let granted = client.scopes.grant(scopes);
+                if granted.is_empty() {
+                    return Err(TokenError::InvalidScope(format!("none of the requested scopes '{text}' is allowed for this client")));
+                }
+                granted
+            }
+            None => {
+                // RFC 6749 §3.3 lets the server apply a default; Medplum's CLI sends no scope.
+                tracing::info!(client = %client.id, scope = %client.scopes, "the token request has no scope: granting the client's registered scopes");
+                client.scopes.clone()
+            }
+        };
         // The jti is recorded last, so a request refused for its scope can be retried as is.
         if !self.inner.store.remember_jti(&client.id, &jti, expires_at).await? {
             return Err(TokenError::InvalidClient("the client assertion's jti was already used".into()));
@@ -230,9 +247,13 @@ impl Auth {
             (Some(iss), Some(sub)) if iss == sub => iss,
             _ => return Err(invalid("the client assertion's iss and sub must both be the client_id".into())),
         };
+        // No registered id has control characters or is that long: refuse before the store sees
+        // it (Postgres refuses NUL in text with an error of its own).
+        if !clients::valid_client_id(&client_id) {
+            return Err(invalid("unknown client: the client assertion's iss is not a registered client_id".into()));
+        }
         let record = self.inner.store.client(&client_id).await?.ok_or_else(|| invalid(format!("unknown client '{client_id}'")))?;
         let client = Client::from_record(&record).map_err(|e| invalid(format!("the registration of client '{client_id}' is not usable: {e}")))?;
-        let kid = header.kid.as_deref().ok_or_else(|| invalid("the client assertion's header has no kid".into()))?;
 
         // SMART: a `jku` must be the JWKS URL registered for the client; keys come only from
         // the registration.
@@ -242,18 +263,22 @@ impl Auth {
                 return Err(invalid("the client assertion's jku is not the JWKS URL registered for the client".into()));
             }
         }
+        let kid = header.kid.as_deref();
         let keys = match &client.keys {
             KeySource::Inline(set) => set.clone(),
             KeySource::Url(url) => {
                 let (set, cached) = self.inner.jwks.get(url, false).await.map_err(invalid)?;
-                if cached && assertion::select_key(&set, kid, header.alg).is_err() {
+                if cached && assertion::select_key(&set, kid, header.alg, assertion).is_err() {
                     self.inner.jwks.get(url, true).await.map_err(invalid)?.0
                 } else {
                     set
                 }
             }
         };
-        let key = assertion::select_key(&keys, kid, header.alg).map_err(invalid)?;
+        let key = assertion::select_key(&keys, kid, header.alg, assertion).map_err(invalid)?;
+        if kid.is_none() {
+            tracing::info!(client = %client.id, kid = key.common.key_id.as_deref().unwrap_or_default(), "the client assertion has no kid: the one registered key that verifies it was used");
+        }
         let skew = self.inner.settings.clock_skew_seconds;
         let claims = assertion::verify(assertion, key, header.alg, &client.id, &self.inner.token_url, skew).map_err(invalid)?;
         let expires_at = DateTime::from_timestamp(claims.exp as i64, 0).unwrap_or_else(Utc::now);

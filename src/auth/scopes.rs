@@ -161,6 +161,12 @@ impl Scopes {
         self.0.iter().any(|s| s.allows(resource_type, letter))
     }
 
+    /// The first scope's type that is not an R4 resource type (`system/UnknownResource.read`):
+    /// such a request is `invalid_scope`, unlike one naming a type the server merely holds none of.
+    pub fn unknown_type(&self) -> Option<&str> {
+        self.0.iter().filter_map(|s| s.resource.as_deref()).find(|name| ResourceType::parse(name).is_none())
+    }
+
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
@@ -203,6 +209,12 @@ mod tests {
         assert_eq!(grant("system/*.rs", "system/Medication.rs"), "system/Medication.rs");
         // v1 cannot say "r without s": nothing to grant.
         assert_eq!(grant("system/*.r", "system/Patient.read"), "");
+    }
+
+    #[test]
+    fn unknown_types_are_found_and_known_ones_are_not() {
+        assert_eq!(Scopes::parse_lenient("system/Patient.read system/UnknownResource.r").unknown_type(), Some("UnknownResource"));
+        assert_eq!(Scopes::parse_lenient("system/*.read system/Medication.rs system/Patient.cruds").unknown_type(), None);
     }
 
     #[test]

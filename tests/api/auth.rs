@@ -335,3 +335,118 @@ backend_tests! {
         assert_outcome(response, StatusCode::UNAUTHORIZED, "no longer registered").await;
     }
 }
+
+/// The public half of a 1024-bit RSA key (e = 65537): too short to register.
+const RSA_1024_N: &str = "wvC7i-GUWpiiRvy1iYq0bFz5ouHWY5gaULpbf8-RIkCG49g4qvdnBtzZ6ZXGZ5duBMddwIhD2DiPgSZaK1b_FSz684w3TThumhoXo3EW6k8vODYh45WRXEIb_tmFTVJ9K5Sw713YrRZKqUBPSJ_oSJlQc9T_4NFO5p64R7NY9Hk";
+
+backend_tests! {
+    async fn a_token_request_without_kid_or_scope_gets_the_registered_key_and_scopes(backend: Backend) {
+        // Medplum's `login --auth-type jwt-assertion`: RS384, no kid in the header, no scope.
+        let (rsa, ec) = (TestKey::rsa("rsa-1"), TestKey::ec("ec-1"));
+        let twins = (TestKey::ec("twin-a"), TestKey::ec("twin-b"));
+        let clients = vec![
+            client("medplum", &[&ec, &rsa], &["system/Patient.read", "system/Observation.rs"]),
+            client("twins", &[&twins.0, &twins.1], &["system/*.read"]),
+        ];
+        let app = spawn_secured(backend, clients, |_| {}).await;
+        app.load_synthea().await;
+        let without_scope = |assertion: &str| {
+            vec![("grant_type", "client_credentials"), ("client_assertion_type", ASSERTION_TYPE), ("client_assertion", assertion)].into_iter().map(|(k, v)| (k, v.to_owned())).collect::<Vec<_>>()
+        };
+        let post = async |form: Vec<(&str, String)>| {
+            let form: Vec<(&str, &str)> = form.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            post_form(&app, &form).await
+        };
+
+        let response = post(without_scope(&rsa.sign_without_kid(&claims(&app, "medplum")))).await;
+        assert_eq!(response.status(), StatusCode::OK);
+        let grant: Value = response.json().await.unwrap();
+        assert_eq!(grant["scope"], "system/Patient.read system/Observation.rs", "the registered scopes");
+        let (_, manifest) = export_as(&app, grant["access_token"].as_str().unwrap(), "/$export").await;
+        let types: Vec<&str> = manifest["output"].as_array().unwrap().iter().map(|o| o["type"].as_str().unwrap()).collect();
+        assert_eq!(types, ["Observation", "Patient"]);
+
+        // A kid-less ES384 assertion finds the EC key; with a scope, the scope rules as usual.
+        let response = request_token(&app, &ec.sign_without_kid(&claims(&app, "medplum")), "system/Patient.read").await;
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(response.json::<Value>().await.unwrap()["scope"], "system/Patient.read");
+
+        // No registered key verifies it, or two do: refused, as with a kid.
+        let response = post(without_scope(&TestKey::other_ec("x").sign_without_kid(&claims(&app, "medplum")))).await;
+        assert_token_error(response, StatusCode::UNAUTHORIZED, "invalid_client", "none of the client's ES384 keys verifies").await;
+        let response = post(without_scope(&twins.0.sign_without_kid(&claims(&app, "twins")))).await;
+        assert_token_error(response, StatusCode::UNAUTHORIZED, "invalid_client", "several").await;
+        // The kid-less path still checks the claims.
+        let mut expired = claims(&app, "medplum");
+        expired["exp"] = json!(now() - 120);
+        let response = post(without_scope(&rsa.sign_without_kid(&expired))).await;
+        assert_token_error(response, StatusCode::UNAUTHORIZED, "invalid_client", "expired").await;
+    }
+
+    async fn scopes_of_unknown_types_and_empty_scopes_are_invalid_scope(backend: Backend) {
+        let key = TestKey::ec("k");
+        let app = spawn_secured(backend, vec![client("app", &[&key], &["system/*.rs"])], |_| {}).await;
+        for scope in ["system/UnknownResource.read", "system/UnknownResource.r", "system/Patient.rs system/UnknownResource.rs"] {
+            let response = request_token(&app, &key.sign(&claims(&app, "app")), scope).await;
+            assert_token_error(response, StatusCode::BAD_REQUEST, "invalid_scope", "'UnknownResource' is not a FHIR R4 resource type").await;
+        }
+        for scope in ["", "   "] {
+            let response = request_token(&app, &key.sign(&claims(&app, "app")), scope).await;
+            assert_token_error(response, StatusCode::BAD_REQUEST, "invalid_scope", "empty").await;
+        }
+        // A known type the server holds none of is granted.
+        let response = request_token(&app, &key.sign(&claims(&app, "app")), "system/Medication.rs").await;
+        assert_eq!(response.json::<Value>().await.unwrap()["scope"], "system/Medication.rs");
+    }
+
+    async fn a_nul_in_an_assertion_claim_is_an_oauth_error_not_a_500(backend: Backend) {
+        let key = TestKey::ec("k");
+        let app = spawn_secured(backend, vec![client("app", &[&key], &["system/*.rs"])], |_| {}).await;
+        let mut nul_iss = claims(&app, "app\u{0}x");
+        nul_iss["sub"] = nul_iss["iss"].clone();
+        let response = request_token(&app, &key.sign(&nul_iss), "system/*.rs").await;
+        assert_token_error(response, StatusCode::UNAUTHORIZED, "invalid_client", "unknown client").await;
+        let mut nul_jti = claims(&app, "app");
+        nul_jti["jti"] = json!("a\u{0}b");
+        let response = request_token(&app, &key.sign(&nul_jti), "system/*.rs").await;
+        assert_token_error(response, StatusCode::UNAUTHORIZED, "invalid_client", "jti").await;
+        // The endpoint still works afterwards.
+        assert_eq!(request_token(&app, &key.sign(&claims(&app, "app")), "system/*.rs").await.status(), StatusCode::OK);
+    }
+
+    async fn weak_rsa_keys_cannot_be_registered(backend: Backend) {
+        let app = spawn_app(backend).await;
+        let cli = async |args: &[&str]| {
+            let output = Command::new(env!("CARGO_BIN_EXE_bulkfhir")).args(args).env("DATABASE_URL", &app.db.url).output().await.unwrap();
+            (output.status.success(), String::from_utf8_lossy(&output.stdout).into_owned() + &String::from_utf8_lossy(&output.stderr))
+        };
+        let short = json!({"keys": [{"kty": "RSA", "kid": "short", "n": RSA_1024_N, "e": "AQAB"}]}).to_string();
+        let (ok, text) = cli(&["clients", "add", "weak", "--jwks", &short, "--scope", "system/*.read"]).await;
+        assert!(!ok && text.contains("'short' has 1024 bits; at least 2048"), "{text}");
+        let mut e3 = TestKey::rsa("e3").jwk;
+        e3["e"] = json!("Aw");
+        let (ok, text) = cli(&["clients", "add", "weak", "--jwks", &json!({"keys": [e3]}).to_string(), "--scope", "system/*.read"]).await;
+        assert!(!ok && text.contains("public exponent 3"), "{text}");
+        // A weak key beside a strong one is refused too, and nothing was registered.
+        let both = json!({"keys": [TestKey::rsa("strong").jwk, {"kty": "RSA", "kid": "short", "n": RSA_1024_N, "e": "AQAB"}]}).to_string();
+        assert!(!cli(&["clients", "add", "weak", "--jwks", &both, "--scope", "system/*.read"]).await.0);
+        let (ok, text) = cli(&["clients", "list"]).await;
+        assert!(ok && !text.contains("weak"), "{text}");
+        assert_eq!(app.kick_off_raw("/$export").await.status(), StatusCode::ACCEPTED, "still open: no client was registered");
+    }
+
+    async fn discovery_documents_are_never_cacheable(backend: Backend) {
+        let key = TestKey::ec("k");
+        let open = spawn_app(backend).await;
+        let secured = spawn_secured(backend, vec![client("app", &[&key], &["system/*.rs"])], |_| {}).await;
+        for app in [&open, &secured] {
+            let root = app.base_url.trim_end_matches("/fhir");
+            let urls = [app.url("/metadata"), app.url("/.well-known/smart-configuration"), format!("{root}/.well-known/smart-configuration")];
+            for url in urls {
+                let response = app.client.get(&url).send().await.unwrap();
+                assert_eq!(response.status(), StatusCode::OK, "{url}");
+                assert_eq!(response.headers().get(header::CACHE_CONTROL).map(|v| v.to_str().unwrap()), Some("no-store"), "{url}");
+            }
+        }
+    }
+}

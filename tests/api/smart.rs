@@ -59,6 +59,11 @@ impl TestKey {
     pub fn sign(&self, claims: &Value) -> String {
         self.sign_with(claims, None)
     }
+
+    /// Signs without a `kid` in the header, as Medplum's CLI does.
+    pub fn sign_without_kid(&self, claims: &Value) -> String {
+        jsonwebtoken::encode(&Header::new(self.alg), claims, &self.encoding).unwrap()
+    }
 }
 
 pub fn now() -> i64 {
