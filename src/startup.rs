@@ -59,7 +59,7 @@ impl Application {
             settings.max_attempts,
             shutdown.clone(),
         ));
-        let state = AppState { exports, stores: stores.clone(), base_url: base_url.clone(), auth };
+        let state = AppState { exports, stores: stores.clone(), base_url: base_url.clone(), auth, validation: settings.validation };
         let limits = api::Limits { max_body_bytes: settings.max_body_bytes, request_timeout: Duration::from_secs(settings.request_timeout_seconds) };
         Ok(Self { listener, address, base_url, state, stores, output, shutdown, background, limits })
     }

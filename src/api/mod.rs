@@ -29,7 +29,12 @@ use tower_http::{
 pub use auth::Authorized;
 pub use error::ApiError;
 
-use crate::{auth::Auth, export::Exports, fhir::IssueCode, store::Stores};
+use crate::{
+    auth::Auth,
+    export::Exports,
+    fhir::{IssueCode, Validation},
+    store::Stores,
+};
 
 /// Everything a handler needs, cloned per request.
 #[derive(Clone)]
@@ -39,6 +44,8 @@ pub struct AppState {
     /// The public URL of the FHIR base, without a trailing slash.
     pub base_url: String,
     pub auth: Auth,
+    /// How written resources are checked (setting `validation`).
+    pub validation: Validation,
 }
 
 /// Bounds on what one request may cost.

@@ -140,6 +140,7 @@ pub struct AppOptions {
     /// Authorization: open by default (no clients); auth tests register clients.
     pub auth: AuthSettings,
     pub output: bulkfhir::output::OutputSettings,
+    pub validation: bulkfhir::fhir::Validation,
 }
 
 impl Default for AppOptions {
@@ -154,6 +155,7 @@ impl Default for AppOptions {
             max_body_bytes: 16 * 1024 * 1024,
             auth: AuthSettings::default(),
             output: Default::default(),
+            validation: Default::default(),
         }
     }
 }
@@ -218,6 +220,7 @@ fn settings(database_url: &str, output_dir: &std::path::Path, options: &AppOptio
         max_body_bytes: options.max_body_bytes,
         log_format: LogFormat::Text,
         request_timeout_seconds: 60,
+        validation: options.validation,
         auth: options.auth.clone(),
         output: options.output.clone(),
     }
