@@ -98,28 +98,30 @@ pub async fn load_with(store: &dyn ResourceStore, paths: &[PathBuf], validation:
             Item::Batch(batch) => {
                 let keys: HashSet<(ResourceType, ResourceId)> = batch.iter().map(key_of).collect();
                 while in_flight.len() >= writers || in_flight_keys.values().any(|other| !other.is_disjoint(&keys)) {
-                    let Some((done, applied)) = in_flight.next().await else { break };
+                    let Some((done, deletes, applied)): Option<(u64, Vec<bool>, _)> = in_flight.next().await else { break };
                     in_flight_keys.remove(&done);
-                    count(&mut report, applied?);
+                    count(&mut report, &deletes, applied?);
                 }
                 let n = next_batch;
                 next_batch += 1;
                 in_flight_keys.insert(n, keys);
-                in_flight.push(async move { (n, store.apply(batch).await) });
+                let deletes: Vec<bool> = batch.iter().map(|w| matches!(w, Write::Delete { .. })).collect();
+                in_flight.push(async move { (n, deletes, store.apply(batch).await) });
             }
         }
     }
-    while let Some((_, applied)) = in_flight.next().await {
-        count(&mut report, applied?);
+    while let Some((_, deletes, applied)) = in_flight.next().await {
+        count(&mut report, &deletes, applied?);
     }
     reader.await.expect("the reader thread does not panic")?;
     report.elapsed = started.elapsed();
     Ok(report)
 }
 
-fn count(report: &mut LoadReport, applied: Vec<Applied>) {
-    for applied in applied {
-        let counts = if applied.body.is_some() { &mut report.loaded } else { &mut report.deleted };
+/// Counts a batch's results, in the order of its writes (`deletes` marks which deleted).
+fn count(report: &mut LoadReport, deletes: &[bool], applied: Vec<Applied>) {
+    for (applied, deleted) in applied.into_iter().zip(deletes) {
+        let counts = if *deleted { &mut report.deleted } else { &mut report.loaded };
         *counts.entry(applied.resource_type.to_string()).or_default() += 1;
     }
 }
