@@ -119,6 +119,7 @@ mod tests {
             check(json!({"resourceType":"Patient","gender":["male"]})),
             Err("Patient.gender: must be a single value, not an array (code, max 1)".into())
         );
+        assert_eq!(check(json!({"resourceType":"Patient","name":[[{"family":"x"}]]})), Err("Patient.name[0]: an array inside an array".into()));
         assert_eq!(
             check(json!({"resourceType":"Patient","gender":null})),
             Err("Patient.gender: null is not a value".into())

@@ -195,7 +195,7 @@ impl Cursor<'_> {
 
     /// `DD` that exists in the month (the regex takes 01-31; the spec asks for valid dates).
     fn day(&mut self, year: u32, month: u32) -> Option<u32> {
-        let leap = year % 4 == 0 && (year % 100 != 0 || year % 400 == 0);
+        let leap = year.is_multiple_of(4) && (!year.is_multiple_of(100) || year.is_multiple_of(400));
         let last = match month {
             2 if leap => 29,
             2 => 28,

@@ -229,7 +229,10 @@ impl<'de> Visitor<'de> for ValueSeed<'_> {
     }
 
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
-        if !self.child.many || self.item {
+        if self.item {
+            return Err(self.ctx.fail("an array inside an array".into(), true));
+        }
+        if !self.child.many {
             let name = self.ctx.type_name(self.child.ty);
             return Err(self.ctx.fail(format!("must be a single value, not an array ({name}, max 1)"), true));
         }
