@@ -7,6 +7,8 @@ in the same run right beside each figure:
 
   load        bulkfhir load                    vs  COPY FROM (Postgres) / INSERT..SELECT (SQLite)
                                                    of the same rows
+  load, validation off   the same load into a fresh database with `validation = "off"`: the
+              share of its speed the validated load keeps (BENCH_VALIDATION_OFF=0 skips it)
   system      GET /$export to the local dir    vs  COPY (SELECT body ...) TO STDOUT via psql
                                                    > /dev/null / sqlite3 SELECT body > /dev/null,
                                                    after one untimed read of the same (both warm)
@@ -182,9 +184,10 @@ def disk_write_seconds(nbytes):
         os.remove(path)
 
 
-def load(db_url, files):
+def load(db_url, files, validation="strict"):
+    env = dict(os.environ, BULKFHIR_VALIDATION=validation)
     with open(os.path.join(WORK, "load.log"), "a") as out:
-        seconds, _ = timed(lambda: run([BIN, "load", "--database-url", db_url, *files], stdout=out, stderr=out))
+        seconds, _ = timed(lambda: run([BIN, "load", "--database-url", db_url, *files], stdout=out, stderr=out, env=env))
     return seconds
 
 
@@ -296,6 +299,21 @@ def bench(db, quarter, rest, group):
         finally:
             server.stop()
     db.drop()
+    if os.environ.get("BENCH_VALIDATION_OFF", "1") != "0":
+        # The same two loads into a fresh database, without validation: what validation costs.
+        db = Postgres() if db.name == "postgres" else Sqlite()
+        run([BIN, "migrate", "--database-url", db.url], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        log(f"{db.name}: loading again with validation off")
+        off_seconds = 0.0
+        for files in [quarter, rest]:
+            off_seconds += load(db.url, files, validation="off")
+            if db.name == "postgres":
+                psql(db.url, "CHECKPOINT")
+            os.sync()
+        n = count_resources(db)
+        rows.append((db.name, f"{n:,}", "load, validation off", n, 0, off_seconds, None, None,
+                     f"the validated load keeps {off_seconds / loaded_seconds:.0%} of this speed"))
+        db.drop()
 
 
 def count_resources(db):

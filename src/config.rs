@@ -13,7 +13,7 @@ use figment::{
 };
 use serde::{Deserialize, Serialize};
 
-use crate::{auth::clients::Client, export::worker::WorkerSettings, output::OutputSettings};
+use crate::{auth::clients::Client, export::worker::WorkerSettings, fhir::Validation, output::OutputSettings};
 
 const DEFAULTS: &str = include_str!("../config/default.toml");
 
@@ -45,6 +45,8 @@ pub struct Settings {
     pub header_read_timeout_seconds: u64,
     /// Requests with bodies over 1 MiB handled at once; more wait their turn.
     pub concurrent_large_bodies: usize,
+    /// How written and loaded resources are checked against their R4 definitions.
+    pub validation: Validation,
     pub auth: AuthSettings,
     /// Where export files go (`destination`, `file_urls`, `azure_*`, `s3_*`, `storage_*`).
     #[serde(flatten)]
@@ -258,5 +260,16 @@ mod tests {
             (d.allow_open, d.token_seconds, d.clock_skew_seconds, d.max_concurrent_exports, d.status_polls_per_second)
         );
         assert!(s.auth.signing_key_file.is_none() && s.auth.clients.is_empty());
+    }
+
+    #[test]
+    fn validation_is_strict_unless_set() {
+        assert_eq!(Settings::load(None, &Overrides::default()).unwrap().validation, Validation::Strict);
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("bulkfhir.toml");
+        std::fs::write(&file, "validation = \"allow_unknown_elements\"\n").unwrap();
+        assert_eq!(Settings::load(Some(&file), &Overrides::default()).unwrap().validation, Validation::AllowUnknownElements);
+        std::fs::write(&file, "validation = \"loose\"\n").unwrap();
+        assert!(Settings::load(Some(&file), &Overrides::default()).unwrap_err().contains("validation"));
     }
 }

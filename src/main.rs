@@ -225,12 +225,15 @@ async fn wait_for_signal() {
 
 async fn load_files(settings: &Settings, paths: &[PathBuf]) -> anyhow::Result<ExitCode> {
     let stores = Stores::connect(&settings.database_url, 4).await?;
-    let report = load::load(stores.resources.as_ref(), paths).await?;
+    let report = load::load_with(stores.resources.as_ref(), paths, settings.validation).await?;
     for failure in &report.failures {
         eprintln!("{}: {}: {}", failure.file.display(), failure.location, failure.reason);
     }
     for (resource_type, count) in &report.loaded {
         println!("{resource_type:<28} {count:>10}");
+    }
+    for (resource_type, count) in &report.deleted {
+        println!("{:<28} {count:>10}", format!("{resource_type} (deleted)"));
     }
     let seconds = report.elapsed.as_secs_f64();
     println!(

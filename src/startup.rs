@@ -66,7 +66,15 @@ impl Application {
             settings.max_attempts,
             shutdown.clone(),
         ));
-        let state = AppState { exports, stores: stores.clone(), base_url: base_url.clone(), auth, kickoff_headers: settings.kickoff_headers, output: output.clone() };
+        let state = AppState {
+            exports,
+            stores: stores.clone(),
+            base_url: base_url.clone(),
+            auth,
+            kickoff_headers: settings.kickoff_headers,
+            output: output.clone(),
+            validation: settings.validation,
+        };
         let limits = api::Limits {
             max_body_bytes: settings.max_body_bytes,
             request_timeout: Duration::from_secs(settings.request_timeout_seconds),

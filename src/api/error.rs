@@ -135,12 +135,17 @@ impl From<OutputError> for ApiError {
 
 impl From<ResourceError> for ApiError {
     fn from(e: ResourceError) -> Self {
-        let code = match e {
+        let code = match &e {
             ResourceError::InvalidJson(_) | ResourceError::NotAnObject => IssueCode::Structure,
             ResourceError::MissingResourceType | ResourceError::MissingId => IssueCode::Required,
+            ResourceError::Invalid(invalid) if invalid.structure => IssueCode::Structure,
             _ => IssueCode::Value,
         };
-        Self::new(StatusCode::BAD_REQUEST, code, e.to_string())
+        let mut error = Self::new(StatusCode::BAD_REQUEST, code, e.to_string());
+        if let ResourceError::Invalid(invalid) = e {
+            error.outcome.issue[0].expression.push(invalid.path);
+        }
+        error
     }
 }
 

@@ -33,7 +33,14 @@ use tokio::sync::Semaphore;
 pub use auth::Authorized;
 pub use error::ApiError;
 
-use crate::{auth::Auth, config::KickoffHeaders, export::Exports, fhir::IssueCode, output::Output, store::Stores};
+use crate::{
+    auth::Auth,
+    config::KickoffHeaders,
+    export::Exports,
+    fhir::{IssueCode, Validation},
+    output::Output,
+    store::Stores,
+};
 
 /// Everything a handler needs, cloned per request.
 #[derive(Clone)]
@@ -47,6 +54,8 @@ pub struct AppState {
     pub kickoff_headers: KickoffHeaders,
     /// Where export files go (readiness checks that it takes writes).
     pub output: Output,
+    /// How written resources are checked (setting `validation`).
+    pub validation: Validation,
 }
 
 /// Bounds on what one request may cost.

@@ -72,7 +72,7 @@ async fn update_resource(
 ) -> Result<Response, ApiError> {
     let (t, id) = (resource_type(&t)?, resource_id(&id)?);
     require(&caller, t.as_str(), 'u')?;
-    let resource = Resource::for_update(body, &t, &id)?;
+    let resource = Resource::for_update(body, &t, &id, app.validation)?;
     save(app, resource).await
 }
 
@@ -84,7 +84,7 @@ async fn create_resource(
 ) -> Result<Response, ApiError> {
     let t = resource_type(&t)?;
     require(&caller, t.as_str(), 'c')?;
-    let resource = Resource::for_create(body, Some(&t), ResourceId::generate())?;
+    let resource = Resource::for_create(body, Some(&t), ResourceId::generate(), app.validation)?;
     save(app, resource).await
 }
 
@@ -107,7 +107,7 @@ async fn delete_resource(State(app): State<AppState>, Authorized(caller): Author
 
 /// `POST [base]` with a batch (entries independent) or transaction (all or nothing) Bundle.
 async fn process_bundle(State(app): State<AppState>, Authorized(caller): Authorized, JsonBody(body): JsonBody) -> Result<Response, ApiError> {
-    let request = bundle::read(body)?;
+    let request = bundle::read(body, app.validation)?;
     let entries: Vec<Value> = match request.kind {
         BundleKind::Transaction => {
             // A transaction runs only if the caller may do every one of its operations.

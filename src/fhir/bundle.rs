@@ -4,7 +4,7 @@ use std::collections::HashMap;
 
 use serde_json::{Map, Value};
 
-use super::{types::ResourceId, Resource, ResourceError, ResourceType};
+use super::{types::ResourceId, Resource, ResourceError, ResourceType, Validation};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BundleKind {
@@ -46,9 +46,11 @@ pub enum BundleError {
     UnsupportedType(String),
 }
 
-/// Reads a batch or transaction Bundle. In a transaction, `urn:uuid:` fullUrls of POSTed or
-/// PUT resources are replaced by their assigned `Type/id` in every reference of the Bundle.
-pub fn read(value: Value) -> Result<BundleRequest, BundleError> {
+/// Reads a batch or transaction Bundle, checking each entry's resource as `validation` says.
+/// In a transaction, `urn:uuid:` fullUrls of POSTed or PUT resources are replaced by their
+/// assigned `Type/id` in every reference of the Bundle, and a `urn:uuid:` reference to no entry
+/// fails its entry (FHIR R4 http.html#trules: such references must resolve within the Bundle).
+pub fn read(value: Value, validation: Validation) -> Result<BundleRequest, BundleError> {
     let Value::Object(bundle) = value else { return Err(ResourceError::NotAnObject.into()) };
     match bundle.get("resourceType").and_then(Value::as_str) {
         Some("Bundle") => {}
@@ -68,6 +70,7 @@ pub fn read(value: Value) -> Result<BundleRequest, BundleError> {
     // First pass: decide every entry's target, so references can be resolved before validation.
     let targets: Vec<Result<Target, String>> = raw.iter().map(target_of).collect();
     let mut entries_json: Vec<Value> = raw;
+    let mut unresolved: Vec<Option<String>> = vec![None; entries_json.len()];
     if kind == BundleKind::Transaction {
         let mut aliases = HashMap::new();
         for (entry, target) in entries_json.iter().zip(&targets) {
@@ -78,18 +81,22 @@ pub fn read(value: Value) -> Result<BundleRequest, BundleError> {
                 aliases.insert(full_url.to_owned(), format!("{}/{}", target.resource_type, target.id));
             }
         }
-        if !aliases.is_empty() {
-            entries_json.iter_mut().for_each(|e| rewrite_references(e, &aliases));
+        for (entry, unresolved) in entries_json.iter_mut().zip(&mut unresolved) {
+            rewrite_references(entry, &aliases, unresolved);
         }
     }
 
     let entries = entries_json
         .into_iter()
         .zip(targets)
+        .zip(unresolved)
         .enumerate()
-        .map(|(i, (entry, target))| {
+        .map(|(i, ((entry, target), unresolved))| {
             let target = target.map_err(|e| format!("entry {i}: {e}"))?;
-            to_op(entry, target).map_err(|e| format!("entry {i}: {e}"))
+            if let Some(reference) = unresolved {
+                return Err(format!("entry {i}: the reference '{reference}' matches no entry's fullUrl in the transaction"));
+            }
+            to_op(entry, target, validation).map_err(|e| format!("entry {i}: {e}"))
         })
         .collect();
     Ok(BundleRequest { kind, entries })
@@ -143,7 +150,7 @@ fn target_of(entry: &Value) -> Result<Target, String> {
     }
 }
 
-fn to_op(entry: Value, target: Target) -> Result<EntryOp, String> {
+fn to_op(entry: Value, target: Target, validation: Validation) -> Result<EntryOp, String> {
     let Target { method, resource_type, id } = target;
     if method == Method::Delete {
         return Ok(EntryOp::Delete { resource_type, id });
@@ -151,30 +158,37 @@ fn to_op(entry: Value, target: Target) -> Result<EntryOp, String> {
     let Value::Object(mut entry) = entry else { return Err("is not an object".into()) };
     let body = entry.remove("resource").ok_or("has no 'resource'")?;
     let resource = match method {
-        Method::Put => Resource::for_update(body, &resource_type, &id),
-        _ => Resource::for_create(body, Some(&resource_type), id),
+        Method::Put => Resource::for_update(body, &resource_type, &id, validation),
+        _ => Resource::for_create(body, Some(&resource_type), id, validation),
     }
     .map_err(|e| e.to_string())?;
     Ok(EntryOp::Save { resource, created_by_post: method == Method::Post })
 }
 
-fn rewrite_references(value: &mut Value, aliases: &HashMap<String, String>) {
+/// Replaces references to entries' fullUrls; the first `urn:` reference that names no entry
+/// goes to `unresolved`.
+fn rewrite_references(value: &mut Value, aliases: &HashMap<String, String>, unresolved: &mut Option<String>) {
     match value {
-        Value::Array(items) => items.iter_mut().for_each(|v| rewrite_references(v, aliases)),
-        Value::Object(map) => rewrite_in_object(map, aliases),
+        Value::Array(items) => items.iter_mut().for_each(|v| rewrite_references(v, aliases, unresolved)),
+        Value::Object(map) => rewrite_in_object(map, aliases, unresolved),
         _ => {}
     }
 }
 
-fn rewrite_in_object(map: &mut Map<String, Value>, aliases: &HashMap<String, String>) {
+fn rewrite_in_object(map: &mut Map<String, Value>, aliases: &HashMap<String, String>, unresolved: &mut Option<String>) {
     for (key, child) in map.iter_mut() {
         if key == "reference"
-            && let Some(resolved) = child.as_str().and_then(|r| aliases.get(r)) {
+            && let Some(reference) = child.as_str()
+        {
+            if let Some(resolved) = aliases.get(reference) {
                 *child = Value::String(resolved.clone());
-                continue;
+            } else if (reference.starts_with("urn:uuid:") || reference.starts_with("urn:oid:")) && unresolved.is_none() {
+                *unresolved = Some(reference.to_owned());
             }
+            continue;
+        }
         if key != "fullUrl" {
-            rewrite_references(child, aliases);
+            rewrite_references(child, aliases, unresolved);
         }
     }
 }
@@ -191,7 +205,7 @@ mod tests {
             {"fullUrl":"urn:uuid:bbb","resource":{"resourceType":"Observation","subject":{"reference":"urn:uuid:aaa"}},
              "request":{"method":"POST","url":"Observation"}}
         ]});
-        let read = read(bundle).unwrap();
+        let read = read(bundle, Validation::Strict).unwrap();
         let ops: Vec<EntryOp> = read.entries.into_iter().map(Result::unwrap).collect();
         let EntryOp::Save { resource: patient, .. } = &ops[0] else { panic!() };
         let EntryOp::Save { resource: obs, .. } = &ops[1] else { panic!() };
@@ -205,8 +219,33 @@ mod tests {
             {"resource":{"resourceType":"Patient","id":"x"},"request":{"method":"PUT","url":"Patient/y"}},
             {"request":{"method":"GET","url":"Patient/y"}}
         ]});
-        let read = read(bundle).unwrap();
+        let read = read(bundle, Validation::Strict).unwrap();
         assert!(read.entries[0].as_ref().unwrap_err().starts_with("entry 0: the id 'x'"));
         assert!(read.entries[1].as_ref().unwrap_err().contains("GET"));
+    }
+
+    #[test]
+    fn a_transaction_reference_to_no_entry_fails_its_entry() {
+        let bundle = json!({"resourceType":"Bundle","type":"transaction","entry":[
+            {"fullUrl":"urn:uuid:6d2a1f9c-0000-4000-8000-000000000001","resource":{"resourceType":"Patient"},"request":{"method":"POST","url":"Patient"}},
+            {"resource":{"resourceType":"Observation","status":"final","code":{"text":"t"},
+                "subject":{"reference":"urn:uuid:6d2a1f9c-0000-4000-8000-000000000002"}},
+             "request":{"method":"POST","url":"Observation"}}
+        ]});
+        let read = read(bundle, Validation::Strict).unwrap();
+        assert!(read.entries[0].is_ok());
+        assert_eq!(
+            read.entries[1].as_ref().unwrap_err(),
+            "entry 1: the reference 'urn:uuid:6d2a1f9c-0000-4000-8000-000000000002' matches no entry's fullUrl in the transaction"
+        );
+    }
+
+    #[test]
+    fn entries_are_validated() {
+        let bundle = json!({"resourceType":"Bundle","type":"batch","entry":[
+            {"resource":{"resourceType":"Observation","effectiveDateTime":"2020-01-01Té"},"request":{"method":"PUT","url":"Observation/o"}},
+        ]});
+        let read = read(bundle, Validation::Strict).unwrap();
+        assert_eq!(read.entries[0].as_ref().unwrap_err(), "entry 0: Observation.effectiveDateTime: '2020-01-01Té' is not a valid dateTime");
     }
 }

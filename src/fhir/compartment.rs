@@ -97,7 +97,7 @@ mod tests {
     use serde_json::json;
 
     fn patients(value: Value) -> Vec<String> {
-        let r = crate::fhir::Resource::from_value(value).unwrap();
+        let r = crate::fhir::Resource::from_value(value, crate::fhir::Validation::Strict).unwrap();
         r.compartment_patients().iter().map(ToString::to_string).collect()
     }
 

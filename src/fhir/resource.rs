@@ -9,7 +9,7 @@ use serde::{
 };
 use serde_json::{value::RawValue, Map, Value};
 
-use super::{compartment, instant, types::ResourceId, ResourceType};
+use super::{compartment, instant, types::ResourceId, validation, ResourceType, Validation};
 
 /// A resource that passed validation: a JSON object of a known type with a valid id.
 ///
@@ -48,6 +48,9 @@ pub enum ResourceError {
     IdMismatch { url: String, body: String },
     #[error("'meta' must be a JSON object")]
     InvalidMeta,
+    /// An element that is not what its R4 definition says.
+    #[error(transparent)]
+    Invalid(#[from] validation::Invalid),
 }
 
 impl Resource {
@@ -61,17 +64,19 @@ impl Resource {
     /// the same bytes except numbers serde_json shortens (112.41600000000001 -> 112.416, one
     /// double). Anything unusual (not an object, a repeated key, an escaped type or id, a bad
     /// meta) takes `from_value`, for the same result and errors as before.
-    pub fn parse(bytes: &[u8]) -> Result<Self, ResourceError> {
-        if let Some(resource) = Self::parse_fields(bytes) {
-            return Ok(resource);
+    /// Its elements are checked against their R4 definitions as `validation` says, from the
+    /// same text.
+    pub fn parse(bytes: &[u8], validation: Validation) -> Result<Self, ResourceError> {
+        if let Some(resource) = Self::parse_fields(bytes, validation) {
+            return resource;
         }
         let value: Value =
             serde_json::from_slice(bytes).map_err(|e| ResourceError::InvalidJson(e.to_string()))?;
-        Self::from_value(value)
+        Self::from_value(value, validation)
     }
 
     /// The fast path of `parse`, or None to take the general one.
-    fn parse_fields(bytes: &[u8]) -> Option<Self> {
+    fn parse_fields(bytes: &[u8], validation: Validation) -> Option<Result<Self, ResourceError>> {
         let Fields(fields) = serde_json::from_slice(bytes).ok()?;
         let raw = |name: &str| fields.iter().find(|(k, _)| k == name).map(|(_, v)| v.get());
         let resource_type = ResourceType::parse(serde_json::from_str::<&str>(raw("resourceType")?).ok()?)?;
@@ -89,6 +94,9 @@ impl Resource {
                 roots.insert(key.to_string(), serde_json::from_str(value.get()).ok()?);
             }
         }
+        if let Err(invalid) = validation.check_raw_fields(&resource_type, fields.iter().map(|(k, v)| (k.as_ref(), *v))) {
+            return Some(Err(invalid.into()));
+        }
         if let Some(meta) = meta.as_mut() {
             meta.shift_remove("versionId");
             meta.shift_remove("lastUpdated");
@@ -97,10 +105,10 @@ impl Resource {
         let meta = meta.map(Value::Object);
         let elements = fields.iter().map(|(key, value)| (key.as_ref(), Element::Text(value.get())));
         let (head, tail) = split_at_meta(elements, meta.as_ref(), bytes.len());
-        Some(Self { resource_type, id, patients, head, tail })
+        Some(Ok(Self { resource_type, id, patients, head, tail }))
     }
 
-    pub fn from_value(value: Value) -> Result<Self, ResourceError> {
+    pub fn from_value(value: Value, validation: Validation) -> Result<Self, ResourceError> {
         let (resource_type, body) = Self::typed_object(value)?;
         let id = match body.get("id") {
             None => return Err(ResourceError::MissingId),
@@ -109,11 +117,11 @@ impl Resource {
             }
             Some(other) => return Err(ResourceError::InvalidId(other.to_string())),
         };
-        Self::checked(resource_type, id, body)
+        Self::checked(resource_type, id, body, validation)
     }
 
     /// A body for `PUT [type]/[id]`: its type and id, when given, must match the URL.
-    pub fn for_update(value: Value, url_type: &ResourceType, url_id: &ResourceId) -> Result<Self, ResourceError> {
+    pub fn for_update(value: Value, url_type: &ResourceType, url_id: &ResourceId, validation: Validation) -> Result<Self, ResourceError> {
         let (resource_type, mut body) = Self::typed_object(value)?;
         Self::expect_type(&resource_type, url_type)?;
         match body.get("id") {
@@ -125,17 +133,17 @@ impl Resource {
             }
         }
         body.insert("id".into(), Value::String(url_id.to_string()));
-        Self::checked(resource_type, url_id.clone(), body)
+        Self::checked(resource_type, url_id.clone(), body, validation)
     }
 
     /// A body for `POST [type]`: the server assigns the id, replacing any the client sent.
-    pub fn for_create(value: Value, url_type: Option<&ResourceType>, id: ResourceId) -> Result<Self, ResourceError> {
+    pub fn for_create(value: Value, url_type: Option<&ResourceType>, id: ResourceId, validation: Validation) -> Result<Self, ResourceError> {
         let (resource_type, mut body) = Self::typed_object(value)?;
         if let Some(url_type) = url_type {
             Self::expect_type(&resource_type, url_type)?;
         }
         body.insert("id".into(), Value::String(id.to_string()));
-        Self::checked(resource_type, id, body)
+        Self::checked(resource_type, id, body, validation)
     }
 
     fn typed_object(value: Value) -> Result<(ResourceType, Map<String, Value>), ResourceError> {
@@ -156,7 +164,8 @@ impl Resource {
         }
     }
 
-    fn checked(resource_type: ResourceType, id: ResourceId, mut body: Map<String, Value>) -> Result<Self, ResourceError> {
+    fn checked(resource_type: ResourceType, id: ResourceId, mut body: Map<String, Value>, validation: Validation) -> Result<Self, ResourceError> {
+        validation.check_object(&resource_type, &body)?;
         let meta = match body.get_mut("meta") {
             None => None,
             Some(Value::Object(meta)) => {
@@ -348,8 +357,8 @@ mod tests {
             let file = std::fs::File::open(path).unwrap();
             for line in BufReader::new(flate2::read::MultiGzDecoder::new(file)).split(b'\n').take(300) {
                 let line = line.unwrap();
-                let fast = Resource::parse_fields(&line).expect("a Synthea line takes the fast path");
-                let slow = Resource::from_value(serde_json::from_slice(&line).unwrap()).unwrap();
+                let fast = Resource::parse_fields(&line, Validation::Strict).expect("a Synthea line takes the fast path").unwrap();
+                let slow = Resource::from_value(serde_json::from_slice(&line).unwrap(), Validation::Strict).unwrap();
                 assert_eq!(fast.patients, slow.patients);
                 // The same JSON, though not always the same bytes: serde_json writes a number
                 // as the shortest text of its double (112.41600000000001 as 112.416).
@@ -365,6 +374,7 @@ mod tests {
         let r = Resource::parse(
             br#"{ "resourceType" : "Observation", "id":"o", "meta": {"versionId":"9"},
                  "subject": { "reference": "Patient/p1" }, "note": [ {"text": "a \"b\" c"} ], "valueQuantity": {"value": 1.50} }"#,
+            Validation::Strict,
         )
         .unwrap();
         assert_eq!(
@@ -373,34 +383,34 @@ mod tests {
         );
         assert_eq!(r.compartment_patients(), [ResourceId::parse("p1").unwrap()]);
         // A repeated key: the last one counts, as in serde_json.
-        let r = Resource::parse(br#"{"resourceType":"Patient","id":"a","id":"b"}"#).unwrap();
+        let r = Resource::parse(br#"{"resourceType":"Patient","id":"a","id":"b"}"#, Validation::Strict).unwrap();
         assert_eq!(r.id.as_str(), "b");
     }
 
     #[test]
     fn rejects_bodies_that_are_not_resources() {
-        assert_eq!(Resource::parse(b"[1]").unwrap_err(), ResourceError::NotAnObject);
-        assert_eq!(Resource::parse(b"{\"id\":\"a\"}").unwrap_err(), ResourceError::MissingResourceType);
+        assert_eq!(Resource::parse(b"[1]", Validation::Strict).unwrap_err(), ResourceError::NotAnObject);
+        assert_eq!(Resource::parse(b"{\"id\":\"a\"}", Validation::Strict).unwrap_err(), ResourceError::MissingResourceType);
         assert_eq!(
-            Resource::parse(br#"{"resourceType":"Bogus","id":"a"}"#).unwrap_err(),
+            Resource::parse(br#"{"resourceType":"Bogus","id":"a"}"#, Validation::Strict).unwrap_err(),
             ResourceError::UnknownType("Bogus".into())
         );
-        assert_eq!(Resource::parse(br#"{"resourceType":"Patient"}"#).unwrap_err(), ResourceError::MissingId);
-        assert!(matches!(Resource::parse(br#"{"resourceType":"Patient","id":"a b"}"#), Err(ResourceError::InvalidId(_))));
-        assert!(matches!(Resource::parse(b"{"), Err(ResourceError::InvalidJson(_))));
+        assert_eq!(Resource::parse(br#"{"resourceType":"Patient"}"#, Validation::Strict).unwrap_err(), ResourceError::MissingId);
+        assert!(matches!(Resource::parse(br#"{"resourceType":"Patient","id":"a b"}"#, Validation::Strict), Err(ResourceError::InvalidId(_))));
+        assert!(matches!(Resource::parse(b"{", Validation::Strict), Err(ResourceError::InvalidJson(_))));
     }
 
     #[test]
     fn update_requires_matching_type_and_id() {
         let t = ResourceType::parse("Patient").unwrap();
         let id = ResourceId::parse("p1").unwrap();
-        assert!(Resource::for_update(json!({"resourceType":"Patient"}), &t, &id).is_ok());
+        assert!(Resource::for_update(json!({"resourceType":"Patient"}), &t, &id, Validation::Strict).is_ok());
         assert!(matches!(
-            Resource::for_update(json!({"resourceType":"Patient","id":"p2"}), &t, &id),
+            Resource::for_update(json!({"resourceType":"Patient","id":"p2"}), &t, &id, Validation::Strict),
             Err(ResourceError::IdMismatch { .. })
         ));
         assert!(matches!(
-            Resource::for_update(json!({"resourceType":"Observation","id":"p1"}), &t, &id),
+            Resource::for_update(json!({"resourceType":"Observation","id":"p1"}), &t, &id, Validation::Strict),
             Err(ResourceError::TypeMismatch { .. })
         ));
     }
@@ -423,7 +433,7 @@ mod tests {
             ),
         ];
         for (input, expected) in cases {
-            let r = Resource::parse(input.as_bytes()).unwrap();
+            let r = Resource::parse(input.as_bytes(), Validation::Strict).unwrap();
             assert_eq!(r.render(3, t), expected);
         }
     }

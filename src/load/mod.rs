@@ -2,7 +2,8 @@
 //! (batch, transaction or collection) and directories of them, written in large batches through
 //! the store's fastest path. Parsing runs on a blocking thread, a batch ahead of the database;
 //! a store that takes concurrent bulk writes (Postgres) gets two batches at once.
-//! A bad line is reported with its file, line and reason and does not stop the good ones.
+//! Every resource is checked against its R4 definition on the parsing thread. A bad line is
+//! reported with its file, line and reason and does not stop the good ones.
 
 pub mod synth;
 
@@ -19,7 +20,7 @@ use serde_json::Value;
 use tokio::sync::mpsc;
 
 use crate::{
-    fhir::{bundle, types::ResourceId, Resource, ResourceType},
+    fhir::{bundle, types::ResourceId, Resource, ResourceType, Validation},
     store::{Applied, ResourceStore, StoreError, Write},
 };
 
@@ -41,6 +42,8 @@ pub struct LoadFailure {
 #[derive(Debug, Default)]
 pub struct LoadReport {
     pub loaded: BTreeMap<String, u64>,
+    /// DELETE entries of Bundle files applied, by type.
+    pub deleted: BTreeMap<String, u64>,
     pub failures: Vec<LoadFailure>,
     pub elapsed: Duration,
 }
@@ -61,15 +64,20 @@ pub enum LoadError {
 
 /// What the reader thread sends: a batch to write atomically, or a failure to report.
 enum Item {
-    Batch(Vec<Resource>),
+    Batch(Vec<Write>),
     Failure(LoadFailure),
 }
 
+/// Loads with the default validation (strict).
 pub async fn load(store: &dyn ResourceStore, paths: &[PathBuf]) -> Result<LoadReport, LoadError> {
+    load_with(store, paths, Validation::default()).await
+}
+
+pub async fn load_with(store: &dyn ResourceStore, paths: &[PathBuf], validation: Validation) -> Result<LoadReport, LoadError> {
     let started = Instant::now();
     let files = collect_files(paths)?;
     let (tx, mut rx) = mpsc::channel::<Item>(2);
-    let reader = tokio::task::spawn_blocking(move || read_all(&files, &tx));
+    let reader = tokio::task::spawn_blocking(move || read_all(&files, &tx, validation));
 
     let mut report = LoadReport::default();
     let mut last_progress = Instant::now();
@@ -88,32 +96,40 @@ pub async fn load(store: &dyn ResourceStore, paths: &[PathBuf]) -> Result<LoadRe
         match item {
             Item::Failure(failure) => report.failures.push(failure),
             Item::Batch(batch) => {
-                let keys: HashSet<(ResourceType, ResourceId)> =
-                    batch.iter().map(|r| (r.resource_type.clone(), r.id.clone())).collect();
+                let keys: HashSet<(ResourceType, ResourceId)> = batch.iter().map(key_of).collect();
                 while in_flight.len() >= writers || in_flight_keys.values().any(|other| !other.is_disjoint(&keys)) {
-                    let Some((done, applied)) = in_flight.next().await else { break };
+                    let Some((done, deletes, applied)): Option<(u64, Vec<bool>, _)> = in_flight.next().await else { break };
                     in_flight_keys.remove(&done);
-                    count(&mut report, applied?);
+                    count(&mut report, &deletes, applied?);
                 }
-                let writes: Vec<Write> = batch.into_iter().map(Write::Save).collect();
                 let n = next_batch;
                 next_batch += 1;
                 in_flight_keys.insert(n, keys);
-                in_flight.push(async move { (n, store.apply(writes).await) });
+                let deletes: Vec<bool> = batch.iter().map(|w| matches!(w, Write::Delete { .. })).collect();
+                in_flight.push(async move { (n, deletes, store.apply(batch).await) });
             }
         }
     }
-    while let Some((_, applied)) = in_flight.next().await {
-        count(&mut report, applied?);
+    while let Some((_, deletes, applied)) = in_flight.next().await {
+        count(&mut report, &deletes, applied?);
     }
     reader.await.expect("the reader thread does not panic")?;
     report.elapsed = started.elapsed();
     Ok(report)
 }
 
-fn count(report: &mut LoadReport, applied: Vec<Applied>) {
-    for applied in applied {
-        *report.loaded.entry(applied.resource_type.to_string()).or_default() += 1;
+/// Counts a batch's results, in the order of its writes (`deletes` marks which deleted).
+fn count(report: &mut LoadReport, deletes: &[bool], applied: Vec<Applied>) {
+    for (applied, deleted) in applied.into_iter().zip(deletes) {
+        let counts = if *deleted { &mut report.deleted } else { &mut report.loaded };
+        *counts.entry(applied.resource_type.to_string()).or_default() += 1;
+    }
+}
+
+fn key_of(write: &Write) -> (ResourceType, ResourceId) {
+    match write {
+        Write::Save(resource) => (resource.resource_type.clone(), resource.id.clone()),
+        Write::Delete { resource_type, id } => (resource_type.clone(), id.clone()),
     }
 }
 
@@ -154,11 +170,15 @@ fn open(path: &Path) -> Result<Box<dyn Read + Send>, LoadError> {
 
 /// Reads every file into one stream of batches: batches run across file boundaries, so many
 /// small files still make few large transactions.
-fn read_all(files: &[PathBuf], tx: &mpsc::Sender<Item>) -> Result<(), LoadError> {
+fn read_all(files: &[PathBuf], tx: &mpsc::Sender<Item>, validation: Validation) -> Result<(), LoadError> {
     let mut batcher = Batcher::new(tx);
     for path in files {
         let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
-        let sent = if name.ends_with(".json") { read_bundle(path, &mut batcher)? } else { read_ndjson(path, &mut batcher)? };
+        let sent = if name.ends_with(".json") {
+            read_bundle(path, &mut batcher, validation)?
+        } else {
+            read_ndjson(path, &mut batcher, validation)?
+        };
         if !sent {
             return Ok(()); // the writer stopped (a database error); it reports why
         }
@@ -171,7 +191,7 @@ fn read_all(files: &[PathBuf], tx: &mpsc::Sender<Item>) -> Result<(), LoadError>
 /// pass the size bounds.
 struct Batcher<'a> {
     tx: &'a mpsc::Sender<Item>,
-    batch: Vec<Resource>,
+    batch: Vec<Write>,
     keys: HashSet<(String, String)>,
     bytes: usize,
 }
@@ -181,14 +201,18 @@ impl<'a> Batcher<'a> {
         Self { tx, batch: Vec::new(), keys: HashSet::new(), bytes: 0 }
     }
 
-    fn push(&mut self, resource: Resource) -> bool {
-        let key = (resource.resource_type.to_string(), resource.id.to_string());
+    fn push(&mut self, write: Write) -> bool {
+        let (resource_type, id) = key_of(&write);
+        let key = (resource_type.to_string(), id.to_string());
         if self.keys.contains(&key) && !self.flush() {
             return false;
         }
         self.keys.insert(key);
-        self.bytes += resource.text_len();
-        self.batch.push(resource);
+        self.bytes += match &write {
+            Write::Save(resource) => resource.text_len(),
+            Write::Delete { .. } => 0,
+        };
+        self.batch.push(write);
         if self.batch.len() >= BATCH_RESOURCES || self.bytes >= BATCH_BYTES {
             return self.flush();
         }
@@ -207,7 +231,7 @@ impl<'a> Batcher<'a> {
     }
 }
 
-fn read_ndjson(path: &Path, batcher: &mut Batcher) -> Result<bool, LoadError> {
+fn read_ndjson(path: &Path, batcher: &mut Batcher, validation: Validation) -> Result<bool, LoadError> {
     let mut reader = BufReader::with_capacity(1 << 20, open(path)?);
     let mut line = Vec::new();
     let mut number = 0u64;
@@ -221,8 +245,8 @@ fn read_ndjson(path: &Path, batcher: &mut Batcher) -> Result<bool, LoadError> {
         if line.iter().all(u8::is_ascii_whitespace) {
             continue;
         }
-        let ok = match Resource::parse(&line) {
-            Ok(resource) => batcher.push(resource),
+        let ok = match Resource::parse(&line, validation) {
+            Ok(resource) => batcher.push(Write::Save(resource)),
             Err(e) => batcher.fail(LoadFailure { file: path.to_owned(), location: format!("line {number}"), reason: e.to_string() }),
         };
         if !ok {
@@ -232,9 +256,10 @@ fn read_ndjson(path: &Path, batcher: &mut Batcher) -> Result<bool, LoadError> {
     Ok(true)
 }
 
-/// A Bundle file: a transaction is written atomically on its own; the entries of a batch or
-/// collection are loaded like NDJSON lines. A single resource file is loaded as it is.
-fn read_bundle(path: &Path, batcher: &mut Batcher) -> Result<bool, LoadError> {
+/// A Bundle file: a transaction is written atomically on its own, DELETE entries included; the
+/// entries of a batch or collection are loaded like NDJSON lines. A single resource file is
+/// loaded as it is.
+fn read_bundle(path: &Path, batcher: &mut Batcher, validation: Validation) -> Result<bool, LoadError> {
     let mut text = Vec::new();
     open(path)?.read_to_end(&mut text).map_err(|source| LoadError::Io { path: path.to_owned(), source })?;
     let failure = |location: &str, reason: String| LoadFailure { file: path.to_owned(), location: location.to_owned(), reason };
@@ -243,25 +268,23 @@ fn read_bundle(path: &Path, batcher: &mut Batcher) -> Result<bool, LoadError> {
         Err(e) => return Ok(batcher.fail(failure("file", format!("the file is not valid JSON: {e}")))),
     };
     if value.get("resourceType").and_then(Value::as_str) != Some("Bundle") {
-        return Ok(match Resource::from_value(value) {
-            Ok(r) => batcher.push(r),
+        return Ok(match Resource::from_value(value, validation) {
+            Ok(r) => batcher.push(Write::Save(r)),
             Err(e) => batcher.fail(failure("file", e.to_string())),
         });
     }
     match value.get("type").and_then(Value::as_str) {
         Some("transaction") | Some("batch") => {
             let kind_is_transaction = value.get("type").and_then(Value::as_str) == Some("transaction");
-            let request = match bundle::read(value) {
+            let request = match bundle::read(value, validation) {
                 Ok(r) => r,
                 Err(e) => return Ok(batcher.fail(failure("file", e.to_string()))),
             };
-            let mut saves = Vec::new();
+            let mut writes = Vec::new();
             for entry in request.entries {
                 match entry {
-                    Ok(bundle::EntryOp::Save { resource, .. }) => saves.push(resource),
-                    Ok(bundle::EntryOp::Delete { resource_type, id }) => {
-                        batcher.fail(failure("entry", format!("DELETE {resource_type}/{id} is not loaded; the loader only adds resources")));
-                    }
+                    Ok(bundle::EntryOp::Save { resource, .. }) => writes.push(Write::Save(resource)),
+                    Ok(bundle::EntryOp::Delete { resource_type, id }) => writes.push(Write::Delete { resource_type, id }),
                     Err(reason) if kind_is_transaction => {
                         return Ok(batcher.fail(failure("file", format!("transaction not loaded: {reason}"))));
                     }
@@ -275,11 +298,11 @@ fn read_bundle(path: &Path, batcher: &mut Batcher) -> Result<bool, LoadError> {
                 if !batcher.flush() {
                     return Ok(false);
                 }
-                batcher.batch = saves;
+                batcher.batch = writes;
                 return Ok(batcher.flush());
             }
-            for resource in saves {
-                if !batcher.push(resource) {
+            for write in writes {
+                if !batcher.push(write) {
                     return Ok(false);
                 }
             }
@@ -288,8 +311,8 @@ fn read_bundle(path: &Path, batcher: &mut Batcher) -> Result<bool, LoadError> {
             let entries = value.get("entry").and_then(Value::as_array).cloned().unwrap_or_default();
             for (i, entry) in entries.into_iter().enumerate() {
                 let Some(resource) = entry.get("resource").cloned() else { continue };
-                let ok = match Resource::from_value(resource) {
-                    Ok(r) => batcher.push(r),
+                let ok = match Resource::from_value(resource, validation) {
+                    Ok(r) => batcher.push(Write::Save(r)),
                     Err(e) => batcher.fail(failure(&format!("entry {i}"), e.to_string())),
                 };
                 if !ok {

@@ -150,6 +150,7 @@ pub struct AppOptions {
     /// Authorization: open by default (no clients); auth tests register clients.
     pub auth: AuthSettings,
     pub output: bulkfhir::output::OutputSettings,
+    pub validation: bulkfhir::fhir::Validation,
 }
 
 impl Default for AppOptions {
@@ -167,6 +168,7 @@ impl Default for AppOptions {
             header_read_timeout_seconds: 10,
             auth: AuthSettings::default(),
             output: Default::default(),
+            validation: Default::default(),
         }
     }
 }
@@ -245,6 +247,7 @@ pub(crate) fn settings(database_url: &str, output_dir: &std::path::Path, options
         kickoff_headers: options.kickoff_headers,
         header_read_timeout_seconds: options.header_read_timeout_seconds,
         concurrent_large_bodies: 2,
+        validation: options.validation,
         auth: options.auth.clone(),
         output: options.output.clone(),
     }

@@ -32,6 +32,7 @@ mod s3;
 mod scale_out;
 mod smart;
 mod type_filter;
+mod validation;
 mod since_until;
 mod status_cache;
 mod synth_load;
