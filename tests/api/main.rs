@@ -27,4 +27,5 @@ mod smart;
 mod type_filter;
 mod since_until;
 mod status_cache;
+mod store_conformance;
 mod synth_load;
