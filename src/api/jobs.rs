@@ -48,7 +48,7 @@ async fn export_status(State(app): State<AppState>, Authorized(caller): Authoriz
         return Err(ApiError::new(StatusCode::TOO_MANY_REQUESTS, IssueCode::Throttled, "status polled too often; wait as Retry-After asks")
             .with_header(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECONDS)));
     }
-    let mut response = match app.exports.state(id, &caller.requester.owner).await? {
+    let mut response = match app.exports.status(id, &caller.requester).await? {
         ExportState::InProgress(job, files) => {
             let mut response = if job.request.allow_partial_manifests {
                 (StatusCode::ACCEPTED, Json(file_manifest(&app, &caller, id, &job, &files).await?)).into_response()
@@ -83,7 +83,7 @@ async fn export_status(State(app): State<AppState>, Authorized(caller): Authoriz
 /// The manifest of the files listed so far, each with its URL: signed by the store, or this
 /// server's own file URL, which needs a token only when authorization is on.
 async fn file_manifest(app: &AppState, caller: &Caller, id: JobId, job: &JobRecord, files: &[FileRecord]) -> Result<serde_json::Value, ApiError> {
-    Ok(match app.exports.signed_urls(job, files).await? {
+    Ok(match app.exports.signed_urls(job, files, &caller.requester).await? {
         Some(signed) => manifest(job, files, false, |f| signed.get(&f.key).cloned().unwrap_or_default()),
         None => manifest(job, files, caller.scopes.is_some(), |f| format!("{}/files/{}", app.status_url(id), f.name)),
     })

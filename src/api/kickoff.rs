@@ -18,8 +18,8 @@ use super::{
 };
 use crate::{
     auth::Caller,
-    export::{params::RawParams, ExportLevel, ExportRequest},
-    fhir::{types::ResourceId, OperationOutcome},
+    export::{params::RawParams, ExportLevel, ExportRequest, JobId},
+    fhir::{types::ResourceId, IssueCode, OperationOutcome},
 };
 
 pub fn router() -> Router<AppState> {
@@ -80,13 +80,27 @@ async fn kick_off(app: AppState, caller: &Caller, level: ExportLevel, headers: &
     let request_url = format!("{}{}", app.base_url, path_and_query.strip_prefix("/fhir").unwrap_or(path_and_query));
     let request = ExportRequest::parse(level, request_url, &params, handling)?;
     let job = app.exports.kick_off(request, &caller.requester).await?;
+    match accepted(&app, job) {
+        Ok(response) => Ok(response),
+        Err(e) => {
+            // The client will never learn this job's status URL: do not leave it queued.
+            app.exports.discard(job).await;
+            Err(e)
+        }
+    }
+}
 
+/// The 202 of a recorded job, pointing at its status URL.
+fn accepted(app: &AppState, job: JobId) -> Result<Response, ApiError> {
     let status_url = app.status_url(job);
+    let location = HeaderValue::from_str(&status_url).map_err(|_| {
+        tracing::error!(%status_url, "the status URL is not a valid header value; check base_url");
+        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, IssueCode::Exception, "the server's base URL cannot be sent in a header")
+    })?;
     let mut response = fhir_json(
         StatusCode::ACCEPTED,
         OperationOutcome::information(format!("export job {job} accepted; poll {status_url}")).to_json(),
     );
-    let location = HeaderValue::from_str(&status_url).map_err(|_| ApiError::bad_request("the status URL is not a valid header"))?;
     response.headers_mut().insert(header::CONTENT_LOCATION, location);
     Ok(response)
 }

@@ -3,7 +3,10 @@
 
 use std::collections::BTreeSet;
 
-use super::{ExportError, ExportRequest};
+use super::{
+    job::{FileKind, FileRecord},
+    ExportError, ExportRequest,
+};
 use crate::fhir::ResourceType;
 
 /// Owner of jobs when the server runs without authorization.
@@ -58,6 +61,28 @@ impl Requester {
             }
             None => request.types = Some(allowed.iter().cloned().collect()),
         }
+        // includeAssociatedData adds Provenance to whatever `_type` names: it needs its own
+        // scope, refused as a `_type` outside the scopes is.
+        if request.associated.is_some() && !allowed.iter().any(|t| t.as_str() == "Provenance") {
+            return Err(ExportError::Forbidden(
+                "the access token's scopes do not allow exporting Provenance, which includeAssociatedData adds".into(),
+            ));
+        }
         Ok(())
+    }
+
+    /// A resource type in `file` that the requester may not read, if any. Checked wherever a
+    /// file is listed, signed or served: access may have narrowed since kick-off. Error files
+    /// hold only the job's own OperationOutcomes.
+    pub fn refused_type(&self, request: &ExportRequest, file: &FileRecord) -> Option<String> {
+        let TypeAccess::Only(_) = &self.types else { return None };
+        match (file.kind, request.organize_by_patient, &request.types) {
+            (FileKind::Error, _, _) => None,
+            // An organized file holds every type the job exported (fixed at kick-off when
+            // access was limited): access must still cover them all.
+            (FileKind::Output, true, Some(types)) => types.iter().find(|t| !self.types.allows(t.as_str())).map(|t| t.to_string()),
+            (FileKind::Output, true, None) => Some("every resource type".into()),
+            _ => (!self.types.allows(&file.resource_type)).then(|| file.resource_type.clone()),
+        }
     }
 }

@@ -33,10 +33,18 @@ pub async fn sweep(stores: &Stores, output: &Output, max_attempts: i32) -> Resul
     if expired > 0 {
         tracing::info!(jobs = expired, "expired completed exports past their retention");
     }
+    // One folder that cannot be deleted must not keep the others' data on disk: each job is
+    // tried on its own, and a job stays unreleased (tried again next pass) until its folder is
+    // empty.
     for (job, folder) in stores.queue.jobs_to_release().await? {
-        output.delete_folder(&folder).await?;
-        stores.queue.mark_released(job).await?;
-        tracing::info!(%job, %folder, "deleted the files of a finished export");
+        if let Err(e) = output.delete_folder(&folder).await {
+            tracing::warn!(%job, %folder, error = %e, "could not delete all files of a finished export; will retry");
+            continue;
+        }
+        match stores.queue.mark_released(job).await {
+            Ok(()) => tracing::info!(%job, %folder, "deleted the files of a finished export"),
+            Err(e) => tracing::warn!(%job, error = %e, "deleted the files of a finished export but could not record it; will retry"),
+        }
     }
     Ok(())
 }

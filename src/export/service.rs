@@ -9,7 +9,7 @@ use futures::stream::BoxStream;
 use super::{
     access::Requester,
     group,
-    job::{FileKind, FileRecord, JobId, JobRecord, NewJob, TaskKind, TaskSpec},
+    job::{FileRecord, JobId, JobRecord, NewJob, TaskKind, TaskSpec},
     request::{ExportLevel, ExportRequest, Handling},
     status_cache::StatusCache,
     ExportError, JobStatus,
@@ -17,7 +17,7 @@ use super::{
 use crate::{
     fhir::{types::ResourceId, ResourceType},
     output::{Output, OutputError, UrlMode},
-    store::Stores,
+    store::{Created, Stores},
 };
 
 #[derive(Clone)]
@@ -49,14 +49,6 @@ impl Exports {
     #[tracing::instrument(skip_all, fields(level = ?request.level, owner = %requester.owner))]
     pub async fn kick_off(&self, mut request: ExportRequest, requester: &Requester) -> Result<JobId, ExportError> {
         requester.restrict(&mut request)?;
-        if let Some(limit) = requester.max_active_exports {
-            // Counted before the insert: a burst of simultaneous kick-offs may pass the limit by
-            // a few, which is acceptable for a fairness limit.
-            let active = self.stores.jobs.active_jobs(&requester.owner).await?;
-            if active >= i64::from(limit) {
-                return Err(ExportError::TooManyExports { active, limit });
-            }
-        }
         let owner = requester.owner.as_str();
         let id = JobId::new();
         let transaction_time = self.stores.resources.snapshot_time().await?;
@@ -98,9 +90,21 @@ impl Exports {
             retention: self.retention,
             max_file_bytes: self.max_file_bytes,
         };
-        self.stores.jobs.create_job(job).await?;
+        let limit = requester.max_active_exports;
+        if let Created::OverLimit { active } = self.stores.jobs.create_job(job, limit).await? {
+            return Err(ExportError::TooManyExports { active, limit: limit.unwrap_or_default() });
+        }
         tracing::info!(job = %id, "export job created");
         Ok(id)
+    }
+
+    /// Removes a job whose kick-off failed after recording it: the client never learned its
+    /// status URL, so nothing else would ever cancel it.
+    pub async fn discard(&self, id: JobId) {
+        match self.stores.jobs.delete_job(id).await {
+            Ok(()) => tracing::info!(job = %id, "export job removed: its kick-off failed"),
+            Err(e) => tracing::error!(job = %id, error = %e, "could not remove the job of a failed kick-off"),
+        }
     }
 
     /// The `patient` parameter's patients that exist at transactionTime and, at Group level,
@@ -160,6 +164,25 @@ impl Exports {
         })
     }
 
+    /// The state of one of the requester's jobs as its manifest may show it: only the files
+    /// whose types the requester's access covers now.
+    pub async fn status(&self, id: JobId, requester: &Requester) -> Result<ExportState, ExportError> {
+        let covered = |job: &JobRecord, files: Vec<FileRecord>| -> Vec<FileRecord> {
+            files.into_iter().filter(|f| requester.refused_type(&job.request, f).is_none()).collect()
+        };
+        Ok(match self.state(id, &requester.owner).await? {
+            ExportState::InProgress(job, files) => {
+                let files = covered(&job, files);
+                ExportState::InProgress(job, files)
+            }
+            ExportState::Completed(job, files) => {
+                let files = covered(&job, files);
+                ExportState::Completed(job, files)
+            }
+            failed => failed,
+        })
+    }
+
     /// Cancels a running job or releases a finished one; its files are deleted by the janitor
     /// once no worker writes them.
     pub async fn cancel(&self, id: JobId, owner: &str) -> Result<(), ExportError> {
@@ -187,13 +210,7 @@ impl Exports {
             return Err(not_found());
         };
         let file = files.into_iter().find(|f| f.name == name).ok_or_else(not_found)?;
-        // An organized file holds every type the job exported (fixed at kick-off when access
-        // was limited): access must still cover them all.
-        let held: Vec<&str> = match (&job.request.types, file.kind) {
-            (Some(types), FileKind::Output) if job.request.organize_by_patient => types.iter().map(|t| t.as_str()).collect(),
-            _ => vec![file.resource_type.as_str()],
-        };
-        if let (true, Some(refused)) = (file.kind != FileKind::Error, held.iter().find(|t| !requester.types.allows(t))) {
+        if let Some(refused) = requester.refused_type(&job.request, &file) {
             return Err(ExportError::Forbidden(format!("the access token's scopes do not allow reading {refused}")));
         }
         let (size, body) = self.output.read(&file.key).await?;
@@ -201,8 +218,14 @@ impl Exports {
     }
 
     /// Signed URLs of a completed job's files, by key, valid until the export expires; None
-    /// when this server serves the files itself.
-    pub async fn signed_urls(&self, job: &JobRecord, files: &[FileRecord]) -> Result<Option<HashMap<String, String>>, ExportError> {
+    /// when this server serves the files itself. A signed URL needs no token, so one is minted
+    /// only for a file the requester may read now.
+    pub async fn signed_urls(
+        &self,
+        job: &JobRecord,
+        files: &[FileRecord],
+        requester: &Requester,
+    ) -> Result<Option<HashMap<String, String>>, ExportError> {
         if self.output.url_mode() != UrlMode::Signed {
             return Ok(None);
         }
@@ -210,7 +233,7 @@ impl Exports {
         // At least a minute, so a URL handed out just before expiry can still be used.
         let valid_for = (expires - chrono::Utc::now()).to_std().unwrap_or_default().max(Duration::from_secs(60));
         let mut urls = HashMap::with_capacity(files.len());
-        for file in files {
+        for file in files.iter().filter(|f| requester.refused_type(&job.request, f).is_none()) {
             if let Some(url) = self.output.signed_url(&file.key, valid_for).await? {
                 urls.insert(file.key.clone(), url);
             }

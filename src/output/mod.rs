@@ -161,21 +161,80 @@ impl Output {
         Ok(Some(url.to_string()))
     }
 
-    /// Deletes every file under a job's folder; on Azure, a container made for the job goes too.
+    /// Deletes every file under a job's folder (on Azure, a container made for the job goes
+    /// too), and succeeds only when nothing is left. Several nodes' janitors may delete the same
+    /// folder at once: a file already gone counts as deleted, and one failure does not stop the
+    /// other deletes.
     pub async fn delete_folder(&self, folder: &str) -> Result<(), OutputError> {
-        if let Place::Azure(azure) = &self.place
-            && !folder.contains('/')
-        {
-            return azure.delete_container(folder).await;
+        match &self.place {
+            Place::Azure(azure) if !folder.contains('/') => return azure.delete_container(folder).await,
+            // The local listing skips staging files (`Patient-1.ndjson#1`) that a killed attempt
+            // left behind: the folder is removed from the file system instead.
+            Place::Local { root, .. } => {
+                let (root, folder_path) = (FsPath::new(root).to_owned(), FsPath::new(root).join(folder));
+                let failed = |source| OutputError::Directory { path: folder.to_owned(), source };
+                return crate::background::spawn_blocking(move || remove_tree(&root, &folder_path))
+                    .await
+                    .map_err(|e| failed(std::io::Error::other(e)))?
+                    .map_err(failed);
+            }
+            _ => {}
         }
         let (store, prefix, destination) = self.locate(folder, false).await?;
         let action = format!("deleting {folder}");
         let locations = store.list(Some(&prefix)).map_ok(|meta| meta.location).boxed();
-        store.delete_stream(locations).try_for_each(|_| async { Ok(()) }).await.or_else(|e| match e {
-            object_store::Error::NotFound { .. } => Ok(()),
-            e => Err(OutputError::store(&destination, &action, e)),
-        })
+        let mut deletes = store.delete_stream(locations);
+        let mut first_error = None;
+        while let Some(deleted) = deletes.next().await {
+            match deleted {
+                Ok(_) | Err(object_store::Error::NotFound { .. }) => {}
+                Err(e) => {
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        if let Some(e) = first_error {
+            return Err(OutputError::store(&destination, &action, e));
+        }
+        match store.list(Some(&prefix)).try_next().await {
+            Ok(None) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Ok(Some(left)) => Err(OutputError::Storage { destination, action, reason: format!("{} is still there", left.location) }),
+            Err(e) => Err(OutputError::store(&destination, &action, e)),
+        }
     }
+}
+
+/// Removes `folder` and all it holds, then its parents up to `root` that are left empty. A file
+/// or folder that is already gone counts as removed (another node may remove the same tree).
+fn remove_tree(root: &FsPath, folder: &FsPath) -> std::io::Result<()> {
+    use std::io::ErrorKind::NotFound;
+    let gone = |result: std::io::Result<()>| match result {
+        Err(e) if e.kind() == NotFound => Ok(()),
+        other => other,
+    };
+    let entries = match std::fs::read_dir(folder) {
+        Err(e) if e.kind() == NotFound => return Ok(()),
+        entries => entries?,
+    };
+    for entry in entries {
+        let entry = entry?;
+        match entry.file_type() {
+            Ok(kind) if kind.is_dir() => remove_tree(folder, &entry.path())?,
+            Ok(_) => gone(std::fs::remove_file(entry.path()))?,
+            Err(e) if e.kind() == NotFound => {}
+            Err(e) => return Err(e),
+        }
+    }
+    gone(std::fs::remove_dir(folder))?;
+    // Parents such as a `_container` folder go when empty; a parent still in use stays.
+    let mut parent = folder.parent();
+    while let Some(dir) = parent.filter(|dir| dir.starts_with(root) && *dir != root) {
+        if std::fs::remove_dir(dir).is_err() {
+            break;
+        }
+        parent = dir.parent();
+    }
+    Ok(())
 }
 
 fn s3(settings: &OutputSettings) -> Result<AmazonS3, OutputError> {

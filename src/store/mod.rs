@@ -222,16 +222,27 @@ pub trait ResourceStore: Send + Sync {
 /// The API side of export jobs.
 #[async_trait]
 pub trait JobStore: Send + Sync {
-    /// Records a job with its tasks and patients, and wakes the workers.
-    async fn create_job(&self, job: NewJob) -> Result<(), StoreError>;
+    /// Records a job with its tasks and patients, and wakes the workers; unless the owner already
+    /// has `max_active` queued or running jobs, counted in the same transaction as the insert
+    /// (so a burst of kick-offs cannot pass the limit).
+    async fn create_job(&self, job: NewJob, max_active: Option<u32>) -> Result<Created, StoreError>;
+    /// Removes a job that was never handed to its client (a kick-off that failed after
+    /// recording it), with its tasks and patients.
+    async fn delete_job(&self, id: JobId) -> Result<(), StoreError>;
     async fn job(&self, id: JobId) -> Result<Option<JobRecord>, StoreError>;
     /// Output, error and deleted files of a job, in manifest order.
     async fn files(&self, id: JobId) -> Result<Vec<FileRecord>, StoreError>;
     /// Marks a job cancelled (queued/running) or released (finished). False if it was unknown or
     /// already gone.
     async fn cancel(&self, id: JobId) -> Result<bool, StoreError>;
-    /// Queued and running jobs of an owner (for the per-client limit).
-    async fn active_jobs(&self, owner: &str) -> Result<i64, StoreError>;
+}
+
+/// What `create_job` did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Created {
+    Job,
+    /// Nothing: the owner already has this many queued or running jobs.
+    OverLimit { active: i64 },
 }
 
 /// The worker side: claims under a lease, heartbeats and fenced writes of task state.

@@ -210,7 +210,7 @@ pub async fn spawn_app_on(db: TestDb, database_url: &str, options: AppOptions) -
     TestApp { base_url, client, stores, output, output_dir, options, shutdown, db }
 }
 
-fn settings(database_url: &str, output_dir: &std::path::Path, options: &AppOptions) -> Settings {
+pub(crate) fn settings(database_url: &str, output_dir: &std::path::Path, options: &AppOptions) -> Settings {
     Settings {
         listen: "127.0.0.1:0".parse().unwrap(),
         base_url: String::new(),

@@ -3,16 +3,82 @@
 use async_trait::async_trait;
 use sqlx::{postgres::PgRow, Row};
 
-use super::{PgStore, WORK_CHANNEL};
+use super::{retrying, PgStore, WORK_CHANNEL};
 use crate::{
     export::job::{FileRecord, JobId, JobRecord, JobStatus, NewJob, Progress},
-    store::{FileRow, JobStore, StoreError},
+    store::{Created, FileRow, JobStore, StoreError},
 };
+
+/// Advisory lock class of the per-owner export limit (`pg_advisory_xact_lock(class, owner hash)`).
+const OWNER_LOCK: i32 = 0x6266_6a6f; // "bfjo"
 
 #[async_trait]
 impl JobStore for PgStore {
-    async fn create_job(&self, job: NewJob) -> Result<(), StoreError> {
+    async fn create_job(&self, job: NewJob, max_active: Option<u32>) -> Result<Created, StoreError> {
+        retrying(|| self.create_job_once(&job, max_active)).await
+    }
+
+    async fn delete_job(&self, id: JobId) -> Result<(), StoreError> {
+        retrying(|| async {
+            let mut tx = self.pool.begin().await?;
+            for table in ["export_files", "export_job_patients", "export_tasks"] {
+                sqlx::query(sqlx::AssertSqlSafe(format!("DELETE FROM {table} WHERE job_id = $1"))).bind(id.0).execute(&mut *tx).await?;
+            }
+            sqlx::query("DELETE FROM export_jobs WHERE id = $1").bind(id.0).execute(&mut *tx).await?;
+            tx.commit().await?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn job(&self, id: JobId) -> Result<Option<JobRecord>, StoreError> {
+        let row = sqlx::query(
+            "SELECT j.id, j.owner, j.request, j.status, j.transaction_time, j.created_at, j.expires_at, j.error, \
+                    (SELECT count(*) FROM export_tasks t WHERE t.job_id = j.id) AS tasks_total, \
+                    (SELECT count(*) FROM export_tasks t WHERE t.job_id = j.id AND t.status = 'done') AS tasks_done, \
+                    (SELECT coalesce(sum(t.written), 0)::bigint FROM export_tasks t WHERE t.job_id = j.id) AS written, \
+                    (SELECT coalesce(array_agg(t.resource_type ORDER BY t.resource_type), '{}') FROM export_tasks t \
+                      WHERE t.job_id = j.id AND t.status = 'running') AS running \
+             FROM export_jobs j WHERE j.id = $1",
+        )
+        .bind(id.0)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(job_record).transpose()
+    }
+
+    async fn files(&self, id: JobId) -> Result<Vec<FileRecord>, StoreError> {
+        let rows: Vec<FileRow> = sqlx::query_as(
+            "SELECT kind, resource_type, name, object_key, count, bytes FROM export_files \
+             WHERE job_id = $1 ORDER BY kind, resource_type, length(name), name",
+        )
+        .bind(id.0)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.into_iter().map(FileRecord::from).collect())
+    }
+
+    async fn cancel(&self, id: JobId) -> Result<bool, StoreError> {
+        retrying(|| self.cancel_once(id)).await
+    }
+}
+
+impl PgStore {
+    async fn create_job_once(&self, job: &NewJob, max_active: Option<u32>) -> Result<Created, StoreError> {
         let mut tx = self.pool.begin().await?;
+        if let Some(limit) = max_active {
+            // Kick-offs of one owner count and insert one at a time; the lock ends with the
+            // transaction. (Two-key advisory locks do not share the one-key space.)
+            sqlx::query("SELECT pg_advisory_xact_lock($1, hashtext($2))").bind(OWNER_LOCK).bind(&job.owner).execute(&mut *tx).await?;
+            let active: i64 =
+                sqlx::query_scalar("SELECT count(*) FROM export_jobs WHERE owner = $1 AND status IN ('queued', 'running')")
+                    .bind(&job.owner)
+                    .fetch_one(&mut *tx)
+                    .await?;
+            if active >= i64::from(limit) {
+                return Ok(Created::OverLimit { active });
+            }
+        }
         let request = serde_json::to_value(&job.request).expect("an export request serializes");
         // A job with nothing to export is complete at once.
         let status = if job.tasks.is_empty() { JobStatus::Completed } else { JobStatus::Queued };
@@ -52,38 +118,16 @@ impl JobStore for PgStore {
             .await?;
         sqlx::query("SELECT pg_notify($1, '')").bind(WORK_CHANNEL).execute(&mut *tx).await?;
         tx.commit().await?;
-        Ok(())
+        Ok(Created::Job)
     }
 
-    async fn job(&self, id: JobId) -> Result<Option<JobRecord>, StoreError> {
-        let row = sqlx::query(
-            "SELECT j.id, j.owner, j.request, j.status, j.transaction_time, j.created_at, j.expires_at, j.error, \
-                    (SELECT count(*) FROM export_tasks t WHERE t.job_id = j.id) AS tasks_total, \
-                    (SELECT count(*) FROM export_tasks t WHERE t.job_id = j.id AND t.status = 'done') AS tasks_done, \
-                    (SELECT coalesce(sum(t.written), 0)::bigint FROM export_tasks t WHERE t.job_id = j.id) AS written, \
-                    (SELECT coalesce(array_agg(t.resource_type ORDER BY t.resource_type), '{}') FROM export_tasks t \
-                      WHERE t.job_id = j.id AND t.status = 'running') AS running \
-             FROM export_jobs j WHERE j.id = $1",
-        )
-        .bind(id.0)
-        .fetch_optional(&self.pool)
-        .await?;
-        row.map(job_record).transpose()
-    }
-
-    async fn files(&self, id: JobId) -> Result<Vec<FileRecord>, StoreError> {
-        let rows: Vec<FileRow> = sqlx::query_as(
-            "SELECT kind, resource_type, name, object_key, count, bytes FROM export_files \
-             WHERE job_id = $1 ORDER BY kind, resource_type, length(name), name",
-        )
-        .bind(id.0)
-        .fetch_all(&self.pool)
-        .await?;
-        Ok(rows.into_iter().map(FileRecord::from).collect())
-    }
-
-    async fn cancel(&self, id: JobId) -> Result<bool, StoreError> {
+    async fn cancel_once(&self, id: JobId) -> Result<bool, StoreError> {
         let mut tx = self.pool.begin().await?;
+        // Task rows before the job row, the lock order of the queue.
+        sqlx::query("UPDATE export_tasks SET status = 'cancelled' WHERE job_id = $1 AND status = 'queued'")
+            .bind(id.0)
+            .execute(&mut *tx)
+            .await?;
         let cancelled = sqlx::query(
             "UPDATE export_jobs SET status = 'cancelled', completed_at = coalesce(completed_at, now()) \
              WHERE id = $1 AND status NOT IN ('cancelled', 'expired')",
@@ -93,20 +137,8 @@ impl JobStore for PgStore {
         .await?
         .rows_affected()
             > 0;
-        sqlx::query("UPDATE export_tasks SET status = 'cancelled' WHERE job_id = $1 AND status = 'queued'")
-            .bind(id.0)
-            .execute(&mut *tx)
-            .await?;
         tx.commit().await?;
         Ok(cancelled)
-    }
-
-    async fn active_jobs(&self, owner: &str) -> Result<i64, StoreError> {
-        let count = sqlx::query_scalar("SELECT count(*) FROM export_jobs WHERE owner = $1 AND status IN ('queued', 'running')")
-            .bind(owner)
-            .fetch_one(&self.pool)
-            .await?;
-        Ok(count)
     }
 }
 

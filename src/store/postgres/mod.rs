@@ -43,6 +43,7 @@ impl PgStore {
             .await?;
         let migrator = sqlx::migrate!("./migrations/postgres");
         super::announce_upgrade(&pool, &migrator).await;
+        accept_superseded_checksums(&pool, &migrator).await?;
         migrator.run(&pool).await?;
         let work = Arc::new(Notify::new());
         let listener = tokio::spawn(listen_for_work(pool.clone(), work.clone()));
@@ -53,6 +54,69 @@ impl PgStore {
 impl Drop for PgStore {
     fn drop(&mut self) {
         self.listener.abort();
+    }
+}
+
+/// Migrations whose text changed after some databases applied it, with the text they applied.
+/// 0005 lost nothing but a comment's wording; such a database holds the old checksum, which
+/// sqlx refuses at start.
+const SUPERSEDED: &[(i64, &str)] = &[(5, include_str!("superseded/0005_body_compression.sql"))];
+
+/// Rewrites the stored checksum of a migration applied with a superseded text (same effect, a
+/// comment changed) to the current one, so `run` accepts the database.
+async fn accept_superseded_checksums(pool: &PgPool, migrator: &sqlx::migrate::Migrator) -> Result<(), StoreError> {
+    for (version, old_text) in SUPERSEDED {
+        let Some(current) = migrator.iter().find(|m| m.version == *version) else { continue };
+        let old = sqlx::migrate::Migration::new(
+            *version,
+            current.description.clone(),
+            current.migration_type,
+            sqlx::SqlSafeStr::into_sql_str(*old_text),
+            current.no_tx,
+        );
+        // No migrations table yet (a new database): nothing to repair.
+        let repaired = sqlx::query(
+            "UPDATE _sqlx_migrations SET checksum = $3 WHERE version = $1 AND checksum = $2",
+        )
+        .bind(version)
+        .bind(old.checksum.as_ref())
+        .bind(current.checksum.as_ref())
+        .execute(pool)
+        .await;
+        match repaired {
+            Ok(done) if done.rows_affected() > 0 => tracing::warn!(
+                version,
+                "migration applied with an earlier text of the same effect (only a comment differs); its stored checksum now matches this build"
+            ),
+            Ok(_) => {}
+            Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("42P01") => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
+/// Runs a transaction again when Postgres aborted it as a deadlock victim (40P01) or a
+/// serialization failure (40001): both mean "retry", and dropping the work instead would
+/// leave a finished task's files unlisted until its lease ran out.
+pub(super) async fn retrying<T, F, Fut>(mut attempt: F) -> Result<T, StoreError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, StoreError>>,
+{
+    const TRIES: u32 = 5;
+    let mut tried = 1;
+    loop {
+        match attempt().await {
+            Err(StoreError::Database(sqlx::Error::Database(e)))
+                if tried < TRIES && matches!(e.code().as_deref(), Some("40P01" | "40001")) =>
+            {
+                tracing::warn!(error = %e, tried, "transaction aborted by the database; retrying");
+                tokio::time::sleep(Duration::from_millis(10 * u64::from(tried))).await;
+                tried += 1;
+            }
+            result => return result,
+        }
     }
 }
 

@@ -5,7 +5,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use sqlx::{PgConnection, Row};
 
-use super::PgStore;
+use super::{retrying, PgStore};
 use crate::{
     export::job::{exhausted_outcome, ClaimedTask, FileRecord, JobId, JobStatus, TaskKind},
     store::{Lease, StoreError, WorkQueue},
@@ -14,46 +14,7 @@ use crate::{
 #[async_trait]
 impl WorkQueue for PgStore {
     async fn claim(&self, worker: &str, lease: Duration, max_attempts: i32) -> Result<Option<ClaimedTask>, StoreError> {
-        let mut tx = self.pool.begin().await?;
-        let claimed = sqlx::query(
-            "UPDATE export_tasks t SET status = 'running', worker_id = $1, \
-                    lease_expires_at = now() + $2 * interval '1 millisecond', fence = fence + 1, attempts = attempts + 1 \
-             WHERE t.id = ( \
-                SELECT c.id FROM export_tasks c JOIN export_jobs j ON j.id = c.job_id \
-                WHERE j.status IN ('queued', 'running') AND c.attempts < $3 \
-                  AND (c.status = 'queued' OR (c.status = 'running' AND c.lease_expires_at < now())) \
-                ORDER BY j.created_at, c.id \
-                FOR UPDATE OF c SKIP LOCKED LIMIT 1) \
-             RETURNING t.id, t.job_id, t.kind, t.resource_type, t.fence",
-        )
-        .bind(worker)
-        .bind(lease.as_millis() as i64)
-        .bind(max_attempts)
-        .fetch_optional(&mut *tx)
-        .await?;
-        let Some(task) = claimed else { return Ok(None) };
-        let job_id: uuid::Uuid = task.get("job_id");
-        let job = sqlx::query(
-            "UPDATE export_jobs SET status = 'running', started_at = coalesce(started_at, now()) \
-             WHERE id = $1 RETURNING request, transaction_time, folder, max_file_bytes",
-        )
-        .bind(job_id)
-        .fetch_one(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        let kind: String = task.get("kind");
-        let request: serde_json::Value = job.get("request");
-        Ok(Some(ClaimedTask {
-            task_id: task.get("id"),
-            job_id: JobId(job_id),
-            kind: TaskKind::parse(&kind).unwrap_or(TaskKind::Export),
-            resource_type: task.get("resource_type"),
-            fence: task.get("fence"),
-            request: serde_json::from_value(request).map_err(|e| sqlx::Error::Decode(Box::new(e)))?,
-            transaction_time: job.get("transaction_time"),
-            folder: job.get("folder"),
-            max_file_bytes: job.get::<i64, _>("max_file_bytes") as u64,
-        }))
+        retrying(|| self.claim_once(worker, lease, max_attempts)).await
     }
 
     async fn heartbeat(&self, task: &ClaimedTask, lease: Duration, written: i64) -> Result<Lease, StoreError> {
@@ -76,19 +37,125 @@ impl WorkQueue for PgStore {
     }
 
     async fn complete(&self, task: &ClaimedTask, files: Vec<FileRecord>) -> Result<bool, StoreError> {
+        retrying(|| self.complete_once(task, &files)).await
+    }
+
+    async fn fail(&self, task: &ClaimedTask, outcome: String) -> Result<(), StoreError> {
+        retrying(|| self.fail_once(task, &outcome)).await
+    }
+
+    async fn release(&self, task: &ClaimedTask) -> Result<(), StoreError> {
+        self.release_once(task).await
+    }
+
+    async fn retry(&self, task: &ClaimedTask, backoff: Duration, max_attempts: i32) -> Result<bool, StoreError> {
+        // Still 'running', under a lease that ends after the backoff: the claim takes it then.
+        let retried = sqlx::query(
+            "UPDATE export_tasks SET worker_id = NULL, lease_expires_at = now() + $3 * interval '1 millisecond' \
+             WHERE id = $1 AND fence = $2 AND status = 'running' AND attempts < $4",
+        )
+        .bind(task.task_id)
+        .bind(task.fence)
+        .bind(backoff.as_millis() as i64)
+        .bind(max_attempts)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        Ok(retried == 1)
+    }
+
+    async fn wait_for_work(&self, timeout: Duration) {
+        let _ = tokio::time::timeout(timeout, self.work.notified()).await;
+    }
+
+    async fn fail_exhausted(&self, max_attempts: i32) -> Result<u64, StoreError> {
+        retrying(|| self.fail_exhausted_once(max_attempts)).await
+    }
+
+    async fn expire_jobs(&self) -> Result<u64, StoreError> {
+        Ok(sqlx::query("UPDATE export_jobs SET status = 'expired' WHERE status = 'completed' AND expires_at <= now()")
+            .execute(&self.pool)
+            .await?
+            .rows_affected())
+    }
+
+    async fn jobs_to_release(&self) -> Result<Vec<(JobId, String)>, StoreError> {
+        let rows: Vec<(uuid::Uuid, String)> = sqlx::query_as(
+            "SELECT j.id, j.folder FROM export_jobs j \
+             WHERE j.status IN ('cancelled', 'failed', 'expired') AND NOT j.files_released \
+               AND NOT EXISTS (SELECT 1 FROM export_tasks t WHERE t.job_id = j.id AND t.status = 'running' \
+                               AND t.lease_expires_at > now())",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.into_iter().map(|(id, folder)| (JobId(id), folder)).collect())
+    }
+
+    async fn mark_released(&self, id: JobId) -> Result<(), StoreError> {
+        retrying(|| async {
+            let mut tx = self.pool.begin().await?;
+            sqlx::query("UPDATE export_jobs SET files_released = true WHERE id = $1").bind(id.0).execute(&mut *tx).await?;
+            sqlx::query("DELETE FROM export_files WHERE job_id = $1").bind(id.0).execute(&mut *tx).await?;
+            tx.commit().await?;
+            Ok(())
+        })
+        .await
+    }
+}
+
+// Lock order, everywhere: task rows before the job row. A claim whose recheck skips a row
+// another worker just claimed keeps that row locked until it commits; were a completion to
+// lock the job row first and wait for its task row, a claim waiting on the job row would close
+// a cycle (the deadlocks of issue 17).
+impl PgStore {
+    async fn claim_once(&self, worker: &str, lease: Duration, max_attempts: i32) -> Result<Option<ClaimedTask>, StoreError> {
         let mut tx = self.pool.begin().await?;
-        // Completions of one job are serialized on its row, so exactly one sees the last task done.
-        let job_status: Option<String> = sqlx::query_scalar("SELECT status FROM export_jobs WHERE id = $1 FOR UPDATE")
-            .bind(task.job_id.0)
-            .fetch_optional(&mut *tx)
+        let claimed = sqlx::query(
+            "UPDATE export_tasks t SET status = 'running', worker_id = $1, \
+                    lease_expires_at = now() + $2 * interval '1 millisecond', fence = fence + 1, attempts = attempts + 1 \
+             WHERE t.id = ( \
+                SELECT c.id FROM export_tasks c JOIN export_jobs j ON j.id = c.job_id \
+                WHERE j.status IN ('queued', 'running') AND c.attempts < $3 \
+                  AND (c.status = 'queued' OR (c.status = 'running' AND c.lease_expires_at < now())) \
+                ORDER BY j.created_at, c.id \
+                FOR UPDATE OF c SKIP LOCKED LIMIT 1) \
+             RETURNING t.id, t.job_id, t.kind, t.resource_type, t.fence",
+        )
+        .bind(worker)
+        .bind(lease.as_millis() as i64)
+        .bind(max_attempts)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(task) = claimed else { return Ok(None) };
+        let job_id: uuid::Uuid = task.get("job_id");
+        // Only the first claim of a job writes its row: later claims never wait on a job row
+        // that a completion holds.
+        sqlx::query("UPDATE export_jobs SET status = 'running', started_at = now() WHERE id = $1 AND status = 'queued'")
+            .bind(job_id)
+            .execute(&mut *tx)
             .await?;
-        if job_status.as_deref() != Some(JobStatus::Running.as_str()) {
-            // The job ended (cancelled or failed) while the task ran: hand the task back at once,
-            // so the job's files can be deleted without waiting for the lease to expire.
-            drop(tx);
-            self.release(task).await?;
-            return Ok(false);
-        }
+        let job = sqlx::query("SELECT request, transaction_time, folder, max_file_bytes FROM export_jobs WHERE id = $1")
+            .bind(job_id)
+            .fetch_one(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        let kind: String = task.get("kind");
+        let request: serde_json::Value = job.get("request");
+        Ok(Some(ClaimedTask {
+            task_id: task.get("id"),
+            job_id: JobId(job_id),
+            kind: TaskKind::parse(&kind).unwrap_or(TaskKind::Export),
+            resource_type: task.get("resource_type"),
+            fence: task.get("fence"),
+            request: serde_json::from_value(request).map_err(|e| sqlx::Error::Decode(Box::new(e)))?,
+            transaction_time: job.get("transaction_time"),
+            folder: job.get("folder"),
+            max_file_bytes: job.get::<i64, _>("max_file_bytes") as u64,
+        }))
+    }
+
+    async fn complete_once(&self, task: &ClaimedTask, files: &[FileRecord]) -> Result<bool, StoreError> {
+        let mut tx = self.pool.begin().await?;
         let written: i64 = files.iter().map(|f| f.count).sum();
         let held = sqlx::query(
             "UPDATE export_tasks SET status = 'done', written = $3, lease_expires_at = NULL \
@@ -102,6 +169,18 @@ impl WorkQueue for PgStore {
         .rows_affected()
             == 1;
         if !held {
+            return Ok(false);
+        }
+        // Completions of one job are serialized on its row, so exactly one sees the last task done.
+        let job_status: Option<String> = sqlx::query_scalar("SELECT status FROM export_jobs WHERE id = $1 FOR UPDATE")
+            .bind(task.job_id.0)
+            .fetch_optional(&mut *tx)
+            .await?;
+        if job_status.as_deref() != Some(JobStatus::Running.as_str()) {
+            // The job ended (cancelled or failed) while the task ran: hand the task back at once,
+            // so the job's files can be deleted without waiting for the lease to expire.
+            tx.rollback().await?;
+            self.release_once(task).await?;
             return Ok(false);
         }
         let column = |f: fn(&FileRecord) -> String| files.iter().map(f).collect::<Vec<String>>();
@@ -133,7 +212,7 @@ impl WorkQueue for PgStore {
         Ok(true)
     }
 
-    async fn fail(&self, task: &ClaimedTask, outcome: String) -> Result<(), StoreError> {
+    async fn fail_once(&self, task: &ClaimedTask, outcome: &str) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await?;
         let held = sqlx::query(
             "UPDATE export_tasks SET status = 'failed', error = $3, lease_expires_at = NULL \
@@ -141,19 +220,19 @@ impl WorkQueue for PgStore {
         )
         .bind(task.task_id)
         .bind(task.fence)
-        .bind(&outcome)
+        .bind(outcome)
         .execute(&mut *tx)
         .await?
         .rows_affected()
             == 1;
         if held {
-            fail_job(&mut tx, task.job_id, &outcome).await?;
+            fail_job(&mut tx, task.job_id, outcome).await?;
         }
         tx.commit().await?;
         Ok(())
     }
 
-    async fn release(&self, task: &ClaimedTask) -> Result<(), StoreError> {
+    async fn release_once(&self, task: &ClaimedTask) -> Result<(), StoreError> {
         // A graceful hand-back does not count as an attempt.
         sqlx::query(
             "UPDATE export_tasks t SET lease_expires_at = NULL, worker_id = NULL, \
@@ -169,27 +248,7 @@ impl WorkQueue for PgStore {
         Ok(())
     }
 
-    async fn retry(&self, task: &ClaimedTask, backoff: Duration, max_attempts: i32) -> Result<bool, StoreError> {
-        // Still 'running', under a lease that ends after the backoff: the claim takes it then.
-        let retried = sqlx::query(
-            "UPDATE export_tasks SET worker_id = NULL, lease_expires_at = now() + $3 * interval '1 millisecond' \
-             WHERE id = $1 AND fence = $2 AND status = 'running' AND attempts < $4",
-        )
-        .bind(task.task_id)
-        .bind(task.fence)
-        .bind(backoff.as_millis() as i64)
-        .bind(max_attempts)
-        .execute(&self.pool)
-        .await?
-        .rows_affected();
-        Ok(retried == 1)
-    }
-
-    async fn wait_for_work(&self, timeout: Duration) {
-        let _ = tokio::time::timeout(timeout, self.work.notified()).await;
-    }
-
-    async fn fail_exhausted(&self, max_attempts: i32) -> Result<u64, StoreError> {
+    async fn fail_exhausted_once(&self, max_attempts: i32) -> Result<u64, StoreError> {
         let mut tx = self.pool.begin().await?;
         let dead: Vec<(uuid::Uuid, String, i32)> = sqlx::query_as(
             "UPDATE export_tasks SET status = 'failed', lease_expires_at = NULL \
@@ -206,37 +265,15 @@ impl WorkQueue for PgStore {
         tx.commit().await?;
         Ok(dead.len() as u64)
     }
-
-    async fn expire_jobs(&self) -> Result<u64, StoreError> {
-        Ok(sqlx::query("UPDATE export_jobs SET status = 'expired' WHERE status = 'completed' AND expires_at <= now()")
-            .execute(&self.pool)
-            .await?
-            .rows_affected())
-    }
-
-    async fn jobs_to_release(&self) -> Result<Vec<(JobId, String)>, StoreError> {
-        let rows: Vec<(uuid::Uuid, String)> = sqlx::query_as(
-            "SELECT j.id, j.folder FROM export_jobs j \
-             WHERE j.status IN ('cancelled', 'failed', 'expired') AND NOT j.files_released \
-               AND NOT EXISTS (SELECT 1 FROM export_tasks t WHERE t.job_id = j.id AND t.status = 'running' \
-                               AND t.lease_expires_at > now())",
-        )
-        .fetch_all(&self.pool)
-        .await?;
-        Ok(rows.into_iter().map(|(id, folder)| (JobId(id), folder)).collect())
-    }
-
-    async fn mark_released(&self, id: JobId) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await?;
-        sqlx::query("UPDATE export_jobs SET files_released = true WHERE id = $1").bind(id.0).execute(&mut *tx).await?;
-        sqlx::query("DELETE FROM export_files WHERE job_id = $1").bind(id.0).execute(&mut *tx).await?;
-        tx.commit().await?;
-        Ok(())
-    }
 }
 
 /// Fails a job that is still queued or running, and cancels its queued tasks.
 async fn fail_job(conn: &mut PgConnection, job: JobId, outcome: &str) -> Result<(), StoreError> {
+    // Task rows first, as everywhere (see the lock order above).
+    sqlx::query("UPDATE export_tasks SET status = 'cancelled' WHERE job_id = $1 AND status = 'queued'")
+        .bind(job.0)
+        .execute(&mut *conn)
+        .await?;
     sqlx::query(
         "UPDATE export_jobs SET status = 'failed', error = $2, completed_at = now() \
          WHERE id = $1 AND status IN ('queued', 'running')",
@@ -245,9 +282,5 @@ async fn fail_job(conn: &mut PgConnection, job: JobId, outcome: &str) -> Result<
     .bind(outcome)
     .execute(&mut *conn)
     .await?;
-    sqlx::query("UPDATE export_tasks SET status = 'cancelled' WHERE job_id = $1 AND status = 'queued'")
-        .bind(job.0)
-        .execute(&mut *conn)
-        .await?;
     Ok(())
 }

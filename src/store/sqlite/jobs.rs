@@ -6,13 +6,23 @@ use sqlx::{sqlite::SqliteRow, Row};
 use super::{instant, micros, now_micros, SqliteStore};
 use crate::{
     export::job::{FileRecord, JobId, JobRecord, JobStatus, NewJob, Progress},
-    store::{FileRow, JobStore, StoreError},
+    store::{Created, FileRow, JobStore, StoreError},
 };
 
 #[async_trait]
 impl JobStore for SqliteStore {
-    async fn create_job(&self, job: NewJob) -> Result<(), StoreError> {
+    async fn create_job(&self, job: NewJob, max_active: Option<u32>) -> Result<Created, StoreError> {
+        // BEGIN IMMEDIATE: the count and the insert run under SQLite's one write lock.
         let mut tx = self.begin_write().await?;
+        if let Some(limit) = max_active {
+            let active: i64 = sqlx::query_scalar("SELECT count(*) FROM export_jobs WHERE owner = ? AND status IN ('queued', 'running')")
+                .bind(&job.owner)
+                .fetch_one(&mut *tx)
+                .await?;
+            if active >= i64::from(limit) {
+                return Ok(Created::OverLimit { active });
+            }
+        }
         let now = now_micros();
         let request = serde_json::to_string(&job.request).expect("an export request serializes");
         // A job with nothing to export is complete at once.
@@ -56,6 +66,16 @@ impl JobStore for SqliteStore {
         }
         tx.commit().await?;
         self.work.notify_waiters();
+        Ok(Created::Job)
+    }
+
+    async fn delete_job(&self, id: JobId) -> Result<(), StoreError> {
+        let mut tx = self.begin_write().await?;
+        for table in ["export_files", "export_job_patients", "export_tasks"] {
+            sqlx::query(sqlx::AssertSqlSafe(format!("DELETE FROM {table} WHERE job_id = ?"))).bind(id.to_string()).execute(&mut *tx).await?;
+        }
+        sqlx::query("DELETE FROM export_jobs WHERE id = ?").bind(id.to_string()).execute(&mut *tx).await?;
+        tx.commit().await?;
         Ok(())
     }
 
@@ -104,14 +124,6 @@ impl JobStore for SqliteStore {
             .await?;
         tx.commit().await?;
         Ok(cancelled)
-    }
-
-    async fn active_jobs(&self, owner: &str) -> Result<i64, StoreError> {
-        let count = sqlx::query_scalar("SELECT count(*) FROM export_jobs WHERE owner = ? AND status IN ('queued', 'running')")
-            .bind(owner)
-            .fetch_one(&self.pool)
-            .await?;
-        Ok(count)
     }
 }
 
