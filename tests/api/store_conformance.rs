@@ -12,7 +12,7 @@ use bulkfhir::{
         ExportLevel, ExportRequest, Handling,
     },
     fhir::{search::Narrowing, types::ResourceId, Resource, ResourceType},
-    store::{Lease, Scope, Selection, Stores, Write},
+    store::{Created, Lease, Scope, Selection, Stores, Write},
 };
 use futures::TryStreamExt;
 use serde_json::{json, Value};
@@ -31,10 +31,26 @@ async fn stores(backend: Backend) -> (TestDb, Stores) {
 
 /// A queued system-level job with one export task per type.
 async fn create_job(stores: &Stores, types: &[&str], retention: Duration) -> JobId {
+    let job = new_job(stores, types, retention).await;
+    let id = job.id;
+    assert_eq!(stores.jobs.create_job(job, None).await.unwrap(), Created::Job);
+    id
+}
+
+/// The owner's queued and running jobs, as the per-owner limit counts them (a limit of zero
+/// records nothing).
+async fn active_jobs(stores: &Stores) -> i64 {
+    match stores.jobs.create_job(new_job(stores, &["Patient"], LONG).await, Some(0)).await.unwrap() {
+        Created::OverLimit { active } => active,
+        Created::Job => panic!("a limit of zero admits no job"),
+    }
+}
+
+async fn new_job(stores: &Stores, types: &[&str], retention: Duration) -> NewJob {
     let id = JobId::new();
     let request = ExportRequest::parse(ExportLevel::System, "http://localhost/$export".into(), &RawParams(Vec::new()), Handling::Strict)
         .expect("no parameters is a valid request");
-    let job = NewJob {
+    NewJob {
         id,
         owner: OWNER.into(),
         request,
@@ -44,9 +60,7 @@ async fn create_job(stores: &Stores, types: &[&str], retention: Duration) -> Job
         patients: Vec::new(),
         retention,
         max_file_bytes: 1 << 20,
-    };
-    stores.jobs.create_job(job).await.unwrap();
-    id
+    }
 }
 
 async fn claim(stores: &Stores, worker: &str, lease: Duration, max_attempts: i32) -> Option<ClaimedTask> {
@@ -106,7 +120,7 @@ backend_tests! {
         assert!(claim(&stores, "w1", LONG, 3).await.is_none(), "an empty queue has nothing to claim");
         let job = create_job(&stores, &["Patient", "Observation"], LONG).await;
         assert_eq!(status(&stores, job).await, JobStatus::Queued);
-        assert_eq!(stores.jobs.active_jobs(OWNER).await.unwrap(), 1);
+        assert_eq!(active_jobs(&stores).await, 1);
 
         let first = claim(&stores, "w1", LONG, 3).await.expect("a queued task");
         assert_eq!((first.job_id, first.fence, first.kind), (job, 1, TaskKind::Export));
@@ -198,7 +212,7 @@ backend_tests! {
         assert!(claim(&stores, "late", LONG, 5).await.is_none(), "a failed job's queued tasks are cancelled");
         assert_eq!(stores.queue.heartbeat(&second, LONG, 0).await.unwrap(), Lease::Lost);
         assert_eq!(to_release(&stores).await, vec![job], "a failed job's files are to be deleted");
-        assert_eq!(stores.jobs.active_jobs(OWNER).await.unwrap(), 0);
+        assert_eq!(active_jobs(&stores).await, 0);
     }
 
     async fn fail_fails_the_job_with_its_outcome_and_cancels_its_queued_tasks(backend: Backend) {
@@ -224,7 +238,7 @@ backend_tests! {
 
         assert!(stores.jobs.cancel(job).await.unwrap());
         assert_eq!(status(&stores, job).await, JobStatus::Cancelled);
-        assert_eq!(stores.jobs.active_jobs(OWNER).await.unwrap(), 0);
+        assert_eq!(active_jobs(&stores).await, 0);
         assert!(claim(&stores, "w", LONG, 3).await.is_none(), "a cancelled job's queued task is not claimed");
         assert_eq!(stores.queue.heartbeat(&running, LONG, 0).await.unwrap(), Lease::Cancelled);
         assert!(to_release(&stores).await.is_empty(), "files are not deleted while a task may still write them");
