@@ -83,7 +83,8 @@ backend_tests! {
         let manifest = app.wait_for_manifest(&status_url).await;
         let file_url = manifest["output"][0]["url"].as_str().unwrap().to_owned();
         wait_until("the export expires", 15, async || app.client.get(&status_url).send().await.unwrap().status() == StatusCode::NOT_FOUND).await;
-        assert_outcome(app.client.get(&file_url).send().await.unwrap(), StatusCode::NOT_FOUND, "").await;
+        let job_id = status_url.rsplit('/').next().unwrap();
+        assert_outcome(app.client.get(&file_url).send().await.unwrap(), StatusCode::NOT_FOUND, &format!("no export job {job_id}")).await;
         wait_until("the expired files are deleted", 10, async || output_entries(&app) == 0).await;
     }
 

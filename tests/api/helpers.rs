@@ -253,15 +253,37 @@ pub(crate) fn settings(database_url: &str, output_dir: &std::path::Path, options
     }
 }
 
+/// Another server node on a test app's database and output folder. It stops when dropped.
+pub struct Node {
+    pub base_url: String,
+    shutdown: CancellationToken,
+    running: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+}
+
+impl Node {
+    /// Stops the node and waits until its workers have stopped (none claims anything after).
+    pub async fn stop(mut self) {
+        self.shutdown.cancel();
+        if let Some(running) = self.running.take() {
+            running.await.expect("the node stops").expect("the node served");
+        }
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
 impl TestApp {
     /// Starts a second server node on the same database and output folder, with its own
-    /// workers, as a scaled-out deployment runs. It stops when the guard is dropped.
-    pub async fn spawn_node(&self, workers: usize) -> tokio_util::sync::DropGuard {
+    /// workers and its own HTTP address, as a scaled-out deployment runs.
+    pub async fn spawn_node(&self, workers: usize) -> Node {
         let options = AppOptions { workers, ..self.options.clone() };
         let node = Application::build(settings(&self.db.url, self.output_dir.path(), &options)).await.expect("the node builds");
-        let guard = node.shutdown_token().drop_guard();
-        tokio::spawn(node.run_until_stopped());
-        guard
+        let (base_url, shutdown) = (node.base_url().to_owned(), node.shutdown_token());
+        Node { base_url, shutdown, running: Some(tokio::spawn(node.run_until_stopped())) }
     }
 }
 

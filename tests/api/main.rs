@@ -35,4 +35,5 @@ mod type_filter;
 mod validation;
 mod since_until;
 mod status_cache;
+mod store_conformance;
 mod synth_load;
