@@ -12,6 +12,8 @@ pub mod manifest;
 pub mod organized;
 pub mod params;
 pub mod pipeline;
+#[cfg(test)]
+mod props;
 pub mod request;
 pub mod roller;
 pub mod service;

@@ -6,6 +6,8 @@ pub mod compartment;
 pub mod elements;
 pub mod instant;
 pub mod outcome;
+#[cfg(test)]
+pub(crate) mod props;
 pub mod references;
 pub mod resource;
 pub mod search;
