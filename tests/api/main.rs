@@ -9,6 +9,7 @@ mod cancel;
 mod cli;
 mod elements;
 mod export_levels;
+mod fuzz;
 mod helpers;
 mod kickoff_clients;
 mod moto;
