@@ -13,6 +13,8 @@ pub mod manifest;
 pub mod organized;
 pub mod params;
 pub mod pipeline;
+#[cfg(test)]
+mod props;
 pub mod request;
 pub mod roller;
 pub mod service;

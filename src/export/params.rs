@@ -13,6 +13,16 @@ const LIST_PARAMS: [&str; 4] = ["_type", "_elements", "includeAssociatedData", "
 /// `_typeFilter`: a list whose queries may hold commas (OR-ed values) of their own.
 const TYPE_FILTER: &str = "_typeFilter";
 
+/// Bounds on a kick-off's parameters: far above what clients send (a long `patient` list, a
+/// `_typeFilter` OR-ing many codes), low enough that no value reaches SQL, a job row or a
+/// warning at a size no one meant.
+pub const MAX_NAME_BYTES: usize = 128;
+pub const MAX_VALUE_BYTES: usize = 16 * 1024;
+/// Values of one parameter, list items counted one by one.
+pub const MAX_VALUES: usize = 10_000;
+/// Different parameter names in one kick-off.
+pub const MAX_NAMES: usize = 64;
+
 /// Name/value pairs in request order, list values already split into one pair per item.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RawParams(pub Vec<(String, String)>);
@@ -33,6 +43,14 @@ pub enum ParamsError {
     ControlCharacterInName(String),
     #[error("parameter '{0}': the value contains a control character (such as NUL), which no parameter value may hold")]
     ControlCharacterInValue(String),
+    #[error("parameter name '{0}...' is longer than the {MAX_NAME_BYTES} bytes a name may have")]
+    NameTooLong(String),
+    #[error("parameter '{name}': a value of {bytes} bytes is longer than the {MAX_VALUE_BYTES} bytes a value may have")]
+    ValueTooLong { name: String, bytes: usize },
+    #[error("parameter '{name}' has {count} values (list items counted); at most {MAX_VALUES} are accepted")]
+    TooManyValues { name: String, count: usize },
+    #[error("the kick-off has more than {MAX_NAMES} different parameters (the last is '{0}')")]
+    TooManyNames(String),
 }
 
 impl RawParams {
@@ -91,7 +109,7 @@ impl RawParams {
             }
             pairs.push((name, value));
         }
-        Ok(Self(pairs))
+        Self(pairs).checked()
     }
 
     pub fn values<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
@@ -99,14 +117,30 @@ impl RawParams {
     }
 
     /// Refuses control characters in names and values: nothing in a kick-off needs them, and
-    /// Postgres text cannot hold NUL (a lenient warning names an unknown parameter).
+    /// Postgres text cannot hold NUL (a lenient warning names an unknown parameter). Then the
+    /// bounds on sizes and counts, so each refusal names the parameter.
     fn checked(self) -> Result<Self, ParamsError> {
+        let mut counts: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
         for (name, value) in &self.0 {
             if name.chars().any(char::is_control) {
                 return Err(ParamsError::ControlCharacterInName(name.escape_debug().to_string()));
             }
+            if name.len() > MAX_NAME_BYTES {
+                return Err(ParamsError::NameTooLong(name.chars().take(40).collect()));
+            }
             if value.chars().any(char::is_control) {
                 return Err(ParamsError::ControlCharacterInValue(name.clone()));
+            }
+            if value.len() > MAX_VALUE_BYTES {
+                return Err(ParamsError::ValueTooLong { name: name.clone(), bytes: value.len() });
+            }
+            let count = counts.entry(name).or_default();
+            *count += 1;
+            if *count > MAX_VALUES {
+                return Err(ParamsError::TooManyValues { name: name.clone(), count: self.values(name).count() });
+            }
+            if counts.len() > MAX_NAMES {
+                return Err(ParamsError::TooManyNames(name.clone()));
             }
         }
         Ok(self)
@@ -216,5 +250,26 @@ mod tests {
         assert!(matches!(RawParams::from_query("fo%00o=1"), Err(ParamsError::ControlCharacterInName(n)) if n == "fo\\0o"));
         let body = json!({"resourceType":"Parameters","parameter":[{"name":"_since","valueString":"2024\u{0}"}]});
         assert_eq!(RawParams::from_parameters(&body), Err(ParamsError::ControlCharacterInValue("_since".into())));
+    }
+
+    #[test]
+    fn oversized_names_values_and_lists_are_refused_naming_the_parameter() {
+        let long = "a".repeat(MAX_VALUE_BYTES + 1);
+        assert_eq!(
+            RawParams::from_query(&format!("_container={long}")),
+            Err(ParamsError::ValueTooLong { name: "_container".into(), bytes: MAX_VALUE_BYTES + 1 })
+        );
+        assert!(RawParams::from_query(&format!("_container={}", &long[1..])).is_ok(), "the bound itself is accepted");
+        assert!(matches!(RawParams::from_query(&format!("{}=1", "n".repeat(MAX_NAME_BYTES + 1))), Err(ParamsError::NameTooLong(n)) if n.len() == 40));
+        let patients = vec!["Patient/p"; MAX_VALUES + 1].join(",");
+        assert_eq!(
+            RawParams::from_query(&format!("patient={patients}")),
+            Err(ParamsError::TooManyValues { name: "patient".into(), count: MAX_VALUES + 1 })
+        );
+        let names: Vec<String> = (0..=MAX_NAMES).map(|i| format!("p{i}=1")).collect();
+        assert_eq!(RawParams::from_query(&names.join("&")), Err(ParamsError::TooManyNames(format!("p{MAX_NAMES}"))));
+        // The URL and the body of one POST are bounded together.
+        let half = RawParams(vec![("patient".into(), "Patient/p".into()); MAX_VALUES / 2 + 1]);
+        assert!(matches!(RawParams::merge(half.clone(), half), Err(ParamsError::TooManyValues { name, .. }) if name == "patient"));
     }
 }

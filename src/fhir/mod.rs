@@ -7,6 +7,8 @@ pub mod element_types;
 pub mod elements;
 pub mod instant;
 pub mod outcome;
+#[cfg(test)]
+pub(crate) mod props;
 pub mod references;
 pub mod resource;
 pub mod search;

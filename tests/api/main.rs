@@ -11,6 +11,7 @@ mod config_strict;
 mod elements;
 mod export_levels;
 mod health;
+mod fuzz;
 mod helpers;
 mod janitor;
 mod kickoff_clients;

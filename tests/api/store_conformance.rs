@@ -86,7 +86,7 @@ async fn to_release(stores: &Stores) -> Vec<JobId> {
 }
 
 fn resource(value: Value) -> Resource {
-    Resource::from_value(value).expect("a valid resource")
+    Resource::from_value(value, bulkfhir::fhir::Validation::Strict).expect("a valid resource")
 }
 
 fn patient_type() -> ResourceType {

@@ -124,6 +124,8 @@ where
             result => return result,
         }
     }
+}
+
 /// A refused server certificate, said in the URL's terms (rustls names only the check that
 /// failed); other errors as they are.
 fn explain_tls(error: sqlx::Error, options: &PgConnectOptions) -> sqlx::Error {
