@@ -104,7 +104,7 @@ impl Output {
     /// Where `key` lives: the store, the path in it, and the destination in words.
     async fn locate(&self, key: &str, create_container: bool) -> Result<(Arc<dyn ObjectStore>, Path, String), OutputError> {
         match &self.place {
-            Place::Local { store, root } => Ok((store.clone() as _, Path::from(key), format!("output directory '{root}'"))),
+            Place::Local { store, .. } => Ok((store.clone() as _, Path::from(key), "the output directory".to_owned())),
             Place::S3 { store, bucket } => Ok((store.clone(), Path::from(key), format!("S3 bucket '{bucket}'"))),
             Place::Azure(azure) => {
                 let (container, rest) = key.split_once('/').unwrap_or((key, ""));

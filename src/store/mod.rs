@@ -51,8 +51,24 @@ fn is_transient_sqlx(e: &sqlx::Error) -> bool {
     match e {
         sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed => true,
         sqlx::Error::Database(db) => db.code().is_some_and(|code| is_transient_code(&code)),
+        // A connection cut while TLS is negotiated (`sslmode=prefer` asks first): the SSLRequest
+        // answered by end of file, or the handshake's socket failing. A refused certificate is
+        // not transient.
+        sqlx::Error::Protocol(message) => message.contains("SSLRequest"),
+        sqlx::Error::Tls(cause) => caused_by_io(cause.as_ref()),
         _ => false,
     }
+}
+
+fn caused_by_io(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut current = Some(error);
+    while let Some(e) = current {
+        if e.is::<std::io::Error>() {
+            return true;
+        }
+        current = e.source();
+    }
+    false
 }
 
 /// Postgres SQLSTATEs (class 08 connection exception; 57P01-03 shutting down or starting;
@@ -428,5 +444,10 @@ mod tests {
         assert!(StoreError::Database(sqlx::Error::Io(std::io::ErrorKind::ConnectionReset.into())).is_transient());
         assert!(!StoreError::Database(sqlx::Error::RowNotFound).is_transient());
         assert!(!StoreError::Conflict("Patient/1".into()).is_transient());
+        let cut = sqlx::Error::Protocol("unexpected response from SSLRequest: 0x00".into());
+        assert!(StoreError::Database(cut).is_transient());
+        let eof: Box<dyn std::error::Error + Send + Sync> = Box::new(std::io::Error::from(std::io::ErrorKind::UnexpectedEof));
+        assert!(StoreError::Database(sqlx::Error::Tls(eof)).is_transient());
+        assert!(!StoreError::Database(sqlx::Error::Tls("certificate not valid for the host".into())).is_transient());
     }
 }

@@ -90,7 +90,7 @@ backend_tests! {
         }
 
         let kick_off = client.get(format!("{root}/fhir/$export?_type=Patient,Observation"))
-            .header("prefer", "respond-async").header("x-request-id", "req-7f3a").send().await.unwrap();
+            .header("accept", "application/fhir+json").header("prefer", "respond-async").header("x-request-id", "req-7f3a").send().await.unwrap();
         assert_eq!(kick_off.status(), StatusCode::ACCEPTED);
         let status_url = kick_off.headers()[header::CONTENT_LOCATION].to_str().unwrap().to_owned();
         let manifest: Value = loop {

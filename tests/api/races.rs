@@ -44,9 +44,14 @@ backend_tests! {
         let types = ["Patient", "Observation", "Condition", "Encounter", "Procedure", "Immunization", "AllergyIntolerance", "CarePlan"];
         for n in 0..3 {
             for t in types {
-                let subject = if t == "Patient" { json!(null) } else { json!({"reference": format!("Patient/p{n}")}) };
                 let id = if t == "Patient" { format!("p{n}") } else { format!("{}{n}", t.to_lowercase()) };
-                let resource = json!({"resourceType": t, "id": id, "subject": subject, "patient": subject});
+                let mut resource = json!({"resourceType": t, "id": id});
+                // Each type's own element that ties it to its patient.
+                match t {
+                    "Patient" => {}
+                    "Immunization" | "AllergyIntolerance" => resource["patient"] = json!({"reference": format!("Patient/p{n}")}),
+                    _ => resource["subject"] = json!({"reference": format!("Patient/p{n}")}),
+                }
                 assert_eq!(app.put(&resource).await.status(), StatusCode::CREATED, "{resource}");
             }
         }
