@@ -75,3 +75,15 @@ pub mod names {
     /// forbidden, invalid_client, ...).
     pub const AUTH_FAILURES: &str = "bulkfhir_auth_failures_total";
 }
+
+/// An error and its causes on one line, for the log (clients get their own words).
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}

@@ -11,6 +11,7 @@ use crate::{
     fhir::{bundle::BundleError, IssueCode, OperationOutcome, ResourceError},
     output::OutputError,
     store::StoreError,
+    telemetry::error_chain,
 };
 
 pub const FHIR_JSON: &str = "application/fhir+json";
@@ -62,17 +63,6 @@ impl ApiError {
         Self::new(StatusCode::SERVICE_UNAVAILABLE, IssueCode::Transient, diagnostics)
             .with_header(header::RETRY_AFTER, HeaderValue::from(UNAVAILABLE_RETRY_AFTER_SECONDS))
     }
-}
-
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 impl IntoResponse for ApiError {

@@ -5,7 +5,7 @@
 use std::any::Any;
 
 use super::pipeline::PipelineError;
-use crate::{fhir::IssueCode, output::OutputError, store::StoreError};
+use crate::{fhir::IssueCode, output::OutputError, store::StoreError, telemetry::error_chain};
 
 #[derive(Debug)]
 pub struct TaskFailure {
@@ -79,17 +79,6 @@ impl From<PipelineError> for TaskFailure {
             PipelineError::Stage(message) => Self::data(message),
         }
     }
-}
-
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 #[cfg(test)]

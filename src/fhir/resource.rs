@@ -238,7 +238,8 @@ impl<'de> Deserialize<'de> for Fields<'de> {
     }
 }
 
-struct Key<'a>(Cow<'a, str>);
+/// An object key, borrowed from the input when it has no escapes.
+pub(crate) struct Key<'a>(pub(crate) Cow<'a, str>);
 
 impl<'de> Deserialize<'de> for Key<'de> {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {

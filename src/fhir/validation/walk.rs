@@ -2,7 +2,7 @@
 //! in the context and unwinds as a serde error; each level adds its step to the path on the
 //! way out, so a valid resource pays for no path bookkeeping.
 
-use std::{borrow::Cow, fmt};
+use std::fmt;
 
 use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde_json::{value::RawValue, Map, Value};
@@ -11,7 +11,10 @@ use super::{
     primitives::{self, Scalar},
     Invalid,
 };
-use crate::fhir::element_types::{Child, Graph, Node, NodeId, Ty};
+use crate::fhir::{
+    element_types::{Child, Graph, Node, NodeId, Ty},
+    resource::Key,
+};
 
 /// A top-level element's value: parsed, or JSON text.
 pub(super) trait Input {
@@ -335,24 +338,3 @@ impl<'de> Visitor<'de> for ObjectVisitor<'_> {
     }
 }
 
-/// An object key, borrowed from the input when it has no escapes.
-struct Key<'a>(Cow<'a, str>);
-
-impl<'de> serde::Deserialize<'de> for Key<'de> {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct Visit;
-        impl<'de> Visitor<'de> for Visit {
-            type Value = Key<'de>;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("a string")
-            }
-            fn visit_borrowed_str<E>(self, key: &'de str) -> Result<Self::Value, E> {
-                Ok(Key(Cow::Borrowed(key)))
-            }
-            fn visit_str<E>(self, key: &str) -> Result<Self::Value, E> {
-                Ok(Key(Cow::Owned(key.to_owned())))
-            }
-        }
-        deserializer.deserialize_str(Visit)
-    }
-}
