@@ -5,18 +5,17 @@
 use std::{collections::BTreeMap, time::Duration};
 
 use bulkfhir::{
-    export::worker::{Ran, Worker, WorkerSettings},
+    export::worker::Ran,
     output::UrlMode,
 };
 use reqwest::StatusCode;
 use serde_json::{json, Value};
-use tokio_util::sync::CancellationToken;
 
 use crate::{
     azurite::Azurite,
     cancel::wait_until,
     export_levels::{assert_same, expected_for_group, expected_for_patients, exported_multisets, SYNTHEA_GROUP},
-    helpers::{backend_tests, fixture_resources, spawn_app_with, AppOptions, TestApp},
+    helpers::{backend_tests, fixture_resources, spawn_app_with, AppOptions},
 };
 
 fn outputs(manifest: &Value) -> &Vec<Value> {
@@ -29,17 +28,6 @@ fn container_of(url: &str, azurite: &Azurite) -> String {
     rest.split('/').next().unwrap().to_owned()
 }
 
-/// A worker of the test's own, for apps started without workers.
-fn test_worker(app: &TestApp) -> Worker {
-    let settings = WorkerSettings {
-        workers: 1,
-        lease: Duration::from_secs(app.options.lease_seconds),
-        heartbeat: Duration::from_millis(app.options.heartbeat_millis),
-        max_attempts: app.options.max_attempts,
-        idle_poll: Duration::from_millis(100),
-    };
-    Worker::new("test-worker".into(), app.stores.clone(), app.output.clone(), settings, CancellationToken::new())
-}
 
 backend_tests! {
     async fn every_export_level_lands_in_azurite_and_downloads_by_signed_url(backend: Backend) {
@@ -138,7 +126,7 @@ backend_tests! {
         let status_url = app.kick_off("/$export?_type=Patient,Condition,Observation&_container=outage").await;
 
         // One type is written, then the store goes away while the others are exported.
-        let worker = test_worker(&app);
+        let worker = app.test_worker();
         assert_eq!(worker.run_next_task().await.unwrap(), Ran::Task);
         azurite.stop();
         let rest = tokio::spawn(async move { while worker.run_next_task().await.unwrap() == Ran::Task {} });

@@ -463,7 +463,8 @@ impl TestApp {
         self.test_worker().run_next_task().await.expect("the worker runs") == Ran::Task
     }
 
-    fn test_worker(&self) -> Worker {
+    /// A worker of the test's own, for apps started without workers (or beside theirs).
+    pub fn test_worker(&self) -> Worker {
         let settings = bulkfhir::export::worker::WorkerSettings {
             workers: 1,
             lease: Duration::from_secs(self.options.lease_seconds),

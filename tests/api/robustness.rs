@@ -13,7 +13,7 @@ use std::{
 
 use bulkfhir::export::{
     job::ClaimedTask,
-    worker::{Ran, TaskHook, Worker, WorkerSettings},
+    worker::{Ran, TaskHook, Worker},
 };
 use futures::FutureExt;
 use reqwest::{header, StatusCode};
@@ -55,14 +55,7 @@ async fn scalar(db: &TestDb, postgres: &str, sqlite: &str) -> i64 {
 
 /// A worker of the test's own with a hook run at the start of every task.
 fn hooked_worker(app: &TestApp, hook: TaskHook) -> Worker {
-    let settings = WorkerSettings {
-        workers: 1,
-        lease: Duration::from_secs(app.options.lease_seconds),
-        heartbeat: Duration::from_millis(app.options.heartbeat_millis),
-        max_attempts: app.options.max_attempts,
-        idle_poll: Duration::from_millis(100),
-    };
-    Worker::new("hooked-worker".into(), app.stores.clone(), app.output.clone(), settings, CancellationToken::new()).with_task_hook(hook)
+    app.test_worker().with_task_hook(hook)
 }
 
 /// The status response once the job has ended (the test's worker runs tasks until then).
