@@ -4,6 +4,7 @@
 //! `store` (persistence behind traits), `output` (where files go), `api` (HTTP), and the
 //! `startup` wiring shared by `main` and the tests.
 
+pub mod anonymize;
 pub mod api;
 pub mod auth;
 pub mod background;
