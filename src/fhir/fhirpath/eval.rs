@@ -37,6 +37,17 @@ pub struct Env<'t, T: Tree> {
     pub tree: &'t T,
     pub resource: T::Item,
     pub resource_type: &'t str,
+    /// Where a strict caller learns that operands did not fit (a string compared with a number),
+    /// which FHIRPath engines report as an error; the result is empty either way.
+    pub mismatch: Option<&'t std::cell::Cell<bool>>,
+}
+
+impl<T: Tree> Env<'_, T> {
+    fn mismatched(&self) {
+        if let Some(flag) = self.mismatch {
+            flag.set(true);
+        }
+    }
 }
 
 /// Evaluates `expr` with `context` as its input collection.
@@ -92,7 +103,14 @@ fn eval<T: Tree>(expr: &Expr, env: &Env<T>, context: &[T::Item], at_root: bool) 
         Expr::Compare(a, op, b) => {
             let (a, b) = (eval(a, env, context, at_root), eval(b, env, context, at_root));
             let ([a], [b]) = (a.as_slice(), b.as_slice()) else { return Vec::new() };
-            let Some(order) = compare(tree, a, b) else { return Vec::new() };
+            let order = match compare(tree, a, b) {
+                Some(Some(order)) => order,
+                Some(None) => return Vec::new(),
+                None => {
+                    env.mismatched();
+                    return Vec::new();
+                }
+            };
             let result = match op {
                 Cmp::Lt => order == Ordering::Less,
                 Cmp::Le => order != Ordering::Greater,
@@ -109,7 +127,11 @@ fn eval<T: Tree>(expr: &Expr, env: &Env<T>, context: &[T::Item], at_root: bool) 
         }
         Expr::Arith(a, op, b) => {
             let (a, b) = (eval(a, env, context, at_root), eval(b, env, context, at_root));
-            arith(tree, &a, *op, &b).into_iter().collect()
+            let result = arith(tree, &a, *op, &b);
+            if result.is_none() && !a.is_empty() && !b.is_empty() {
+                env.mismatched();
+            }
+            result.into_iter().collect()
         }
         Expr::Negate(target) => {
             let items = eval(target, env, context, at_root);
@@ -207,11 +229,13 @@ fn is_temporal(ty: Option<&str>) -> bool {
     matches!(ty, Some("date" | "dateTime" | "instant" | "time"))
 }
 
-fn compare<T: Tree>(tree: &T, a: &T::Item, b: &T::Item) -> Option<Ordering> {
+/// The order of two values; None when they cannot be compared (a string and a number), Some(None)
+/// when the answer is unknown (dates equal over the precision both have, but of different ones).
+fn compare<T: Tree>(tree: &T, a: &T::Item, b: &T::Item) -> Option<Option<Ordering>> {
     match (tree.value(a)?, tree.value(b)?) {
-        (Value::Number(x), Value::Number(y)) => x.as_f64()?.partial_cmp(&y.as_f64()?),
-        (Value::String(x), Value::String(y)) if is_temporal(tree.type_name(a)) || is_temporal(tree.type_name(b)) => compare_dates(x, y),
-        (Value::String(x), Value::String(y)) => Some(x.cmp(y)),
+        (Value::Number(x), Value::Number(y)) => Some(x.as_f64().zip(y.as_f64()).and_then(|(x, y)| x.partial_cmp(&y))),
+        (Value::String(x), Value::String(y)) if is_temporal(tree.type_name(a)) || is_temporal(tree.type_name(b)) => Some(compare_dates(x, y)),
+        (Value::String(x), Value::String(y)) => Some(Some(x.cmp(y))),
         _ => None,
     }
 }

@@ -40,7 +40,7 @@ const CHOICE_TYPES: [&str; 50] = [
 /// Evaluates an expression on a resource of type `resource_type`.
 pub fn evaluate<'a>(expr: &Expr, resource: &'a Value, resource_type: &ResourceType) -> Vec<Item<'a>> {
     let root = Item::node(resource, Some(resource_type.as_str()));
-    let env = Env { tree: &JsonTree(PhantomData), resource: root.clone(), resource_type: resource_type.as_str() };
+    let env = Env { tree: &JsonTree(PhantomData), resource: root.clone(), resource_type: resource_type.as_str(), mismatch: None };
     eval_on(expr, &env, &[root])
 }
 
