@@ -323,8 +323,10 @@ impl Parser {
                 Arith::Mul
             } else if self.eat_sym("/") {
                 Arith::Div
-            } else if matches!(self.peek(), Some(Token::Ident(w)) if w == "div" || w == "mod") {
-                return Err(ParseError::new("div and mod are outside the FHIRPath this server evaluates"));
+            } else if self.eat_word("div") {
+                Arith::IntDiv
+            } else if self.eat_word("mod") {
+                Arith::Mod
             } else {
                 return Ok(left);
             };
