@@ -14,6 +14,8 @@ mod redact;
 mod security;
 mod substitute;
 #[cfg(test)]
+mod props;
+#[cfg(test)]
 mod tests;
 
 use rustc_hash::FxHashMap;

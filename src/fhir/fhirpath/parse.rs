@@ -81,7 +81,9 @@ fn tokenize(text: &str) -> Result<Vec<Token>> {
         } else if c == '@' {
             let start = i + 1;
             i = start;
-            while i < chars.len() && (chars[i].is_ascii_digit() || matches!(chars[i], '-' | ':' | 'T' | 'Z' | '+' | '.')) {
+            // A '.' belongs to the literal only before digits (fractional seconds), not before a call.
+            let fraction = |i: usize| chars[i] == '.' && chars.get(i + 1).is_some_and(char::is_ascii_digit);
+            while i < chars.len() && (chars[i].is_ascii_digit() || matches!(chars[i], '-' | ':' | 'T' | 'Z' | '+') || fraction(i)) {
                 i += 1;
             }
             let text: String = chars[start..i].iter().collect();
