@@ -12,6 +12,11 @@ use super::{
 
 const AGE_THRESHOLD: i64 = 89;
 
+/// Whether redacting the node does more than drop its value (dates, ages, postal codes).
+pub fn is_special(ty: &str, name: &str, parent_ty: &str) -> bool {
+    Kind::of(ty).is_some() || (ty == "decimal" && parent_ty == "Age") || name.eq_ignore_ascii_case("postalCode")
+}
+
 /// Redacts one primitive node's value; returns the operations done.
 pub fn redact(value: &mut Option<Value>, text: &str, ty: &str, name: &str, parent_ty: &str, parameters: &Parameters) -> Result<u8, String> {
     if let Some(kind) = Kind::of(ty) {

@@ -169,6 +169,11 @@ fn generalize_cases_and_other_values() {
     let mut p = patient(1, "2000-01-01");
     let error = raise.apply(&mut p, &Scope::default()).unwrap_err().to_string();
     assert!(error.contains("nodesByType('HumanName').family"), "{error}");
+    // Generalize on a complex node is a rule error even under skip, as in the reference.
+    let misfit = engine(json!({"processingErrors": "skip", "fhirPathRules": [
+        {"path": "Patient.name", "method": "generalize", "cases": {"true": "1"}}]}));
+    let mut p = patient(1, "2000-01-01");
+    assert!(misfit.apply(&mut p, &Scope::default()).unwrap_err().to_string().contains("not applicable"));
 }
 
 #[test]
@@ -246,6 +251,7 @@ fn configurations_are_refused_with_the_rule_and_never_the_key() {
     assert!(refused(rules(json!({"path": "Patient.name", "method": "generalize"}))).contains("Missing cases"));
     assert!(refused(rules(json!({"path": "Patient.name", "method": "generalize", "cases": {"$this>=0 && $this<10": "10"}}))).contains("invalid cases expression"));
     assert!(refused(rules(json!({"path": "Patient.name", "method": "generalize", "cases": {"true": "1"}, "otherValues": "unknown"}))).contains("OtherValues"));
+    assert!(refused(rules(json!({"path": "nodesByType('HumanName')", "method": "generalize", "cases": {"true": "1"}}))).contains("primitive values only"));
     assert!(refused(rules(json!({"path": "Patient.name", "method": "redact", "span": 1}))).contains("unknown setting 'span'"));
     assert!(refused(json!({"fhirPathRules": [], "processingErrors": "keep"})).contains("processingErrors keep"));
     assert!(refused(json!({"fhirPathRules": [], "parameters": {"dateShiftKeys": "x"}})).contains("unknown parameter 'dateShiftKeys'"));
