@@ -22,7 +22,7 @@ use tokens::TokenKeys;
 
 use crate::{
     config::AuthSettings,
-    export::access::Requester,
+    model::requester::Requester,
     store::{AuthStore, StoreError},
 };
 

@@ -7,9 +7,10 @@ use bytes::{Bytes, BytesMut};
 use futures::{stream::BoxStream, StreamExt};
 use serde_json::Value;
 
-use super::{request::ExportRequest, type_filter::TypeFilterStage};
+use super::type_filter::TypeFilterStage;
 use crate::{
     fhir::{elements::Subset, ResourceType},
+    model::request::ExportRequest,
     store::StoreError,
 };
 
