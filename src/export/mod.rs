@@ -19,7 +19,6 @@ pub mod roller;
 pub mod service;
 pub mod sources;
 pub mod status_cache;
-pub mod type_filter;
 pub mod worker;
 
 pub use service::Exports;
