@@ -46,7 +46,7 @@ pub fn metrics() -> &'static PrometheusHandle {
     })
 }
 
-/// Metric names, in one place so the README and the tests agree with the code.
+/// Metric names, in one place so docs/operations.md and the tests agree with the code.
 pub mod names {
     /// Counter: kick-offs accepted, by `level`.
     pub const EXPORTS_STARTED: &str = "bulkfhir_exports_started_total";
