@@ -283,6 +283,8 @@ mod tests {
     fn every_flag_is_a_key_of_the_defaults_file() {
         let known = strict::KnownKeys::from_defaults(DEFAULTS);
         let flags = flags::flag_args();
+        let positional: Vec<_> = flags.iter().filter(|a| a.get_long().is_none()).map(|a| a.get_id()).collect();
+        assert!(positional.is_empty(), "each field of Settings needs #[arg(long)] or #[arg(skip)]: {positional:?}");
         let shown: Vec<&str> = flags.iter().filter(|a| !a.is_hide_set()).map(|a| a.get_id().as_str()).collect();
         assert!(shown.len() >= 20 && shown.contains(&"retention_seconds"), "{shown:?}");
         for flag in shown {
