@@ -124,7 +124,7 @@ fn token_request(body: &[u8]) -> Result<TokenRequest, TokenError> {
 
 fn token_error(error: TokenError) -> Response {
     let status = match &error {
-        TokenError::InvalidClient(_) => StatusCode::UNAUTHORIZED,
+        TokenError::InvalidClient(_) | TokenError::Jwks(_) => StatusCode::UNAUTHORIZED,
         TokenError::Store(e) if e.is_transient() => {
             tracing::warn!(error = %e, "the token endpoint could not reach the database");
             StatusCode::SERVICE_UNAVAILABLE

@@ -58,6 +58,9 @@ pub enum TokenError {
     InvalidClient(String),
     #[error("{0}")]
     InvalidScope(String),
+    /// The client's keys at its JWKS URL could not be had: the client cannot be authenticated.
+    #[error(transparent)]
+    Jwks(#[from] jwks::FetchError),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -67,7 +70,7 @@ impl TokenError {
         match self {
             Self::InvalidRequest(_) => "invalid_request",
             Self::UnsupportedGrantType(_) => "unsupported_grant_type",
-            Self::InvalidClient(_) => "invalid_client",
+            Self::InvalidClient(_) | Self::Jwks(_) => "invalid_client",
             Self::InvalidScope(_) => "invalid_scope",
             Self::Store(_) => "server_error",
         }
@@ -268,9 +271,9 @@ impl Auth {
         let keys = match &client.keys {
             KeySource::Inline(set) => set.clone(),
             KeySource::Url(url) => {
-                let (set, cached) = self.inner.jwks.get(url, false).await.map_err(invalid)?;
+                let (set, cached) = self.inner.jwks.get(url, false).await?;
                 if cached && assertion::select_key(&set, kid, header.alg, assertion).is_err() {
-                    self.inner.jwks.get(url, true).await.map_err(invalid)?.0
+                    self.inner.jwks.get(url, true).await?.0
                 } else {
                     set
                 }
