@@ -59,6 +59,11 @@ pub enum TokenError {
     #[error("{0}")]
     InvalidScope(String),
     #[error(transparent)]
+    Assertion(#[from] assertion::AssertionError),
+    /// The client's keys at its JWKS URL could not be had: the client cannot be authenticated.
+    #[error(transparent)]
+    Jwks(#[from] jwks::FetchError),
+    #[error(transparent)]
     Store(#[from] StoreError),
 }
 
@@ -67,7 +72,7 @@ impl TokenError {
         match self {
             Self::InvalidRequest(_) => "invalid_request",
             Self::UnsupportedGrantType(_) => "unsupported_grant_type",
-            Self::InvalidClient(_) => "invalid_client",
+            Self::InvalidClient(_) | Self::Assertion(_) | Self::Jwks(_) => "invalid_client",
             Self::InvalidScope(_) => "invalid_scope",
             Self::Store(_) => "server_error",
         }
@@ -79,8 +84,8 @@ impl TokenError {
 pub enum AuthError {
     #[error("this endpoint needs a bearer access token (get one at the token endpoint)")]
     MissingToken,
-    #[error("{0}")]
-    InvalidToken(String),
+    #[error(transparent)]
+    InvalidToken(tokens::TokenRejected),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -128,8 +133,7 @@ impl Auth {
                 TokenKeys::from_pem(&pem, base_url)
             }
             None => TokenKeys::from_stored(&store.signing_key(&TokenKeys::generate()).await?, base_url),
-        }
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
+        }?;
         for configured in &settings.clients {
             let client = configured.to_client().map_err(|e| anyhow::anyhow!("invalid configuration: auth.clients: {e}"))?;
             store.put_client(&client.to_record()).await?;
@@ -180,7 +184,7 @@ impl Auth {
         let grant = self.inner.keys.verify(token).map_err(AuthError::InvalidToken)?;
         // A client removed since the token was issued loses access (within `presence::RECHECK`).
         if !self.inner.presence.registered(self.inner.store.as_ref(), &grant.client_id).await? {
-            return Err(AuthError::InvalidToken("the access token's client is no longer registered".into()));
+            return Err(AuthError::InvalidToken(tokens::TokenRejected::ClientGone));
         }
         let requester = Requester {
             owner: grant.client_id,
@@ -242,11 +246,11 @@ impl Auth {
 
     async fn authenticate_client(&self, assertion: &str) -> Result<(Client, DateTime<Utc>, String), TokenError> {
         let invalid = TokenError::InvalidClient;
-        let header = assertion::header(assertion).map_err(invalid)?;
-        let unverified = assertion::unverified_claims(assertion).map_err(invalid)?;
+        let header = assertion::header(assertion)?;
+        let unverified = assertion::unverified_claims(assertion)?;
         let client_id = match (unverified.iss, unverified.sub) {
             (Some(iss), Some(sub)) if iss == sub => iss,
-            _ => return Err(invalid("the client assertion's iss and sub must both be the client_id".into())),
+            _ => return Err(assertion::AssertionError::IssuerSubject.into()),
         };
         // No registered id has control characters or is that long: refuse before the store sees
         // it (Postgres refuses NUL in text with an error of its own).
@@ -268,20 +272,20 @@ impl Auth {
         let keys = match &client.keys {
             KeySource::Inline(set) => set.clone(),
             KeySource::Url(url) => {
-                let (set, cached) = self.inner.jwks.get(url, false).await.map_err(invalid)?;
+                let (set, cached) = self.inner.jwks.get(url, false).await?;
                 if cached && assertion::select_key(&set, kid, header.alg, assertion).is_err() {
-                    self.inner.jwks.get(url, true).await.map_err(invalid)?.0
+                    self.inner.jwks.get(url, true).await?.0
                 } else {
                     set
                 }
             }
         };
-        let key = assertion::select_key(&keys, kid, header.alg, assertion).map_err(invalid)?;
+        let key = assertion::select_key(&keys, kid, header.alg, assertion)?;
         if kid.is_none() {
             tracing::info!(client = %client.id, kid = key.common.key_id.as_deref().unwrap_or_default(), "the client assertion has no kid: the one registered key that verifies it was used");
         }
         let skew = self.inner.settings.clock_skew_seconds;
-        let claims = assertion::verify(assertion, key, header.alg, &client.id, &self.inner.token_url, skew).map_err(invalid)?;
+        let claims = assertion::verify(assertion, key, header.alg, &client.id, &self.inner.token_url, skew)?;
         let expires_at = DateTime::from_timestamp(claims.exp as i64, 0).unwrap_or_else(Utc::now);
         Ok((client, expires_at, claims.jti.unwrap_or_default()))
     }

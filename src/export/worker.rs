@@ -140,7 +140,7 @@ impl Worker {
                 Ok(Ok(Ran::Idle)) => {}
                 Ok(Err(e)) => tracing::error!(worker = %self.id, error = %e, "worker could not claim work or record a task"),
                 Err(payload) => {
-                    tracing::error!(worker = %self.id, reason = %TaskFailure::panic(payload.as_ref()).detail, "worker recovered from a panic")
+                    tracing::error!(worker = %self.id, reason = %TaskFailure::panic(payload.as_ref()).detail(), "worker recovered from a panic")
                 }
             }
             tokio::select! {
@@ -218,7 +218,7 @@ impl Worker {
                     }
                     // Fails the same way on every attempt: say so now, not after the lease lapses.
                     Err(e) if !e.is_transient() => {
-                        let mut failure = TaskFailure::store(&e);
+                        let mut failure = TaskFailure::store(e);
                         failure.client = "recording its files failed (the server log has the details)".into();
                         return Box::pin(self.record(task, TaskEnd::Failed(failure), lease)).await;
                     }
@@ -233,11 +233,11 @@ impl Worker {
                 if failure.retry {
                     let backoff = retry_backoff(task.fence);
                     if self.persist(lease, || queue.retry(task, backoff, self.settings.max_attempts)).await? {
-                        tracing::warn!(reason = %failure.detail, retry_in = ?backoff, "task failed; it will be tried again");
+                        tracing::warn!(reason = %failure.detail(), retry_in = ?backoff, "task failed; it will be tried again");
                         return Ok(());
                     }
                 }
-                tracing::error!(reason = %failure.detail, "task failed");
+                tracing::error!(reason = %failure.detail(), "task failed");
                 let outcome = OperationOutcome::error(failure.code, format!("exporting {} failed: {}", task.resource_type, failure.client));
                 self.persist(lease, || queue.fail(task, outcome.to_json())).await?;
             }
