@@ -7,12 +7,12 @@
 pub mod anonymize;
 pub mod api;
 pub mod auth;
-pub mod background;
 pub mod config;
 pub mod export;
 pub mod fhir;
 pub mod https;
 pub mod load;
+pub mod low_priority_runtime;
 pub mod output;
 pub mod startup;
 pub mod store;

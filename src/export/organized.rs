@@ -10,12 +10,12 @@ use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    blocks::BlockRoller,
-    fairness::Pacer,
+    block_roller::BlockRoller,
+    pacer::Pacer,
     job::{ClaimedTask, FileKind, FileRecord},
     pipeline::Pipeline,
     roller::Roller,
-    sources::{self, invalid, Halt, IdOnly, Lines},
+    type_lines::{self, invalid, Halt, IdOnly, Lines},
 };
 use crate::{
     fhir::{compartment, search::Narrowing, types::ResourceId, ResourceType},
@@ -65,7 +65,7 @@ pub async fn write(
         }
         roller.start_headerless_files().await?;
         for resource_type in &apart {
-            let source = sources::output(stores, task, resource_type.clone(), stop).await?;
+            let source = type_lines::output(stores, task, resource_type.clone(), stop).await?;
             pour(source.lines, &mut roller, stop, written).await?;
         }
         Ok::<_, Halt>(())
@@ -93,12 +93,12 @@ async fn patients(stores: &Stores, task: &ClaimedTask, stop: &CancellationToken)
         as_of: task.transaction_time,
         since: None,
         until: None,
-        scope: sources::scope(task),
+        scope: type_lines::scope(task),
         narrowing: Narrowing::default(),
     };
     let lines: Lines = Pipeline::default().apply_to(stores.resources.export_stream(selection));
     let mut ids = Vec::new();
-    sources::read_all(lines, stop, |chunk| {
+    type_lines::read_all(lines, stop, |chunk| {
         for line in chunk.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
             let value: IdOnly = serde_json::from_slice(line).map_err(|e| format!("a stored Patient is not valid JSON: {e}"))?;
             ids.extend(ResourceId::parse(&value.id));
@@ -114,7 +114,7 @@ async fn patients(stores: &Stores, task: &ClaimedTask, stop: &CancellationToken)
 /// type's `_typeFilter` cannot match in this patient's compartment.
 fn patient_lines(stores: &Stores, task: &ClaimedTask, resource_type: &ResourceType, patient: &ResourceId) -> Result<Option<Lines>, Halt> {
     let pipeline = Pipeline::for_type(&task.request, resource_type).map_err(invalid)?;
-    let mut narrowing = sources::narrowing(task, resource_type)?;
+    let mut narrowing = type_lines::narrowing(task, resource_type)?;
     // A `_typeFilter` bound to other patients' compartments selects nothing in this block.
     match &narrowing.patients {
         Some(allowed) if !allowed.contains(patient.as_str()) => return Ok(None),
@@ -169,10 +169,10 @@ async fn deletions(
         as_of: task.transaction_time,
         since: task.request.since,
         until: task.request.until,
-        scope: sources::scope(task),
+        scope: type_lines::scope(task),
         narrowing: Narrowing::default(),
     };
-    let mut source = sources::deletion_bundles(stores, selection);
+    let mut source = type_lines::deletion_bundles(stores, selection);
     let mut roller = Roller::new(output, FileKind::Deleted, "Bundle", key_dir.to_owned(), task.max_file_bytes).with_stem(stem);
     loop {
         let next = tokio::select! {

@@ -23,12 +23,12 @@ use tokio_util::sync::CancellationToken;
 
 use super::{
     failure::TaskFailure,
-    fairness::Pacer,
+    pacer::Pacer,
     job::{ClaimedTask, FileKind, FileRecord, TaskKind},
     status_cache::StatusCache,
     organized,
     roller::Roller,
-    sources::{self, Halt},
+    type_lines::{self, Halt},
 };
 use crate::{
     fhir::{IssueCode, OperationOutcome},
@@ -283,7 +283,7 @@ impl Worker {
                 let Some(resource_type) = task.resource_type() else {
                     return TaskEnd::Failed(TaskFailure::data(format!("unknown resource type '{}'", task.resource_type)));
                 };
-                match sources::output(&self.stores, task, resource_type, stop).await {
+                match type_lines::output(&self.stores, task, resource_type, stop).await {
                     Ok(source) => {
                         deletions = source.deletions;
                         (FileKind::Output, source.lines)
@@ -310,7 +310,7 @@ impl Worker {
             Err(end) => return end,
         };
         if let Some(selection) = deletions {
-            let source = sources::deletion_bundles(&self.stores, selection);
+            let source = type_lines::deletion_bundles(&self.stores, selection);
             let roller = Roller::new(&self.output, FileKind::Deleted, "Bundle", key_dir, task.max_file_bytes)
                 .with_stem(format!("{}-deleted", task.resource_type));
             let base = written.load(Ordering::Relaxed);

@@ -201,7 +201,7 @@ fn open_direct(staging: &Path) -> Option<File> {
 
 /// File work runs on the background threads, below the priority of request handling.
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> io::Result<T> + Send + 'static) -> object_store::Result<T> {
-    crate::background::spawn_blocking(f).await.map_err(|e| io_error(io::Error::other(e)))?.map_err(io_error)
+    crate::low_priority_runtime::spawn_blocking(f).await.map_err(|e| io_error(io::Error::other(e)))?.map_err(io_error)
 }
 
 fn io_error(source: io::Error) -> object_store::Error {

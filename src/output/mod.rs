@@ -194,7 +194,7 @@ impl Output {
             Place::Local { root, .. } => {
                 let (root, folder_path) = (FsPath::new(root).to_owned(), FsPath::new(root).join(folder));
                 let failed = |source| OutputError::Directory { path: folder.to_owned(), source };
-                return crate::background::spawn_blocking(move || remove_tree(&root, &folder_path))
+                return crate::low_priority_runtime::spawn_blocking(move || remove_tree(&root, &folder_path))
                     .await
                     .map_err(|e| failed(std::io::Error::other(e)))?
                     .map_err(failed);

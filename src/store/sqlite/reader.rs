@@ -62,7 +62,7 @@ pub(super) fn lines(source: ReadSource, sql: String, params: Vec<Value>) -> BoxS
     async_stream::try_stream! {
         let (tx, mut rx) = mpsc::channel(CHUNKS_IN_FLIGHT);
         // On a background thread: an export's reading yields to request handling.
-        let reader = crate::background::spawn_blocking(move || read(&source, &sql, params, tx));
+        let reader = crate::low_priority_runtime::spawn_blocking(move || read(&source, &sql, params, tx));
         while let Some(chunk) = rx.recv().await {
             yield chunk;
         }

@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{
     failure::TaskFailure,
-    fairness::Pacer,
+    pacer::Pacer,
     job::ClaimedTask,
     pipeline::{IdIn, Pipeline, PipelineError},
     request::{AssociatedData, ExportLevel},
