@@ -3,6 +3,7 @@
 
 pub mod access;
 pub mod block_roller;
+pub mod drain;
 pub mod failure;
 pub mod file_sequence;
 pub mod group;
