@@ -14,10 +14,10 @@ use clap::{Args, Parser, Subcommand};
 
 mod jobs_command;
 
-/// Loading parses and builds millions of small JSON values; mimalloc handles that churn far
-/// better than the system allocator. Built without transparent huge pages (`no_thp`): with them
-/// a touched heap page cost RSS in 2 MB steps (first SQLite export at 1M: 126 MB peak, 110 MB
-/// without), and the kernel zeroed whole huge pages on first touch (5-8% of an export's CPU).
+/// Loading parses and builds millions of small JSON values; mimalloc handles that churn better
+/// than the system allocator. Built without transparent huge pages (`no_thp`): with them RSS grew
+/// in huge-page steps and the kernel zeroed whole huge pages on first touch (figures:
+/// docs/performance.md).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
