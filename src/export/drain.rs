@@ -67,6 +67,8 @@ pub async fn drain<E: Into<TaskFailure>>(
 ) -> Result<(), Halt> {
     loop {
         let next = tokio::select! {
+            // A stop is seen before the next chunk, not after a coin toss among ready branches.
+            biased;
             _ = stop.cancelled() => return Err(Halt::Stopped),
             next = stream.next() => next,
         };
