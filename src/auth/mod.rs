@@ -8,6 +8,7 @@ pub mod jwks;
 pub mod poll_limiter;
 pub mod registered_clients_cache;
 pub mod scopes;
+pub mod settings;
 pub mod tokens;
 
 use std::sync::Arc;
@@ -18,11 +19,11 @@ use jwks::JwksFetcher;
 use poll_limiter::PollLimiter;
 use registered_clients_cache::RegisteredClientsCache;
 use scopes::Scopes;
+use settings::AuthSettings;
 use tokens::TokenKeys;
 
 use crate::{
-    config::AuthSettings,
-    export::access::Requester,
+    model::requester::Requester,
     store::{AuthStore, StoreError},
 };
 

@@ -11,8 +11,8 @@ use bytes::Bytes;
 use futures::{stream::BoxStream, StreamExt};
 use tokio_util::sync::CancellationToken;
 
-use super::{block_roller::BlockRoller, failure::TaskFailure, job::FileRecord, pacer::Pacer, pipeline::PipelineError, roller::Roller};
-use crate::{output::OutputError, store::StoreError};
+use super::{block_roller::BlockRoller, failure::TaskFailure, pacer::Pacer, pipeline::PipelineError, roller::Roller};
+use crate::{model::job::FileRecord, output::OutputError, store::StoreError};
 
 /// Why a task's drain (or the reading before it) stopped short.
 pub enum Halt {

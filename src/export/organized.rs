@@ -12,7 +12,6 @@ use tokio_util::sync::CancellationToken;
 use super::{
     block_roller::BlockRoller,
     drain::{self, drain, Counted, Halt, Progress},
-    job::{ClaimedTask, FileRecord},
     pacer::Pacer,
     pipeline::Pipeline,
     roller::Roller,
@@ -20,6 +19,7 @@ use super::{
 };
 use crate::{
     fhir::{compartment, search::Narrowing, types::ResourceId, ResourceType},
+    model::job::{ClaimedTask, FileRecord},
     output::Output,
     store::{Scope, Selection, Stores},
 };

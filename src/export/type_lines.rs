@@ -14,13 +14,15 @@ use tokio_util::sync::CancellationToken;
 use super::{
     drain::{drain, Halt},
     failure::TaskFailure,
-    job::ClaimedTask,
     pacer::Pacer,
     pipeline::{IdIn, Pipeline, PipelineError},
-    request::{AssociatedData, ExportLevel},
 };
 use crate::{
     fhir::{compartment, instant, references, search::Narrowing, types::ResourceId, ResourceType},
+    model::{
+        job::ClaimedTask,
+        request::{AssociatedData, ExportLevel},
+    },
     store::{Scope, Selection, Stores},
 };
 

@@ -24,7 +24,6 @@ use tokio_util::sync::CancellationToken;
 use super::{
     drain::{self, Halt, Progress},
     failure::TaskFailure,
-    job::{ClaimedTask, FileKind, FileRecord, TaskKind},
     organized,
     pacer::Pacer,
     roller::Roller,
@@ -33,6 +32,7 @@ use super::{
 };
 use crate::{
     fhir::{IssueCode, OperationOutcome},
+    model::job::{ClaimedTask, FileKind, FileRecord, TaskKind},
     telemetry::names,
     output::Output,
     store::{Lease, StoreError, Stores},
