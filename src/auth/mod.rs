@@ -5,8 +5,8 @@
 pub mod assertion;
 pub mod clients;
 pub mod jwks;
-pub mod limits;
-pub mod presence;
+pub mod poll_limiter;
+pub mod registered_clients_cache;
 pub mod scopes;
 pub mod settings;
 pub mod tokens;
@@ -16,8 +16,8 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use clients::{Client, KeySource};
 use jwks::JwksFetcher;
-use limits::PollLimiter;
-use presence::Presence;
+use poll_limiter::PollLimiter;
+use registered_clients_cache::RegisteredClientsCache;
 use scopes::Scopes;
 use settings::AuthSettings;
 use tokens::TokenKeys;
@@ -120,7 +120,7 @@ struct Inner {
     keys: TokenKeys,
     jwks: JwksFetcher,
     polls: PollLimiter,
-    presence: Presence,
+    registered_clients: RegisteredClientsCache,
     token_url: String,
 }
 
@@ -145,7 +145,7 @@ impl Auth {
                 keys,
                 jwks: JwksFetcher::new(),
                 polls: PollLimiter::new(settings.status_polls_per_second),
-                presence: Presence::default(),
+                registered_clients: RegisteredClientsCache::default(),
                 token_url: format!("{base_url}{TOKEN_PATH}"),
             }),
         };
@@ -165,10 +165,10 @@ impl Auth {
     }
 
     /// Authorization is on whenever a client is registered, and always unless `allow_open`.
-    /// Rechecked every `presence::RECHECK`, so registering the first client turns it on without
-    /// a restart.
+    /// Rechecked every `registered_clients_cache::RECHECK`, so registering the first client turns
+    /// it on without a restart.
     pub async fn enforced(&self) -> Result<bool, StoreError> {
-        Ok(!self.inner.settings.allow_open || self.inner.presence.any_client(self.inner.store.as_ref()).await?)
+        Ok(!self.inner.settings.allow_open || self.inner.registered_clients.any_client(self.inner.store.as_ref()).await?)
     }
 
     /// The caller of a protected endpoint, from its `Authorization` header.
@@ -182,8 +182,8 @@ impl Auth {
             .map(|(_, token)| token.trim())
             .ok_or(AuthError::MissingToken)?;
         let grant = self.inner.keys.verify(token).map_err(AuthError::InvalidToken)?;
-        // A client removed since the token was issued loses access (within `presence::RECHECK`).
-        if !self.inner.presence.registered(self.inner.store.as_ref(), &grant.client_id).await? {
+        // A client removed since the token was issued loses access (within `registered_clients_cache::RECHECK`).
+        if !self.inner.registered_clients.registered(self.inner.store.as_ref(), &grant.client_id).await? {
             return Err(AuthError::InvalidToken(tokens::TokenRejected::ClientGone));
         }
         let requester = Requester {

@@ -22,12 +22,13 @@ use tracing::Instrument;
 use tokio_util::sync::CancellationToken;
 
 use super::{
+    drain::{self, Halt, Progress},
     failure::TaskFailure,
-    fairness::Pacer,
-    status_cache::StatusCache,
     organized,
+    pacer::Pacer,
     roller::Roller,
-    sources::{self, Halt},
+    status_cache::StatusCache,
+    type_lines,
 };
 use crate::{
     fhir::{IssueCode, OperationOutcome},
@@ -283,7 +284,7 @@ impl Worker {
                 let Some(resource_type) = task.resource_type() else {
                     return TaskEnd::Failed(TaskFailure::data(format!("unknown resource type '{}'", task.resource_type)));
                 };
-                match sources::output(&self.stores, task, resource_type, stop).await {
+                match type_lines::output(&self.stores, task, resource_type, stop).await {
                     Ok(source) => {
                         deletions = source.deletions;
                         (FileKind::Output, source.lines)
@@ -305,61 +306,21 @@ impl Worker {
         if kind == FileKind::Error {
             roller = roller.with_stem(OUTCOMES_STEM.to_owned());
         }
-        let mut files = match pump(source, roller, stop, written, 0).await {
+        let mut pacer = Pacer::default();
+        let mut files = match drain::into_files(source, roller, stop, &mut pacer, Progress::from_now(written)).await {
             Ok(files) => files,
-            Err(end) => return end,
+            Err(halt) => return halt.into(),
         };
         if let Some(selection) = deletions {
-            let source = sources::deletion_bundles(&self.stores, selection);
-            let roller = Roller::new(&self.output, FileKind::Deleted, "Bundle", key_dir, task.max_file_bytes)
-                .with_stem(format!("{}-deleted", task.resource_type));
-            let base = written.load(Ordering::Relaxed);
-            match pump(source, roller, stop, written, base).await {
+            let source = type_lines::deletion_bundles(&self.stores, selection);
+            let roller = Roller::for_deletions(&self.output, &task.resource_type, key_dir, task.max_file_bytes);
+            match drain::into_files(source, roller, stop, &mut pacer, Progress::from_now(written)).await {
                 Ok(deleted) => files.extend(deleted),
-                Err(end) => return end,
+                Err(halt) => return halt.into(),
             }
         }
         TaskEnd::Done(files)
     }
-}
-
-/// Moves a stream of NDJSON chunks into the roller's files until it ends, the task is stopped,
-/// or something fails. `written` counts lines for the heartbeat, from `base`.
-async fn pump<E: Into<TaskFailure>>(
-    mut source: futures::stream::BoxStream<'static, Result<bytes::Bytes, E>>,
-    mut roller: Roller<'_>,
-    stop: &CancellationToken,
-    written: &AtomicI64,
-    base: i64,
-) -> Result<Vec<FileRecord>, TaskEnd> {
-    let mut pacer = Pacer::default();
-    loop {
-        let next = tokio::select! {
-            _ = stop.cancelled() => {
-                roller.abort().await;
-                return Err(TaskEnd::Stopped);
-            }
-            next = source.next() => next,
-        };
-        match next {
-            None => break,
-            Some(Ok(chunk)) => {
-                let bytes = chunk.len();
-                if let Err(e) = roller.write(chunk).await {
-                    roller.abort().await;
-                    return Err(TaskEnd::Failed(e.into()));
-                }
-                written.store(base + roller.lines() as i64, Ordering::Relaxed);
-                pacer.moved(bytes).await;
-            }
-            Some(Err(e)) => {
-                roller.abort().await;
-                return Err(TaskEnd::Failed(e.into()));
-            }
-        }
-    }
-    drop(source);
-    roller.finish().await.map_err(|e| TaskEnd::Failed(e.into()))
 }
 
 /// The wait before another attempt of a task claimed `fence` times: doubling, bounded.
