@@ -12,5 +12,6 @@ mod helpers;
 mod perturb;
 mod redact;
 mod reference_cases;
+mod rule_selection;
 mod substitute;
 mod synthea;
