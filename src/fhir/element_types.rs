@@ -308,7 +308,7 @@ impl Graph {
     }
 
     /// The node of `_name` siblings (Element: id and extension).
-    fn element(&self) -> NodeId {
+    pub(crate) fn element(&self) -> NodeId {
         self.roots.len() as NodeId
     }
 

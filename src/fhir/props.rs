@@ -314,7 +314,7 @@ proptest! {
             Ok(expr) => {
                 let _ = fhirpath::evaluate(&expr, &resource, &observation);
             }
-            Err(reason) => prop_assert!(!reason.is_empty()),
+            Err(reason) => prop_assert!(!reason.0.is_empty()),
         }
     }
 }

@@ -1,0 +1,1 @@
+//! `bulkfhir anonymize`: the engine over NDJSON and Bundle files.
