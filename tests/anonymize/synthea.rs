@@ -108,12 +108,13 @@ fn as_list(value: &Value) -> Vec<&Value> {
     }
 }
 
-/// What the sample configuration keeps on purpose: an Organization's identifiers, telecom and
-/// address (and Synthea gives each Organization its own id as identifier value).
+/// What the sample configuration keeps: an Organization's identifiers, telecom and address by its
+/// rules, its name by having none (Synthea gives each Organization its own id as identifier
+/// value, and names like "VA Boston Healthcare System").
 fn kept_by_the_configuration(inputs: &[Value]) -> HashSet<String> {
     let mut kept = HashSet::new();
     for resource in inputs.iter().filter(|r| r["resourceType"] == "Organization") {
-        for field in ["identifier", "telecom", "address"] {
+        for field in ["identifier", "telecom", "address", "name"] {
             let mut strings = Vec::new();
             strings_in(&resource[field], &mut strings);
             kept.extend(strings.into_iter().map(str::to_owned));
@@ -181,15 +182,26 @@ fn no_identifier_name_address_telecom_or_original_id_survives_the_sample_configu
     let run = run();
     let kept = kept_by_the_configuration(&run.inputs);
     let text = searchable_text(&run.outputs);
-    let mut survivors = Vec::new();
-    for (kind, values) in identifying(&run.inputs) {
-        // Very short values (a one-digit house number) occur by chance in any text.
-        for value in values.iter().filter(|v| v.chars().count() >= 4 && !kept.contains(*v)) {
-            if text.contains(value.as_str()) {
-                survivors.push(format!("{kind}: {value:?}"));
-            }
-        }
+    // Very short values (a one-digit house number) occur by chance in any text.
+    let mut originals: Vec<(&'static str, String)> = Vec::new();
+    let identifying = identifying(&run.inputs);
+    for kind in ["identifier", "name", "address", "telecom", "id"] {
+        assert!(identifying.get(kind).is_some_and(|v| v.len() >= 50), "the sample has {kind} values");
     }
+    for (kind, values) in identifying {
+        originals.extend(values.into_iter().filter(|v| v.chars().count() >= 4 && !kept.contains(v)).map(|v| (kind, v)));
+    }
+    let searcher = aho_corasick::AhoCorasick::new(originals.iter().map(|(_, v)| v)).unwrap();
+    let mut found: BTreeSet<usize> = BTreeSet::new();
+    for hit in searcher.find_overlapping_iter(&text) {
+        found.insert(hit.pattern().as_usize());
+    }
+    // A patient's postal code may be part of an Organization's ZIP+4, which the configuration keeps.
+    let kept_text = kept.iter().map(String::as_str).collect::<Vec<_>>().join("\n");
+    for hit in searcher.find_overlapping_iter(&kept_text) {
+        found.remove(&hit.pattern().as_usize());
+    }
+    let survivors: Vec<String> = found.iter().map(|&i| format!("{}: {:?}", originals[i].0, originals[i].1)).collect();
     assert!(survivors.is_empty(), "{} identifying values survive, e.g.:\n{}", survivors.len(), survivors[..survivors.len().min(20)].join("\n"));
 }
 
@@ -209,32 +221,35 @@ fn ids_by_type(resources: &[Value]) -> HashSet<(String, String)> {
         .collect()
 }
 
-/// The `Type/id` references of `resources` that point at a resource among them, and those that do not.
-fn resolved_references(resources: &[Value]) -> (usize, Vec<String>) {
-    let ids = ids_by_type(resources);
-    let (mut resolved, mut dangling) = (0, Vec::new());
+fn type_and_id(reference: &str) -> Option<(String, String)> {
+    let (kind, id) = reference.split_once('/')?;
+    (kind.starts_with(|c: char| c.is_ascii_uppercase()) && !id.contains('/')).then(|| (kind.to_owned(), id.to_owned()))
+}
+
+fn references(resources: &[Value]) -> Vec<(String, String)> {
+    let mut all = Vec::new();
     for resource in resources {
-        let mut references = Vec::new();
-        under(resource, "reference", &mut references);
-        for reference in references.iter().filter_map(|r| r.as_str()) {
-            let Some((kind, id)) = reference.split_once('/') else { continue };
-            if ids.contains(&(kind.to_owned(), id.to_owned())) {
-                resolved += 1;
-            } else {
-                dangling.push(reference.to_owned());
-            }
-        }
+        let mut found = Vec::new();
+        under(resource, "reference", &mut found);
+        all.extend(found.iter().filter_map(|r| r.as_str()).filter_map(type_and_id));
     }
-    (resolved, dangling)
+    all
 }
 
 #[test]
-fn every_reference_that_resolved_before_resolves_to_the_hashed_id_after() {
+fn every_type_and_id_reference_points_at_a_resource_with_that_hashed_id() {
+    // Some references go with what holds them (`Claim.supportingInfo.value` is redacted); those
+    // that stay must resolve, unless they pointed outside the sample in the first place.
     let run = run();
-    let (before, _) = resolved_references(&run.inputs);
-    let (after, dangling) = resolved_references(&run.outputs);
-    assert!(before > 100_000, "the sample has its references: {before}");
-    assert_eq!(after, before, "references no longer resolving, e.g. {:?}", &dangling[..dangling.len().min(10)]);
+    let input_ids = ids_by_type(&run.inputs);
+    let outside: HashSet<(String, String)> =
+        references(&run.inputs).into_iter().filter(|r| !input_ids.contains(r)).map(|(kind, id)| (kind, hash(&id))).collect();
+    let output_ids = ids_by_type(&run.outputs);
+    let output_references = references(&run.outputs);
+    let broken: Vec<_> = output_references.iter().filter(|r| !output_ids.contains(*r) && !outside.contains(*r)).collect();
+    assert!(broken.is_empty(), "{} references resolve to nothing, e.g. {:?}", broken.len(), &broken[..broken.len().min(10)]);
+    let resolved = output_references.iter().filter(|r| output_ids.contains(*r)).count();
+    assert!(resolved > 100_000, "the sample keeps its references: {resolved} resolve");
 }
 
 #[test]
