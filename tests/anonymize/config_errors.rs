@@ -36,6 +36,9 @@ fn a_rule_without_path_or_method_is_refused() {
 fn a_path_that_is_not_fhirpath_is_refused_by_name() {
     assert_refused_naming(&rules_only(json!([{ "path": "invalid()", "method": "redact" }])), &["invalid()"]);
     assert_refused_naming(&rules_only(json!([{ "path": "Patient.name.where(", "method": "redact" }])), &["Patient.name.where("]);
+    for path in ["nodesByType(", "nodesByType().", ".nodesByType()", "nodesByType('Address)", "nodesByType('Address')..."] {
+        assert_refused_naming(&rules_only(json!([{ "path": path, "method": "redact" }])), &[path]);
+    }
 }
 
 #[test]

@@ -150,3 +150,26 @@ fn a_resource_type_rule_applies_to_bundle_entries_and_contained_resources_of_tha
     });
     assert_same(&anonymized(&engine, bundle), &expected);
 }
+
+#[test]
+fn nodes_by_type_takes_the_type_in_single_or_double_quotes() {
+    for path in ["nodesByType('Address').city", "nodesByType(\"Address\").city", "nodesByName(\"city\")"] {
+        let engine = rules(json!([{ "path": path, "method": "redact" }]), json!({}));
+        let mut expected = patient();
+        expected["address"] = json!([{ "country": "patienttestcountry1" }]);
+        expected["contact"] = json!([{ "address": { "state": "WA" } }]);
+        expected["meta"] = label::meta(&[label::redacted()]);
+        assert_same(&anonymized(&engine, patient()), &expected);
+    }
+}
+
+#[test]
+fn new_labels_follow_the_labels_a_resource_already_has() {
+    let engine = rules(json!([{ "path": "Patient.address", "method": "redact" }]), json!({}));
+    let mut input = patient();
+    input["meta"] = json!({ "versionId": "Test", "security": [{ "system": "urn:x", "code": "MASKED" }] });
+    let mut expected = patient();
+    expected.as_object_mut().unwrap().remove("address");
+    expected["meta"] = json!({ "versionId": "Test", "security": [{ "system": "urn:x", "code": "MASKED" }, label::redacted()] });
+    assert_same(&anonymized(&engine, input), &expected);
+}
