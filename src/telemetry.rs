@@ -6,7 +6,13 @@ use std::{io::IsTerminal, sync::OnceLock};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tracing_subscriber::{fmt, EnvFilter};
 
-use crate::config::LogFormat;
+/// How log lines are written (`log_format`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
 
 pub fn init(format: LogFormat) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn,tower_http=info"));
@@ -46,7 +52,7 @@ pub fn metrics() -> &'static PrometheusHandle {
     })
 }
 
-/// Metric names, in one place so the README and the tests agree with the code.
+/// Metric names, in one place so docs/operations.md and the tests agree with the code.
 pub mod names {
     /// Counter: kick-offs accepted, by `level`.
     pub const EXPORTS_STARTED: &str = "bulkfhir_exports_started_total";

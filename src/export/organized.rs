@@ -12,13 +12,13 @@ use tokio_util::sync::CancellationToken;
 use super::{
     blocks::BlockRoller,
     fairness::Pacer,
-    job::{ClaimedTask, FileKind, FileRecord},
     pipeline::Pipeline,
     roller::Roller,
     sources::{self, invalid, Halt, IdOnly, Lines},
 };
 use crate::{
     fhir::{compartment, search::Narrowing, types::ResourceId, ResourceType},
+    model::job::{ClaimedTask, FileKind, FileRecord},
     output::Output,
     store::{Scope, Selection, Stores},
 };

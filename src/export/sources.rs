@@ -14,12 +14,14 @@ use tokio_util::sync::CancellationToken;
 use super::{
     failure::TaskFailure,
     fairness::Pacer,
-    job::ClaimedTask,
     pipeline::{IdIn, Pipeline, PipelineError},
-    request::{AssociatedData, ExportLevel},
 };
 use crate::{
     fhir::{compartment, instant, references, search::Narrowing, types::ResourceId, ResourceType},
+    model::{
+        job::ClaimedTask,
+        request::{AssociatedData, ExportLevel},
+    },
     output::OutputError,
     store::{Scope, Selection, StoreError, Stores},
 };

@@ -24,7 +24,6 @@ use tokio_util::sync::CancellationToken;
 use super::{
     failure::TaskFailure,
     fairness::Pacer,
-    job::{ClaimedTask, FileKind, FileRecord, TaskKind},
     status_cache::StatusCache,
     organized,
     roller::Roller,
@@ -32,6 +31,7 @@ use super::{
 };
 use crate::{
     fhir::{IssueCode, OperationOutcome},
+    model::job::{ClaimedTask, FileKind, FileRecord, TaskKind},
     telemetry::names,
     output::Output,
     store::{Lease, StoreError, Stores},

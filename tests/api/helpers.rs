@@ -11,11 +11,13 @@ use std::{
 };
 
 use bulkfhir::{
-    config::{AuthSettings, KickoffHeaders, LogFormat, Settings},
+    auth::settings::AuthSettings,
+    config::{KickoffHeaders, Settings},
     export::worker::{Ran, Worker},
     output::Output,
     startup::Application,
     store::Stores,
+    telemetry::LogFormat,
 };
 use reqwest::{header, Client, Response, StatusCode};
 use serde_json::Value;
@@ -139,7 +141,7 @@ impl Drop for TestDb {
 pub struct AppOptions {
     pub workers: usize,
     pub max_file_bytes: u64,
-    pub retention: u64,
+    pub retention_seconds: u64,
     pub lease_seconds: u64,
     pub heartbeat_millis: u64,
     pub max_attempts: i32,
@@ -158,7 +160,7 @@ impl Default for AppOptions {
         Self {
             workers: 2,
             max_file_bytes: 64 * 1024 * 1024,
-            retention: 3600,
+            retention_seconds: 3600,
             lease_seconds: 30,
             heartbeat_millis: 200,
             max_attempts: 3,
@@ -236,7 +238,7 @@ pub(crate) fn settings(database_url: &str, output_dir: &std::path::Path, options
         max_file_bytes: options.max_file_bytes,
         part_size_bytes: 1024 * 1024,
         workers: options.workers,
-        retention: options.retention,
+        retention_seconds: options.retention_seconds,
         lease_seconds: options.lease_seconds,
         heartbeat_millis: options.heartbeat_millis,
         max_attempts: options.max_attempts,

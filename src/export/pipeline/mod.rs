@@ -3,13 +3,22 @@
 //! (`_typeFilter`, `_elements`) add stages; a type with stages has each line parsed once, run
 //! through the stages in order, and written back out only if a stage changed it.
 
+mod elements;
+mod id_in;
+mod type_filter;
+
+pub use id_in::IdIn;
+
 use bytes::{Bytes, BytesMut};
 use futures::{stream::BoxStream, StreamExt};
 use serde_json::Value;
 
-use super::{request::ExportRequest, type_filter::TypeFilterStage};
+use elements::ElementsStage;
+use type_filter::TypeFilterStage;
+
 use crate::{
     fhir::{elements::Subset, ResourceType},
+    model::request::ExportRequest,
     store::StoreError,
 };
 
@@ -104,26 +113,6 @@ impl Pipeline {
             })
             .filter(|chunk| futures::future::ready(!matches!(chunk, Ok(c) if c.is_empty())))
             .boxed()
-    }
-}
-
-/// `_elements`: keeps the chosen elements and tags the resource SUBSETTED.
-struct ElementsStage(Subset);
-
-impl Stage for ElementsStage {
-    fn apply(&self, resource: &mut Value) -> Result<Verdict, String> {
-        self.0.apply(resource);
-        Ok(Verdict::Changed)
-    }
-}
-
-/// Keeps only the resources with these ids (Group export: the referenced ones).
-pub struct IdIn(pub std::collections::BTreeSet<crate::fhir::types::ResourceId>);
-
-impl Stage for IdIn {
-    fn apply(&self, resource: &mut Value) -> Result<Verdict, String> {
-        let id = resource.get("id").and_then(Value::as_str).and_then(crate::fhir::types::ResourceId::parse);
-        Ok(if id.is_some_and(|id| self.0.contains(&id)) { Verdict::Keep } else { Verdict::Drop })
     }
 }
 
