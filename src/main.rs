@@ -66,6 +66,15 @@ enum Command {
         #[arg(required = true)]
         sample: Vec<PathBuf>,
     },
+    /// De-identify NDJSON or Bundle files (or directories of them) with the anonymization
+    /// configuration given as --config (Microsoft's FHIR Tools for Anonymization format);
+    /// writes DIR/<file name>. Needs no database and reads no server settings.
+    Anonymize {
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(required = true)]
+        inputs: Vec<PathBuf>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -107,6 +116,9 @@ enum JobsCommand {
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Command::Anonymize { out, inputs } = &cli.command {
+        return anonymize(cli.config.as_deref(), inputs, out);
+    }
     let (settings, warnings) = match Settings::load(cli.config.as_deref(), &cli.settings) {
         Ok(loaded) => loaded,
         Err(e) => {
@@ -128,6 +140,7 @@ async fn main() -> ExitCode {
             ExitCode::SUCCESS
         }).map_err(Into::into),
         Command::Synth { resources, out, sample } => synth(&sample, resources, &out),
+        Command::Anonymize { .. } => unreachable!("handled before the settings load"),
     };
     result.unwrap_or_else(|e| {
         eprintln!("bulkfhir: {}", describe(&e));
@@ -224,6 +237,23 @@ async fn manage_clients(settings: &Settings, command: ClientsCommand) -> anyhow:
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn anonymize(config: Option<&std::path::Path>, inputs: &[PathBuf], out: &std::path::Path) -> ExitCode {
+    let Some(config) = config else {
+        eprintln!("bulkfhir: anonymize needs --config FILE (the anonymization configuration)");
+        return ExitCode::from(2);
+    };
+    match bulkfhir::anonymize::command::run(config, inputs, out) {
+        Ok(r) => {
+            println!("{} resources from {} files written to {}", r.resources, r.files, out.display());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("bulkfhir: {}", describe(&e));
+            ExitCode::FAILURE
+        }
+    }
 }
 
 fn synth(sample: &[PathBuf], resources: u64, out: &std::path::Path) -> anyhow::Result<ExitCode> {

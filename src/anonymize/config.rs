@@ -290,6 +290,12 @@ fn rule(index: usize, rule: &Value) -> Result<Rule, ConfigError> {
     if !matches!(method, Method::Substitute(_) | Method::Perturb(_) | Method::Generalize(_)) {
         known(&[])?;
     }
+    // Where the path names the type, a method that cannot apply to it is known now.
+    if let (Method::Generalize(_), Selector::ByType(ty, None)) = (&method, &selector)
+        && crate::fhir::element_types::Primitive::parse(ty).is_none()
+    {
+        return Err(err(format!("{}: generalize applies to primitive values only, not to {ty}", at())));
+    }
     Ok(Rule { path: path.clone(), resource_type: resource_type.to_owned(), selector, method })
 }
 

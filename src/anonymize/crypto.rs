@@ -108,3 +108,57 @@ pub fn decrypt(base64_text: &str, key: &[u8]) -> Option<String> {
     let plain = key.decrypt(&mut data, DecryptionContext::Iv128(iv.into())).ok()?;
     String::from_utf8(plain.to_vec()).ok()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hmac_sha256_as_the_reference_crypto_hash_tests() {
+        let key = hmac_key("123");
+        assert_eq!(hash("", &key), "");
+        assert_eq!(hash("abc", &key), "8f16771f9f8851b26f4d460fa17de93e2711c7e51337cb8a608a0f81e1c1b6ae");
+        assert_eq!(hash("&*^%$@()=-,/", &key), "33f6f7d6b3602bf5354dcb4b8d988982602349355f50f86798d8ce1ffd61521b");
+        assert_eq!(hash("ÆŊŋßſ♫∅", &key), "1a94823f0a0f00a4b1ca771c3446dc5e17958f4dae3588ace2bca8a843eb63d9");
+        assert_eq!(
+            hash("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ1234567890!@#$%^&*()=-", &key),
+            "352b5a4af5adb81fa616c2a5b5c492d0b0b544c188a9aa003767a2b5efbd1478"
+        );
+    }
+
+    #[test]
+    fn references_keep_all_but_their_id_as_the_reference_utility_tests() {
+        let t = |r: &str| transform_reference_id(r, |_| "@ID".into());
+        assert_eq!(t("#p1"), "#@ID");
+        assert_eq!(t("Patient/034AB16"), "Patient/@ID");
+        assert_eq!(t("http://fhir.hl7.org/svc/StructureDefinition/c8973a22-2b5b-4e76-9c66-00639c99e61b"), "http://fhir.hl7.org/svc/StructureDefinition/@ID");
+        assert_eq!(t("http://example.org/fhir/Observation/apo89654/_history/2"), "http://example.org/fhir/Observation/@ID/_history/2");
+        assert_eq!(t("urn:uuid:C757873D-EC9A-4326-A141-556F43239520"), "urn:uuid:@ID");
+        assert_eq!(t("urn:oid:1.2.3.4.5"), "urn:oid:@ID");
+        for whole in [
+            "034AB16",
+            "Patient/AbcŴΉЙ",
+            "http://fhir.hl7.org/svc/StructureDefinitionTest/c8973a22-2b5b-4e76-9c66-00639c99e61b",
+            "ftp://fhir.hl7.org/svc/StructureDefinition/c8973a22-2b5b-4e76-9c66-00639c99e61b",
+            "wwurn:uuid:c757873d-ec9a-4326-a141-556f43239520",
+            "urn:oid:1.2.3=4.5",
+        ] {
+            assert_eq!(t(whole), "@ID", "{whole}");
+        }
+    }
+
+    #[test]
+    fn encryption_round_trips_with_a_fresh_iv_for_each_key_size() {
+        for key in ["0123456789abcdef", "0123456789abcdef01234567", "0123456789abcdef0123456789abcdef"] {
+            let a = encrypt("Peter Chalmers ÆŊ", key.as_bytes()).unwrap();
+            let b = encrypt("Peter Chalmers ÆŊ", key.as_bytes()).unwrap();
+            assert_ne!(a, b, "a random IV per value");
+            assert_eq!(decrypt(&a, key.as_bytes()).as_deref(), Some("Peter Chalmers ÆŊ"));
+            // IV (16 bytes) then one padded block per 16 bytes of text.
+            assert_eq!(STANDARD.decode(&a).unwrap().len(), 16 + 32);
+        }
+        assert_eq!(encrypt("", b"0123456789abcdef").as_deref(), Some(""));
+        assert!(encrypt("x", b"short").is_none());
+        assert!(decrypt("AAAA", b"0123456789abcdef").is_none());
+    }
+}

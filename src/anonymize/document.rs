@@ -4,6 +4,8 @@
 //! and typed by its suffix. Methods mutate nodes in place; `into_json` writes the JSON back,
 //! dropping nodes left without value or children.
 
+use std::borrow::Cow;
+
 use serde_json::{Map, Value};
 
 use crate::fhir::{
@@ -16,7 +18,7 @@ pub type NodeId = u32;
 #[derive(Debug)]
 pub struct Node {
     /// The JSON property name (`valueQuantity`); `name_len` bytes of it are the element name.
-    pub key: Box<str>,
+    pub key: Cow<'static, str>,
     pub name_len: u8,
     /// The FHIR type: a primitive, a complex type, `BackboneElement`, `Element` (a primitive's
     /// extension holder), a resource type; empty for properties the graph does not know.
@@ -61,7 +63,7 @@ impl Document {
         let mut doc = Document { nodes: Vec::with_capacity(64) };
         let ty = type_name(graph, root);
         doc.nodes.push(Node {
-            key: ty.into(),
+            key: Cow::Borrowed(ty),
             name_len: 0,
             ty,
             graph: Some(root),
@@ -93,12 +95,12 @@ impl Document {
             if key == "resourceType" && self.nodes[parent as usize].resource {
                 continue;
             }
-            let child = gnode.and_then(|g| g.child(&key));
+            let child = gnode.and_then(|g| g.child_entry(&key));
             match child {
-                Some(c) if c.primitive_extension => extensions.push((key, value)),
-                Some(c) => {
+                Some((_, c)) if c.primitive_extension => extensions.push((key, value)),
+                Some((static_key, c)) => {
                     let name_len = if c.choice { choice_base_len(&key, c.ty, graph) } else { key.len() };
-                    let key: Box<str> = key.into();
+                    let key: Cow<'static, str> = Cow::Borrowed(static_key);
                     match value {
                         Value::Array(items) => {
                             for item in items {
@@ -111,7 +113,7 @@ impl Document {
                 None => {
                     let len = key.len().min(255);
                     self.push(Node {
-                        key: key.into(),
+                        key: Cow::Owned(key),
                         name_len: len as u8,
                         ty: "",
                         graph: None,
@@ -131,7 +133,7 @@ impl Document {
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn add(&mut self, parent: NodeId, key: Box<str>, name_len: usize, ty: Ty, many: bool, value: Value, graph: &'static Graph) {
+    fn add(&mut self, parent: NodeId, key: Cow<'static, str>, name_len: usize, ty: Ty, many: bool, value: Value, graph: &'static Graph) {
         if value.is_null() {
             // A null in a primitive array stands beside a `_name` entry; keep its place.
             if let Ty::Primitive(p) = ty {
@@ -183,7 +185,7 @@ impl Document {
                     let Some(p) = graph.node(self.nodes[parent as usize].graph.unwrap_or_default()).child(key) else { continue };
                     let Ty::Primitive(prim) = p.ty else { continue };
                     let name_len = if p.choice { choice_base_len(key, p.ty, graph) } else { key.len() };
-                    self.push(Node::primitive(key.into(), name_len, prim, p.many, None, parent))
+                    self.push(Node::primitive(Cow::Owned(key.to_owned()), name_len, prim, p.many, None, parent))
                 }
             };
             self.nodes[target as usize].graph = element;
@@ -226,26 +228,23 @@ impl Document {
                     Some(Value::Array(items)) => items.len(),
                     _ => 0,
                 };
-                let ext_key = format!("_{}", c.key);
-                let ext_len = match map.get(&ext_key) {
-                    Some(Value::Array(items)) => items.len(),
-                    _ => 0,
-                };
                 if value.is_none() && extension.is_none() {
                     continue;
                 }
                 if c.primitive {
-                    // Keep `name` and `_name` aligned: pad the shorter with nulls.
-                    if extension.is_some() || ext_len > 0 {
-                        let ext = map.entry(ext_key).or_insert_with(|| Value::Array(Vec::new()));
-                        if let Value::Array(items) = ext {
-                            items.resize(len, Value::Null);
-                            items.push(extension.unwrap_or(Value::Null));
-                        }
-                    }
                     let entry = map.entry(c.key.to_string()).or_insert_with(|| Value::Array(Vec::new()));
+                    let mut len = 0;
                     if let Value::Array(items) = entry {
+                        len = items.len();
                         items.push(value.unwrap_or(Value::Null));
+                    }
+                    if let Some(extension) = extension {
+                        let ext = map.entry(format!("_{}", c.key)).or_insert_with(|| Value::Array(Vec::new()));
+                        if let Value::Array(items) = ext {
+                            // Keep `name` and `_name` aligned: nulls where a value has no extension.
+                            items.resize(len, Value::Null);
+                            items.push(extension);
+                        }
                     }
                 } else if let Some(value) = value {
                     let entry = map.entry(c.key.to_string()).or_insert_with(|| Value::Array(Vec::new()));
@@ -262,8 +261,23 @@ impl Document {
                 }
             }
         }
-        // A primitive array whose values all went keeps no list of nulls.
+        // A primitive array whose values all went keeps no list of nulls; `_name` lists end as
+        // long as their `name` list.
         map.retain(|_, v| !matches!(v, Value::Array(items) if items.iter().all(Value::is_null)));
+        if map.keys().any(|k| k.starts_with('_')) {
+            let lengths: Vec<(String, usize)> = map
+                .iter()
+                .filter_map(|(k, v)| Some((format!("_{k}"), v.as_array()?.len())))
+                .filter(|(k, _)| map.contains_key(k))
+                .collect();
+            for (key, len) in lengths {
+                if let Some(Value::Array(items)) = map.get_mut(&key)
+                    && items.len() < len
+                {
+                    items.resize(len, Value::Null);
+                }
+            }
+        }
     }
 
     /// Self and descendants, not entering nested resources, in document order.
@@ -328,7 +342,7 @@ impl Document {
 }
 
 impl Node {
-    fn primitive(key: Box<str>, name_len: usize, p: Primitive, many: bool, value: Option<Value>, parent: NodeId) -> Self {
+    fn primitive(key: Cow<'static, str>, name_len: usize, p: Primitive, many: bool, value: Option<Value>, parent: NodeId) -> Self {
         Node {
             key,
             name_len: name_len as u8,
@@ -344,11 +358,11 @@ impl Node {
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn complex(key: Box<str>, name_len: usize, ty: &'static str, graph: Option<u32>, resource: bool, many: bool, parent: NodeId) -> Self {
+    fn complex(key: Cow<'static, str>, name_len: usize, ty: &'static str, graph: Option<u32>, resource: bool, many: bool, parent: NodeId) -> Self {
         Node { key, name_len: name_len as u8, ty, graph, primitive: false, resource, many, value: None, children: Vec::new(), parent: Some(parent) }
     }
 
-    fn opaque(key: Box<str>, name_len: usize, many: bool, value: Value, parent: NodeId) -> Self {
+    fn opaque(key: Cow<'static, str>, name_len: usize, many: bool, value: Value, parent: NodeId) -> Self {
         Node { key, name_len: name_len as u8, ty: "", graph: None, primitive: true, resource: false, many, value: Some(value), children: Vec::new(), parent: Some(parent) }
     }
 }

@@ -9,18 +9,18 @@ use serde_json::Value;
 use super::{
     config::Generalize,
     document::{Item, NodeId},
-    process::Run,
+    process::{Failure, Run},
     security::GENERALIZE,
 };
 use crate::fhir::fhirpath::{eval_on, Env, Tree};
 
-pub fn apply(run: &mut Run, id: NodeId, settings: &Generalize) -> Result<u8, String> {
+pub fn apply(run: &mut Run, id: NodeId, settings: &Generalize) -> Result<u8, Failure> {
     let node = &run.doc.nodes[id as usize];
     if !node.primitive {
-        return Err(format!(
+        return Err(Failure::NotApplicable(format!(
             "Generalization is not applicable on the node with type {}. Only FHIR primitive nodes are applicable.",
             node.ty
-        ));
+        )));
     }
     if node.value.is_none() {
         return Ok(0);

@@ -14,6 +14,8 @@ mod redact;
 mod security;
 mod substitute;
 #[cfg(test)]
+mod props;
+#[cfg(test)]
 mod tests;
 
 use rustc_hash::FxHashMap;
@@ -160,11 +162,13 @@ impl Engine {
                 *resource = run.doc.to_json(0, &tag_of).unwrap_or(Value::Null);
                 Ok(())
             }
-            Err(problem) => {
+            Err(failure) => {
                 *resource = security::empty_resource(&resource_type);
-                match self.processing_errors {
-                    ProcessingErrors::Skip => Ok(()),
-                    ProcessingErrors::Raise => Err(ProcessingError(format!("{resource_type}/{id}: {problem}"))),
+                match (failure, self.processing_errors) {
+                    (process::Failure::Processing(_), ProcessingErrors::Skip) => Ok(()),
+                    (process::Failure::Processing(problem) | process::Failure::NotApplicable(problem), _) => {
+                        Err(ProcessingError(format!("{resource_type}/{id}: {problem}")))
+                    }
                 }
             }
         }

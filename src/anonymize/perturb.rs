@@ -4,12 +4,12 @@
 
 use serde_json::{Number, Value};
 
-use super::{config::Perturb, document::NodeId, process::Run, security::PERTURB};
+use super::{config::Perturb, document::NodeId, process::{Failure, Run}, security::PERTURB};
 
 const NUMBERS: [&str; 4] = ["decimal", "integer", "positiveInt", "unsignedInt"];
 const QUANTITIES: [&str; 8] = ["Age", "Count", "Duration", "Distance", "Money", "MoneyQuantity", "Quantity", "SimpleQuantity"];
 
-pub fn apply(run: &mut Run, id: NodeId, settings: &Perturb) -> Result<u8, String> {
+pub fn apply(run: &mut Run, id: NodeId, settings: &Perturb) -> Result<u8, Failure> {
     let node = &run.doc.nodes[id as usize];
     let value_node = if NUMBERS.iter().any(|t| t.eq_ignore_ascii_case(node.ty)) {
         Some(id)
@@ -29,7 +29,7 @@ pub fn apply(run: &mut Run, id: NodeId, settings: &Perturb) -> Result<u8, String
         Value::String(s) => s.parse().ok(),
         _ => None,
     }
-    .ok_or_else(|| format!("perturb needs a number, found {value}"))?;
+    .ok_or_else(|| Failure::from(format!("perturb needs a number, found {value}")))?;
     let integer = ["integer", "positiveInt", "unsignedInt"].iter().any(|t| t.eq_ignore_ascii_case(target.ty));
     let round_to = if integer { 0 } else { settings.round_to };
     let span = if settings.proportional { original * settings.span } else { settings.span };

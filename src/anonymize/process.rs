@@ -15,6 +15,37 @@ use super::{
 };
 use crate::fhir::fhirpath::{eval_on, Env};
 
+/// Why processing a resource stopped.
+#[derive(Debug)]
+pub enum Failure {
+    /// A value the method could not process: `processingErrors` decides.
+    Processing(String),
+    /// A rule that does not fit the node it selected (generalize on a complex node): always an
+    /// error, as the reference engine reports it as a configuration error.
+    NotApplicable(String),
+}
+
+impl From<String> for Failure {
+    fn from(message: String) -> Self {
+        Failure::Processing(message)
+    }
+}
+
+impl From<&str> for Failure {
+    fn from(message: &str) -> Self {
+        Failure::Processing(message.to_owned())
+    }
+}
+
+impl Failure {
+    fn in_rule(self, path: &str) -> Self {
+        match self {
+            Failure::Processing(m) => Failure::Processing(format!("rule '{path}': {m}")),
+            Failure::NotApplicable(m) => Failure::NotApplicable(format!("rule '{path}': {m}")),
+        }
+    }
+}
+
 pub struct Run<'e> {
     pub engine: &'e Engine,
     pub doc: Document,
@@ -23,6 +54,10 @@ pub struct Run<'e> {
     pub tags: Vec<u8>,
     /// What `dateShiftScope: file | folder` puts before the key ("" for resource).
     pub prefix: &'e str,
+}
+
+fn text_of_is_none(value: &Value) -> bool {
+    !matches!(value, Value::String(_) | Value::Number(_) | Value::Bool(_))
 }
 
 /// A primitive's value as the reference engine's `Value.ToString()` gives it.
@@ -44,7 +79,7 @@ impl Run<'_> {
 
     /// Visits the tree from `id`: processes each resource before its descendants, and returns
     /// the operations done in it and the resources it holds.
-    pub fn visit(&mut self, id: NodeId) -> Result<u8, String> {
+    pub fn visit(&mut self, id: NodeId) -> Result<u8, Failure> {
         let resource = self.doc.nodes[id as usize].resource;
         let mut operations = if resource { self.process_resource(id)? } else { 0 };
         let mut i = 0;
@@ -61,7 +96,7 @@ impl Run<'_> {
         Ok(operations)
     }
 
-    fn process_resource(&mut self, resource: NodeId) -> Result<u8, String> {
+    fn process_resource(&mut self, resource: NodeId) -> Result<u8, Failure> {
         let engine = self.engine;
         let ty = self.doc.nodes[resource as usize].ty;
         let rules = engine.rules_for(ty);
@@ -87,7 +122,7 @@ impl Run<'_> {
             matches.clear();
             self.select(rule, index, resource, ty, &buckets, &mut matches);
             for &node in &matches {
-                operations |= self.process_recursive(node, rule).map_err(|e| format!("rule '{}': {e}", rule.path))?;
+                operations |= self.process_recursive(node, rule).map_err(|e| e.in_rule(&rule.path))?;
             }
         }
         Ok(operations)
@@ -129,7 +164,7 @@ impl Run<'_> {
         self.visited.get(id as usize).copied().unwrap_or(false)
     }
 
-    fn process_recursive(&mut self, id: NodeId, rule: &Rule) -> Result<u8, String> {
+    fn process_recursive(&mut self, id: NodeId, rule: &Rule) -> Result<u8, Failure> {
         if self.is_visited(id) {
             return Ok(0);
         }
@@ -155,7 +190,7 @@ impl Run<'_> {
         }
     }
 
-    fn process_node(&mut self, id: NodeId, rule: &Rule) -> Result<u8, String> {
+    fn process_node(&mut self, id: NodeId, rule: &Rule) -> Result<u8, Failure> {
         let parameters = &self.engine.parameters;
         match &rule.method {
             Method::Keep => Ok(0),
@@ -164,13 +199,26 @@ impl Run<'_> {
             Method::Generalize(settings) => generalize::apply(self, id, settings),
             method => {
                 let node = &self.doc.nodes[id as usize];
-                let Some(text) = node.value.as_ref().and_then(text_of).filter(|t| !t.is_empty()) else { return Ok(0) };
-                let (ty, name) = (node.ty, node.name().to_owned());
+                let Some(value) = node.value.as_ref() else { return Ok(0) };
+                if matches!(value, Value::String(s) if s.is_empty()) {
+                    return Ok(0);
+                }
                 let parent_ty = node.parent.map_or("", |p| self.doc.nodes[p as usize].ty);
+                // Most redactions only drop the value: no copy of it needed. A property R4 does
+                // not define (kept whole as JSON) goes the same way.
+                if matches!(method, Method::Redact) && (!redact::is_special(node.ty, node.name(), parent_ty) || text_of_is_none(value)) {
+                    self.doc.nodes[id as usize].value = None;
+                    return Ok(super::security::REDACT);
+                }
+                if matches!(method, Method::DateShift) && dates::Kind::of(node.ty).is_none() {
+                    return Ok(0);
+                }
+                let Some(text) = text_of(value) else { return Ok(0) };
+                let (ty, name) = (node.ty, node.name().to_owned());
                 match method {
                     Method::Redact => {
                         let value = &mut self.doc.nodes[id as usize].value;
-                        redact::redact(value, &text, ty, &name, parent_ty, parameters)
+                        Ok(redact::redact(value, &text, ty, &name, parent_ty, parameters)?)
                     }
                     Method::DateShift => {
                         let Some(kind) = dates::Kind::of(ty) else { return Ok(0) };
@@ -181,7 +229,7 @@ impl Run<'_> {
                         };
                         let days = days();
                         let value = &mut self.doc.nodes[id as usize].value;
-                        dates::shift(value, &text, kind, || days, parameters.partial_dates)
+                        Ok(dates::shift(value, &text, kind, || days, parameters.partial_dates)?)
                     }
                     Method::CryptoHash => {
                         let key = &self.engine.hmac;

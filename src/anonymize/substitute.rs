@@ -5,9 +5,9 @@
 use rustc_hash::FxHashSet;
 use serde_json::Value;
 
-use super::{document::NodeId, process::Run, security::SUBSTITUTE};
+use super::{document::NodeId, process::{Failure, Run}, security::SUBSTITUTE};
 
-pub fn apply(run: &mut Run, id: NodeId, replace_with: &Value) -> Result<u8, String> {
+pub fn apply(run: &mut Run, id: NodeId, replace_with: &Value) -> Result<u8, Failure> {
     let primitive = run.doc.nodes[id as usize].primitive;
     let replacement = if primitive {
         // The reference reads the setting's text: a string as is, anything else as JSON text.
@@ -23,9 +23,9 @@ pub fn apply(run: &mut Run, id: NodeId, replace_with: &Value) -> Result<u8, Stri
             Value::Object(_) => replace_with.clone(),
             Value::String(s) => match serde_json::from_str(s) {
                 Ok(v @ Value::Object(_)) => v,
-                _ => return Err(format!("replaceWith is not a {} in JSON", run.doc.nodes[id as usize].ty)),
+                _ => return Err(format!("replaceWith is not a {} in JSON", run.doc.nodes[id as usize].ty).into()),
             },
-            _ => return Err(format!("replaceWith is not a {} in JSON", run.doc.nodes[id as usize].ty)),
+            _ => return Err(format!("replaceWith is not a {} in JSON", run.doc.nodes[id as usize].ty).into()),
         };
         run.doc.detached_like(id, object)
     };

@@ -327,6 +327,11 @@ impl Node {
     pub fn child(&self, json_name: &str) -> Option<&Child> {
         self.children.get(json_name)
     }
+
+    /// The child and the graph's own copy of its JSON name (borrowed for as long as the graph).
+    pub fn child_entry(&self, json_name: &str) -> Option<(&str, &Child)> {
+        self.children.get_key_value(json_name).map(|(k, c)| (&**k, c))
+    }
 }
 
 impl Child {

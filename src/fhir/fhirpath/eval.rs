@@ -270,7 +270,9 @@ fn arith<T: Tree>(tree: &T, a: &[T::Item], op: Arith, b: &[T::Item]) -> Option<T
                 let n = match op {
                     Arith::Add => x.checked_add(y),
                     Arith::Sub => x.checked_sub(y),
-                    _ => x.checked_mul(y),
+                    Arith::Mul => x.checked_mul(y),
+                    Arith::IntDiv => x.checked_div(y),
+                    _ => x.checked_rem(y),
                 }?;
                 return Some(tree.literal(n.into(), "integer"));
             }
@@ -280,6 +282,8 @@ fn arith<T: Tree>(tree: &T, a: &[T::Item], op: Arith, b: &[T::Item]) -> Option<T
                 Arith::Sub => x - y,
                 Arith::Mul => x * y,
                 _ if y == 0.0 => return None,
+                Arith::IntDiv => (x / y).trunc(),
+                Arith::Mod => x % y,
                 _ => x / y,
             };
             Number::from_f64(n).map(|n| tree.literal(Value::Number(n), "decimal"))

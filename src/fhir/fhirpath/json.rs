@@ -194,6 +194,9 @@ mod tests {
         // Plain JSON knows no types but a choice's suffix: the typed tree of `anonymize` does.
         assert_eq!(values("Patient.birthDate is date", &p), vec![json!(false)]);
         assert_eq!(values("-2 < 1 xor 1 > 2", &p), vec![json!(true)]);
+        assert_eq!(values("(43 div 10 - 1) * 10", &p), vec![json!(30)]);
+        assert_eq!(values("5 / 2", &p), vec![json!(2.5)]);
+        assert_eq!(values("7 mod 3", &p), vec![json!(1)]);
         assert_eq!(values("Patient.name.descendants().count()", &p), vec![json!(3)]);
         assert_eq!(values("iif(gender = 'female', 'f', 'm')", &p), vec![json!("f")]);
     }
@@ -201,7 +204,7 @@ mod tests {
     #[test]
     fn refuses_what_it_does_not_evaluate() {
         assert!(parse("Observation.code.memberOf('x')").is_err());
-        assert!(parse("Observation.value div 1").is_err());
+        assert!(parse("Observation.value.memberOf('x')").is_err());
         assert!(parse("$index").is_err());
         assert!(parse("Observation.nodesByType(code)").is_err());
         assert!(parse("$this>=0 && $this<10").is_err());

@@ -69,6 +69,9 @@ pub enum Arith {
     Sub,
     Mul,
     Div,
+    /// Integer division and remainder (`div`, `mod`).
+    IntDiv,
+    Mod,
     /// `&`: string concatenation where an empty operand counts as ''.
     Concat,
 }

@@ -81,7 +81,9 @@ fn tokenize(text: &str) -> Result<Vec<Token>> {
         } else if c == '@' {
             let start = i + 1;
             i = start;
-            while i < chars.len() && (chars[i].is_ascii_digit() || matches!(chars[i], '-' | ':' | 'T' | 'Z' | '+' | '.')) {
+            // A '.' belongs to the literal only before digits (fractional seconds), not before a call.
+            let fraction = |i: usize| chars[i] == '.' && chars.get(i + 1).is_some_and(char::is_ascii_digit);
+            while i < chars.len() && (chars[i].is_ascii_digit() || matches!(chars[i], '-' | ':' | 'T' | 'Z' | '+') || fraction(i)) {
                 i += 1;
             }
             let text: String = chars[start..i].iter().collect();
@@ -323,8 +325,10 @@ impl Parser {
                 Arith::Mul
             } else if self.eat_sym("/") {
                 Arith::Div
-            } else if matches!(self.peek(), Some(Token::Ident(w)) if w == "div" || w == "mod") {
-                return Err(ParseError::new("div and mod are outside the FHIRPath this server evaluates"));
+            } else if self.eat_word("div") {
+                Arith::IntDiv
+            } else if self.eat_word("mod") {
+                Arith::Mod
             } else {
                 return Ok(left);
             };
