@@ -27,6 +27,10 @@ pub struct Settings {
     /// counts as unreachable (a 503 for requests, a retry for export tasks).
     pub database_acquire_timeout_millis: u64,
     pub output_dir: PathBuf,
+    /// The local configuration store of de-identified exports (`_anonymizationConfig`).
+    pub anonymization_dir: PathBuf,
+    /// The key that seals de-identified jobs' configurations in their rows (made if missing).
+    pub anonymization_key_file: PathBuf,
     pub max_file_bytes: u64,
     pub part_size_bytes: usize,
     pub workers: usize,

@@ -3,6 +3,7 @@
 
 pub mod access;
 pub mod blocks;
+pub mod deid;
 pub mod failure;
 pub mod fairness;
 pub mod file_sequence;
@@ -11,6 +12,7 @@ pub mod janitor;
 pub mod job;
 pub mod manifest;
 pub mod organized;
+mod parallel;
 pub mod params;
 pub mod pipeline;
 #[cfg(test)]

@@ -11,6 +11,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{
     blocks::BlockRoller,
+    deid::Deidentify,
     fairness::Pacer,
     job::{ClaimedTask, FileKind, FileRecord},
     pipeline::Pipeline,
@@ -40,6 +41,7 @@ pub async fn write(
     stores: &Stores,
     output: &Output,
     task: &ClaimedTask,
+    deid: Option<&Deidentify>,
     key_dir: String,
     stop: &CancellationToken,
     written: &AtomicI64,
@@ -57,15 +59,20 @@ pub async fn write(
     let mut roller = BlockRoller::new(output, ORGANIZED_BY, "Patient-organized", key_dir.clone(), task.max_file_bytes);
     let blocks = async {
         for patient in &patients {
-            roller.start_block(Some(&header(patient))).await?;
+            // De-identified, the header's reference goes through the same rules as the resources'.
+            let header = match deid {
+                Some(deid) => deid.rewrite(&header(patient), ORGANIZED_BY).map_err(invalid)?,
+                None => header(patient),
+            };
+            roller.start_block(Some(&header)).await?;
             for resource_type in &per_patient {
-                let Some(lines) = patient_lines(stores, task, resource_type, patient)? else { continue };
+                let Some(lines) = patient_lines(stores, task, resource_type, patient, deid)? else { continue };
                 pour(lines, &mut roller, stop, written).await?;
             }
         }
         roller.start_headerless_files().await?;
         for resource_type in &apart {
-            let source = sources::output(stores, task, resource_type.clone(), stop).await?;
+            let source = sources::output(stores, task, resource_type.clone(), deid, stop).await?;
             pour(source.lines, &mut roller, stop, written).await?;
         }
         Ok::<_, Halt>(())
@@ -112,8 +119,14 @@ async fn patients(stores: &Stores, task: &ClaimedTask, stop: &CancellationToken)
 
 /// One patient's resources of one type, as the type's task would export them; None when the
 /// type's `_typeFilter` cannot match in this patient's compartment.
-fn patient_lines(stores: &Stores, task: &ClaimedTask, resource_type: &ResourceType, patient: &ResourceId) -> Result<Option<Lines>, Halt> {
-    let pipeline = Pipeline::for_type(&task.request, resource_type).map_err(invalid)?;
+fn patient_lines(
+    stores: &Stores,
+    task: &ClaimedTask,
+    resource_type: &ResourceType,
+    patient: &ResourceId,
+    deid: Option<&Deidentify>,
+) -> Result<Option<Lines>, Halt> {
+    let pipeline = Pipeline::for_output(&task.request, resource_type, deid).map_err(invalid)?;
     let mut narrowing = sources::narrowing(task, resource_type)?;
     // A `_typeFilter` bound to other patients' compartments selects nothing in this block.
     match &narrowing.patients {

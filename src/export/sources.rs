@@ -12,6 +12,7 @@ use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
 use super::{
+    deid::Deidentify,
     failure::TaskFailure,
     fairness::Pacer,
     job::ClaimedTask,
@@ -85,9 +86,15 @@ pub(super) fn narrowing(task: &ClaimedTask, resource_type: &ResourceType) -> Res
     task.request.filters_for(resource_type).map(|filters| Narrowing::for_filters(&filters)).map_err(invalid)
 }
 
-/// The lines the task for `resource_type` exports.
-pub async fn output(stores: &Stores, task: &ClaimedTask, resource_type: ResourceType, stop: &CancellationToken) -> Result<OutputSource, Halt> {
-    let mut pipeline = Pipeline::for_type(&task.request, &resource_type).map_err(invalid)?;
+/// The lines the task for `resource_type` exports, de-identified with `deid` when given.
+pub async fn output(
+    stores: &Stores,
+    task: &ClaimedTask,
+    resource_type: ResourceType,
+    deid: Option<&Deidentify>,
+    stop: &CancellationToken,
+) -> Result<OutputSource, Halt> {
+    let mut pipeline = Pipeline::for_output(&task.request, &resource_type, deid).map_err(invalid)?;
     let narrowing = narrowing(task, &resource_type)?;
     let mut selection = Selection {
         resource_type,
@@ -213,7 +220,8 @@ async fn associated_provenance(stores: &Stores, task: &ClaimedTask, associated: 
         if t == provenance() || !exported_types.contains(&t) {
             continue;
         }
-        let source = output(stores, task, t.clone(), stop).await?;
+        // Which targets are exported is a question about stored ids: not de-identified.
+        let source = output(stores, task, t.clone(), None, stop).await?;
         read_all(source.lines, stop, |chunk| {
             for line in chunk.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
                 let value: IdOnly = serde_json::from_slice(line).map_err(|e| format!("exported {t} is not valid JSON: {e}"))?;
