@@ -70,7 +70,7 @@ mod tests {
     impl Stage for Renumber {
         fn apply(&self, r: &mut Value) -> Result<Verdict, String> {
             let n = r["n"].as_u64().unwrap();
-            if n % 7 == 0 {
+            if n.is_multiple_of(7) {
                 return Ok(Verdict::Drop);
             }
             r["n"] = (n * 2).into();
@@ -97,7 +97,7 @@ mod tests {
             .collect();
         let out: Vec<_> = Pipeline::default().with(Renumber).apply_to(futures::stream::iter(chunks).boxed()).collect().await;
         let text: String = out.into_iter().map(|c| String::from_utf8(c.unwrap().to_vec()).unwrap()).collect();
-        let expected: String = (0..40_000u64).filter(|n| n % 7 != 0).map(|n| format!("{{\"n\":{}}}\n", n * 2)).collect();
+        let expected: String = (0..40_000u64).filter(|n| !n.is_multiple_of(7)).map(|n| format!("{{\"n\":{}}}\n", n * 2)).collect();
         assert_eq!(text, expected);
     }
 }
