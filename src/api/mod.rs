@@ -70,7 +70,7 @@ pub struct Limits {
 
 impl AppState {
     /// The absolute status URL of a job.
-    pub fn status_url(&self, job: crate::export::JobId) -> String {
+    pub fn status_url(&self, job: crate::model::job::JobId) -> String {
         format!("{}/_jobs/{job}", self.base_url)
     }
 }

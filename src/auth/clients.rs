@@ -6,17 +6,7 @@ use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, JwkSet};
 use url::Url;
 
 use super::scopes::Scopes;
-
-/// A client as the store keeps it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ClientRecord {
-    pub client_id: String,
-    /// JWKS JSON text, when given inline.
-    pub jwks: Option<String>,
-    pub jwks_url: Option<String>,
-    /// Space-separated system scopes.
-    pub scopes: String,
-}
+use crate::model::client::ClientRecord;
 
 #[derive(Debug, Clone)]
 pub enum KeySource {

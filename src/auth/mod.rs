@@ -8,6 +8,7 @@ pub mod jwks;
 pub mod limits;
 pub mod presence;
 pub mod scopes;
+pub mod settings;
 pub mod tokens;
 
 use std::sync::Arc;
@@ -18,11 +19,11 @@ use jwks::JwksFetcher;
 use limits::PollLimiter;
 use presence::Presence;
 use scopes::Scopes;
+use settings::AuthSettings;
 use tokens::TokenKeys;
 
 use crate::{
-    config::AuthSettings,
-    export::access::Requester,
+    model::requester::Requester,
     store::{AuthStore, StoreError},
 };
 

@@ -3,7 +3,7 @@
 
 use std::{collections::BTreeSet, fmt};
 
-use crate::{export::access::TypeAccess, fhir::ResourceType};
+use crate::{model::requester::TypeAccess, fhir::ResourceType};
 
 /// Permission letters of SMART v2, in their canonical order; v1 names map onto them.
 const LETTERS: [char; 5] = ['c', 'r', 'u', 'd', 's'];

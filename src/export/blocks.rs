@@ -6,11 +6,11 @@
 
 use memchr::memchr_iter;
 
-use super::{
-    file_sequence::FileSequence,
-    job::{FileKind, FileRecord},
+use super::file_sequence::FileSequence;
+use crate::{
+    model::job::{FileKind, FileRecord},
+    output::{Output, OutputError},
 };
-use crate::output::{Output, OutputError};
 
 pub struct BlockRoller<'a> {
     files: FileSequence<'a>,

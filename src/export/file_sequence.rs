@@ -3,7 +3,7 @@
 //! When to start a new file is the roller's policy (by line in `roller.rs`, by block in
 //! `blocks.rs`); this type only keeps the sequence.
 
-use super::job::{FileKind, FileRecord};
+use crate::model::job::{FileKind, FileRecord};
 use crate::output::{Output, OutputError, OutputFile};
 
 pub struct FileSequence<'a> {

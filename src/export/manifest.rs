@@ -2,7 +2,7 @@
 
 use serde_json::{json, Value};
 
-use super::job::{FileKind, FileRecord, JobRecord};
+use crate::model::job::{FileKind, FileRecord, JobRecord};
 use crate::fhir::instant;
 
 /// Builds the manifest. File URLs are minted by the caller (the HTTP edge knows the base URL);

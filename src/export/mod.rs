@@ -1,7 +1,7 @@
 //! The export domain: requests and their validation, jobs and tasks, the planner (kick-off),
 //! the worker pool, the NDJSON roller, the manifest and the janitor. Knows neither axum nor SQL.
 
-pub mod access;
+mod access;
 pub mod blocks;
 pub mod deid;
 pub mod failure;
@@ -9,10 +9,8 @@ pub mod fairness;
 pub mod file_sequence;
 pub mod group;
 pub mod janitor;
-pub mod job;
 pub mod manifest;
 pub mod organized;
-mod parallel;
 pub mod params;
 pub mod pipeline;
 #[cfg(test)]
@@ -22,11 +20,8 @@ pub mod roller;
 pub mod service;
 pub mod sources;
 pub mod status_cache;
-pub mod type_filter;
 pub mod worker;
 
-pub use job::{JobId, JobStatus};
-pub use request::{ExportLevel, ExportRequest, Handling};
 pub use service::Exports;
 
 use crate::{output::OutputError, store::StoreError};

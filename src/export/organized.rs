@@ -13,13 +13,13 @@ use super::{
     blocks::BlockRoller,
     deid::Deidentify,
     fairness::Pacer,
-    job::{ClaimedTask, FileKind, FileRecord},
     pipeline::Pipeline,
     roller::Roller,
     sources::{self, invalid, Halt, IdOnly, Lines},
 };
 use crate::{
     fhir::{compartment, search::Narrowing, types::ResourceId, ResourceType},
+    model::job::{ClaimedTask, FileKind, FileRecord},
     output::Output,
     store::{Scope, Selection, Stores},
 };
@@ -126,7 +126,7 @@ fn patient_lines(
     patient: &ResourceId,
     deid: Option<&Deidentify>,
 ) -> Result<Option<Lines>, Halt> {
-    let pipeline = Pipeline::for_output(&task.request, resource_type, deid).map_err(invalid)?;
+    let pipeline = Pipeline::for_output(&task.request, resource_type, deid.map(|d| d.stage(resource_type.as_str()))).map_err(invalid)?;
     let mut narrowing = sources::narrowing(task, resource_type)?;
     // A `_typeFilter` bound to other patients' compartments selects nothing in this block.
     match &narrowing.patients {

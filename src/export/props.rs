@@ -9,13 +9,15 @@ use serde_json::{json, Value};
 
 use super::{
     params::{ParamsError, RawParams},
-    request::{ExportLevel, ExportRequest, Handling},
     ExportError,
 };
-use crate::fhir::{
-    props::{any_json, config, messy_text},
-    types::ResourceId,
-    ResourceType,
+use crate::{
+    fhir::{
+        props::{any_json, config, messy_text},
+        types::ResourceId,
+        ResourceType,
+    },
+    model::request::{ExportLevel, ExportRequest, Handling},
 };
 
 const NAMES: [&str; 15] = [

@@ -5,11 +5,11 @@
 use bytes::Bytes;
 use memchr::{memchr, memchr_iter, memrchr};
 
-use super::{
-    file_sequence::FileSequence,
-    job::{FileKind, FileRecord},
+use super::file_sequence::FileSequence;
+use crate::{
+    model::job::{FileKind, FileRecord},
+    output::{Output, OutputError},
 };
-use crate::output::{Output, OutputError};
 
 pub struct Roller<'a> {
     files: FileSequence<'a>,

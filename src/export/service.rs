@@ -6,17 +6,14 @@ use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use futures::stream::BoxStream;
 
-use super::{
-    access::Requester,
-    deid::Configurations,
-    group,
-    job::{FileRecord, JobId, JobRecord, NewJob, TaskKind, TaskSpec},
-    request::{ExportLevel, ExportRequest, Handling},
-    status_cache::StatusCache,
-    ExportError, JobStatus,
-};
+use super::{deid::Configurations, group, status_cache::StatusCache, ExportError};
 use crate::{
     fhir::{types::ResourceId, ResourceType},
+    model::{
+        job::{FileRecord, JobId, JobRecord, JobStatus, NewJob, TaskKind, TaskSpec},
+        request::{ContainerName, ExportLevel, ExportRequest, Handling},
+        requester::Requester,
+    },
     output::{Output, OutputError, UrlMode},
     store::{Created, Stores},
 };
@@ -92,7 +89,9 @@ impl Exports {
         if !request.warnings.is_empty() {
             tasks.push(TaskSpec { kind: TaskKind::Outcomes, resource_type: "OperationOutcome".into() });
         }
-        let folder = self.output.job_folder(request.container.as_ref().map(|c| c.as_str()), transaction_time, id);
+        // As in the seed system: `{yyyyMMddTHHmmss}-{jobId}`, under `_container` when given.
+        let name = format!("{}-{id}", transaction_time.format("%Y%m%dT%H%M%S"));
+        let folder = self.output.folder_key(request.container.as_ref().map(ContainerName::as_str), &name);
         let job = NewJob {
             id,
             owner: owner.to_owned(),

@@ -15,12 +15,14 @@ use super::{
     deid::Deidentify,
     failure::TaskFailure,
     fairness::Pacer,
-    job::ClaimedTask,
     pipeline::{IdIn, Pipeline, PipelineError},
-    request::{AssociatedData, ExportLevel},
 };
 use crate::{
     fhir::{compartment, instant, references, search::Narrowing, types::ResourceId, ResourceType},
+    model::{
+        job::ClaimedTask,
+        request::{AssociatedData, ExportLevel},
+    },
     output::OutputError,
     store::{Scope, Selection, StoreError, Stores},
 };
@@ -94,7 +96,7 @@ pub async fn output(
     deid: Option<&Deidentify>,
     stop: &CancellationToken,
 ) -> Result<OutputSource, Halt> {
-    let mut pipeline = Pipeline::for_output(&task.request, &resource_type, deid).map_err(invalid)?;
+    let mut pipeline = Pipeline::for_output(&task.request, &resource_type, deid.map(|d| d.stage(resource_type.as_str()))).map_err(invalid)?;
     let narrowing = narrowing(task, &resource_type)?;
     let mut selection = Selection {
         resource_type,

@@ -10,7 +10,7 @@ use std::{collections::HashMap, sync::Mutex, time::Duration};
 
 use tokio::time::Instant;
 
-use super::job::{FileRecord, JobId, JobRecord};
+use crate::model::job::{FileRecord, JobId, JobRecord};
 
 /// Past this many entries, expired ones are swept on insert (and all, if none had expired):
 /// memory stays bounded however many jobs are polled.
@@ -63,7 +63,13 @@ impl StatusCache {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::export::{job::Progress, params::RawParams, ExportLevel, ExportRequest, Handling, JobStatus};
+    use crate::{
+        export::params::RawParams,
+        model::{
+            job::{JobStatus, Progress},
+            request::{ExportLevel, ExportRequest, Handling},
+        },
+    };
 
     fn job() -> JobRecord {
         JobRecord {

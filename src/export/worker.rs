@@ -25,7 +25,6 @@ use super::{
     deid::{seal::ConfigKey, Deidentify},
     failure::TaskFailure,
     fairness::Pacer,
-    job::{ClaimedTask, FileKind, FileRecord, TaskKind},
     status_cache::StatusCache,
     organized,
     roller::Roller,
@@ -33,6 +32,7 @@ use super::{
 };
 use crate::{
     fhir::{IssueCode, OperationOutcome},
+    model::job::{ClaimedTask, FileKind, FileRecord, TaskKind},
     telemetry::names,
     output::Output,
     store::{Lease, StoreError, Stores},

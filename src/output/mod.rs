@@ -13,7 +13,6 @@ pub mod settings;
 use std::{path::Path as FsPath, sync::Arc, time::Duration};
 
 use bytes::Bytes;
-use chrono::{DateTime, Utc};
 use futures::{stream::BoxStream, StreamExt, TryStreamExt};
 use object_store::{
     aws::{AmazonS3, AmazonS3Builder},
@@ -26,8 +25,6 @@ use object_store::{
 pub use config_store::ConfigStore;
 pub use error::OutputError;
 pub use settings::{Destination, OutputSettings, Secret, UrlMode};
-
-use crate::export::JobId;
 
 /// Uploads in flight per open file; with the part size this bounds an open file's memory.
 const MAX_PARTS_IN_FLIGHT: usize = 2;
@@ -91,15 +88,13 @@ impl Output {
         self.url_mode
     }
 
-    /// The folder of one job, as in the seed system: `{container}/{yyyyMMddTHHmmss}-{jobId}`
-    /// with `_container`, else `{yyyyMMddTHHmmss}-{jobId}`. On Azure the latter is a container
-    /// of its own, so it is lowercased to a valid container name (52 characters).
-    pub fn job_folder(&self, container: Option<&str>, transaction_time: DateTime<Utc>, job: JobId) -> String {
-        let folder = format!("{}-{job}", transaction_time.format("%Y%m%dT%H%M%S"));
+    /// The key of a folder: `{container}/{name}` in a container, else `{name}`. On Azure the
+    /// latter is a container of its own, so it is lowercased to a valid container name.
+    pub fn folder_key(&self, container: Option<&str>, name: &str) -> String {
         match (container, &self.place) {
-            (Some(container), _) => format!("{container}/{folder}"),
-            (None, Place::Azure(_)) => folder.to_lowercase(),
-            (None, _) => folder,
+            (Some(container), _) => format!("{container}/{name}"),
+            (None, Place::Azure(_)) => name.to_lowercase(),
+            (None, _) => name.to_owned(),
         }
     }
 

@@ -12,9 +12,11 @@ use chrono::{DateTime, Utc};
 use futures::stream::BoxStream;
 
 use crate::{
-    auth::clients::ClientRecord,
-    export::job::{ClaimedTask, FileKind, FileRecord, JobId, JobRecord, NewJob},
     fhir::{search::Narrowing, types::ResourceId, Resource, ResourceType},
+    model::{
+        client::ClientRecord,
+        job::{ClaimedTask, FileKind, FileRecord, JobId, JobRecord, NewJob},
+    },
 };
 
 #[derive(Debug, thiserror::Error)]

@@ -6,7 +6,7 @@
 
 use std::time::{Duration, Instant};
 
-use bulkfhir::config::AuthSettings;
+use bulkfhir::auth::settings::AuthSettings;
 use proptest::{
     prelude::*,
     strategy::ValueTree,

@@ -19,7 +19,7 @@ async fn outcome(response: reqwest::Response, status: StatusCode) -> String {
 
 backend_tests! {
     async fn health_endpoints_answer_without_a_token(backend: Backend) {
-        let auth = bulkfhir::config::AuthSettings { allow_open: false, ..Default::default() };
+        let auth = bulkfhir::auth::settings::AuthSettings { allow_open: false, ..Default::default() };
         let app = spawn_app_with(backend, AppOptions { auth, ..Default::default() }).await;
         let refused = app.client.get(app.url("/$export")).header("prefer", "respond-async").send().await.unwrap();
         assert_eq!(refused.status(), StatusCode::UNAUTHORIZED, "authorization is on");

@@ -11,11 +11,13 @@ use std::{
 };
 
 use bulkfhir::{
-    config::{AuthSettings, KickoffHeaders, LogFormat, Settings},
+    auth::settings::AuthSettings,
+    config::{KickoffHeaders, Settings},
     export::worker::{Ran, Worker},
     output::Output,
     startup::Application,
     store::Stores,
+    telemetry::LogFormat,
 };
 use reqwest::{header, Client, Response, StatusCode};
 use serde_json::Value;

@@ -11,9 +11,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use bulkfhir::export::{
-    job::ClaimedTask,
-    worker::{Ran, TaskHook, Worker},
+use bulkfhir::{
+    export::worker::{Ran, TaskHook, Worker},
+    model::job::ClaimedTask,
 };
 use futures::FutureExt;
 use reqwest::{header, StatusCode};

@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use bulkfhir::config::{AuthSettings, ClientSettings};
+use bulkfhir::auth::settings::{AuthSettings, ClientSettings};
 use jsonwebtoken::{jwk::Jwk, Algorithm, EncodingKey, Header};
 use reqwest::{header, Response, StatusCode};
 use serde_json::{json, Value};

@@ -5,13 +5,13 @@
 use std::time::Duration;
 
 use bulkfhir::{
-    auth::clients::ClientRecord,
-    export::{
-        job::{ClaimedTask, FileKind, FileRecord, JobId, JobStatus, NewJob, TaskKind, TaskSpec},
-        params::RawParams,
-        ExportLevel, ExportRequest, Handling,
-    },
+    export::params::RawParams,
     fhir::{search::Narrowing, types::ResourceId, Resource, ResourceType},
+    model::{
+        client::ClientRecord,
+        job::{ClaimedTask, FileKind, FileRecord, JobId, JobStatus, NewJob, TaskKind, TaskSpec},
+        request::{ExportLevel, ExportRequest, Handling},
+    },
     store::{Created, Lease, Scope, Selection, Stores, Write},
 };
 use futures::TryStreamExt;

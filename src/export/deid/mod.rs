@@ -17,13 +17,15 @@ use std::sync::Arc;
 use serde_json::Value;
 
 use super::{
-    job::ClaimedTask,
     pipeline::{Stage, Verdict},
-    request::ExportRequest,
-    ExportError, JobId,
+    ExportError,
 };
 use crate::{
     anonymize::{Engine, Scope},
+    model::{
+        job::{ClaimedTask, JobId},
+        request::ExportRequest,
+    },
     output::{
         config_store::{etag_matches, ConfigReadError},
         ConfigStore,

@@ -2,9 +2,10 @@
 //! `_anonymizationConfig` (a file in the configuration store), `_anonymizationConfigEtag`
 //! (the version it must be), and `_anonymizationConfigCollectionReference` (not supported).
 
-use serde::{Deserialize, Serialize};
-
-use crate::export::{params::RawParams, ExportError};
+use crate::{
+    export::{params::RawParams, ExportError},
+    model::request::Anonymization,
+};
 
 pub const CONFIG: &str = "_anonymizationConfig";
 pub const ETAG: &str = "_anonymizationConfigEtag";
@@ -15,17 +16,6 @@ pub const NAMES: [&str; 3] = [CONFIG, ETAG, COLLECTION_REFERENCE];
 
 /// Longest configuration name accepted (object names and file names allow about this).
 const MAX_NAME: usize = 255;
-
-/// Which configuration a job applies. Kept in the job's request (and so in its row and manifest);
-/// the configuration itself is kept apart, sealed (see `seal`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Anonymization {
-    /// The configuration's name in the store.
-    pub config: String,
-    /// At parse: the ETag the client required, if any. Once the job is recorded: the ETag of
-    /// the configuration that was read and sealed with it.
-    pub etag: Option<String>,
-}
 
 /// Reads the parameters; None when no configuration is asked for. `refuse` is the request's
 /// strict/lenient handling, for the parameter this server does not support.

@@ -10,7 +10,7 @@ use std::{io::Write, path::{Path, PathBuf}};
 
 use aws_lc_rs::aead::{Aad, Nonce, RandomizedNonceKey, AES_256_GCM, NONCE_LEN};
 
-use crate::export::JobId;
+use crate::model::job::JobId;
 
 /// A sealed configuration starts with this byte: the format of what follows (nonce, then
 /// ciphertext and tag), so another format can come later.

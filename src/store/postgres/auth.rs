@@ -5,7 +5,7 @@ use chrono::{DateTime, Utc};
 
 use super::PgStore;
 use crate::{
-    auth::clients::ClientRecord,
+    model::client::ClientRecord,
     store::{client_record, AuthStore, ClientRow, StoreError},
 };
 

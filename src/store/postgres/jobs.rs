@@ -5,7 +5,7 @@ use sqlx::{postgres::PgRow, Row};
 
 use super::{retrying, PgStore, WORK_CHANNEL};
 use crate::{
-    export::job::{FileRecord, JobId, JobRecord, JobStatus, NewJob, Progress},
+    model::job::{FileRecord, JobId, JobRecord, JobStatus, NewJob, Progress},
     store::{is_current, Created, FileRow, JobCount, JobStore, StoreError},
 };
 

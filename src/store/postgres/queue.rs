@@ -7,7 +7,7 @@ use sqlx::{PgConnection, Row};
 
 use super::{retrying, PgStore};
 use crate::{
-    export::job::{exhausted_outcome, ClaimedTask, FileRecord, JobId, JobStatus, TaskKind},
+    model::job::{exhausted_outcome, ClaimedTask, FileRecord, JobId, JobStatus, TaskKind},
     store::{Lease, StoreError, WorkQueue},
 };
 

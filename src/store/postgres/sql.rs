@@ -5,8 +5,8 @@
 use chrono::{DateTime, Utc};
 
 use crate::{
-    export::job::JobId,
     fhir::{instant, search::Narrowing},
+    model::job::JobId,
     store::{Scope, Selection},
 };
 

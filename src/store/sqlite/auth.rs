@@ -5,7 +5,7 @@ use chrono::{DateTime, Utc};
 
 use super::{micros, now_micros, SqliteStore};
 use crate::{
-    auth::clients::ClientRecord,
+    model::client::ClientRecord,
     store::{client_record, AuthStore, ClientRow, StoreError},
 };
 

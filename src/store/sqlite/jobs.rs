@@ -5,7 +5,7 @@ use sqlx::{sqlite::SqliteRow, Row};
 
 use super::{instant, micros, now_micros, SqliteStore};
 use crate::{
-    export::job::{FileRecord, JobId, JobRecord, JobStatus, NewJob, Progress},
+    model::job::{FileRecord, JobId, JobRecord, JobStatus, NewJob, Progress},
     store::{is_current, Created, FileRow, JobCount, JobStore, StoreError},
 };
 

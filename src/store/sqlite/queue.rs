@@ -8,7 +8,7 @@ use sqlx::{Row, SqliteConnection};
 
 use super::{instant, now_micros, SqliteStore};
 use crate::{
-    export::job::{exhausted_outcome, ClaimedTask, FileRecord, JobId, JobStatus, TaskKind},
+    model::job::{exhausted_outcome, ClaimedTask, FileRecord, JobId, JobStatus, TaskKind},
     store::{Lease, StoreError, WorkQueue},
 };
 

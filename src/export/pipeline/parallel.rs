@@ -8,7 +8,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use futures::{stream::BoxStream, StreamExt};
 
-use super::pipeline::{Pipeline, PipelineError};
+use super::{Pipeline, PipelineError};
 use crate::store::StoreError;
 
 /// Lines per batch are cut at about this many bytes: small enough that two cores share even

@@ -2,7 +2,7 @@
 
 use serde_json::Value;
 
-use super::pipeline::{Stage, Verdict};
+use super::{Stage, Verdict};
 use crate::fhir::search::CompiledFilter;
 
 pub struct TypeFilterStage {

@@ -1,4 +1,4 @@
-//! Export jobs, their tasks and files, as the domain sees them.
+//! Export jobs, their tasks and files: the records the store keeps and the export works on.
 
 use std::{fmt, str::FromStr};
 

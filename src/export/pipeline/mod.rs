@@ -3,13 +3,23 @@
 //! (`_typeFilter`, `_elements`) add stages; a type with stages has each line parsed once, run
 //! through the stages in order, and written back out only if a stage changed it.
 
+mod elements;
+mod id_in;
+mod parallel;
+mod type_filter;
+
+pub use id_in::IdIn;
+
 use bytes::{Bytes, BytesMut};
 use futures::{stream::BoxStream, StreamExt};
 use serde_json::Value;
 
-use super::{deid::Deidentify, parallel, request::ExportRequest, type_filter::TypeFilterStage};
+use elements::ElementsStage;
+use type_filter::TypeFilterStage;
+
 use crate::{
     fhir::{elements::Subset, ResourceType},
+    model::request::ExportRequest,
     store::StoreError,
 };
 
@@ -43,21 +53,22 @@ impl Pipeline {
     /// The stages the request asks for on this type. Every parameter that looks inside
     /// resources adds its stage here, filters before rewrites.
     pub fn for_type(request: &ExportRequest, resource_type: &ResourceType) -> Result<Self, String> {
-        Self::for_output(request, resource_type, None)
+        // No de-identification: `None` of any stage type.
+        Self::for_output(request, resource_type, None::<ElementsStage>)
     }
 
     /// The stages of what is written: those of [`Self::for_type`] with de-identification
     /// between the filter and `_elements` (the filter judges stored data; `_elements` picks
     /// from what is released). Reads that only select (referenced ids, Provenance targets)
     /// use `for_type`: they compare stored ids.
-    pub fn for_output(request: &ExportRequest, resource_type: &ResourceType, deid: Option<&Deidentify>) -> Result<Self, String> {
+    pub fn for_output(request: &ExportRequest, resource_type: &ResourceType, deidentify: Option<impl Stage + 'static>) -> Result<Self, String> {
         let mut pipeline = Self::default();
         let filters = request.filters_for(resource_type)?;
         if !filters.is_empty() {
             pipeline = pipeline.with(TypeFilterStage { filters });
         }
-        if let Some(deid) = deid {
-            pipeline = pipeline.with(deid.stage(resource_type.as_str()));
+        if let Some(deidentify) = deidentify {
+            pipeline = pipeline.with(deidentify);
         }
         if let Some(subset) = request.elements.as_deref().and_then(|specs| Subset::for_type(specs, resource_type.as_str())) {
             pipeline = pipeline.with(ElementsStage(subset));
@@ -129,26 +140,6 @@ impl Pipeline {
             })
             .filter(|chunk| futures::future::ready(!matches!(chunk, Ok(c) if c.is_empty())))
             .boxed()
-    }
-}
-
-/// `_elements`: keeps the chosen elements and tags the resource SUBSETTED.
-struct ElementsStage(Subset);
-
-impl Stage for ElementsStage {
-    fn apply(&self, resource: &mut Value) -> Result<Verdict, String> {
-        self.0.apply(resource);
-        Ok(Verdict::Changed)
-    }
-}
-
-/// Keeps only the resources with these ids (Group export: the referenced ones).
-pub struct IdIn(pub std::collections::BTreeSet<crate::fhir::types::ResourceId>);
-
-impl Stage for IdIn {
-    fn apply(&self, resource: &mut Value) -> Result<Verdict, String> {
-        let id = resource.get("id").and_then(Value::as_str).and_then(crate::fhir::types::ResourceId::parse);
-        Ok(if id.is_some_and(|id| self.0.contains(&id)) { Verdict::Keep } else { Verdict::Drop })
     }
 }
 
