@@ -73,6 +73,15 @@ enum Command {
         #[arg(required = true)]
         sample: Vec<PathBuf>,
     },
+    /// De-identify NDJSON or Bundle files (or directories of them) with the anonymization
+    /// configuration given as --config (Microsoft's FHIR Tools for Anonymization format);
+    /// writes DIR/<file name>. Needs no database and reads no server settings.
+    Anonymize {
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(required = true)]
+        inputs: Vec<PathBuf>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -159,6 +168,7 @@ async fn main() -> ExitCode {
             Overrides { database_url: database.database_url.clone(), ..Default::default() }
         }
         Command::Synth { .. } => Overrides::default(),
+        Command::Anonymize { out, inputs } => return anonymize(cli.config.as_deref(), inputs, out),
     };
     let settings = match Settings::load(cli.config.as_deref(), &overrides) {
         Ok(s) => s,
@@ -178,6 +188,7 @@ async fn main() -> ExitCode {
             ExitCode::SUCCESS
         }).map_err(Into::into),
         Command::Synth { resources, out, sample } => synth(&sample, resources, &out),
+        Command::Anonymize { .. } => unreachable!("handled before the settings load"),
     };
     result.unwrap_or_else(|e| {
         eprintln!("bulkfhir: {}", describe(&e));
@@ -274,6 +285,23 @@ async fn manage_clients(settings: &Settings, command: ClientsCommand) -> anyhow:
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn anonymize(config: Option<&std::path::Path>, inputs: &[PathBuf], out: &std::path::Path) -> ExitCode {
+    let Some(config) = config else {
+        eprintln!("bulkfhir: anonymize needs --config FILE (the anonymization configuration)");
+        return ExitCode::from(2);
+    };
+    match bulkfhir::anonymize::command::run(config, inputs, out) {
+        Ok(r) => {
+            println!("{} resources from {} files written to {}", r.resources, r.files, out.display());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("bulkfhir: {}", describe(&e));
+            ExitCode::FAILURE
+        }
+    }
 }
 
 fn synth(sample: &[PathBuf], resources: u64, out: &std::path::Path) -> anyhow::Result<ExitCode> {

@@ -308,7 +308,7 @@ impl Graph {
     }
 
     /// The node of `_name` siblings (Element: id and extension).
-    fn element(&self) -> NodeId {
+    pub(crate) fn element(&self) -> NodeId {
         self.roots.len() as NodeId
     }
 
@@ -326,6 +326,11 @@ impl Node {
     /// The child a JSON property name stands for.
     pub fn child(&self, json_name: &str) -> Option<&Child> {
         self.children.get(json_name)
+    }
+
+    /// The child and the graph's own copy of its JSON name (borrowed for as long as the graph).
+    pub fn child_entry(&self, json_name: &str) -> Option<(&str, &Child)> {
+        self.children.get_key_value(json_name).map(|(k, c)| (&**k, c))
     }
 }
 

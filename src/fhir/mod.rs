@@ -5,6 +5,7 @@ pub mod bundle;
 pub mod compartment;
 pub mod element_types;
 pub mod elements;
+pub mod fhirpath;
 pub mod instant;
 pub mod outcome;
 #[cfg(test)]

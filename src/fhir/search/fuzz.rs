@@ -122,7 +122,7 @@ proptest! {
     fn fhirpath_parses_or_says_why(text in proptest::collection::vec(prop_oneof![date_char(), proptest::sample::select(vec!['.', '(', ')', '[', ']', '|', '=', '!', '\'', '`', '\\', 'a', 'w', ' '])], 0..40)) {
         let text: String = text.into_iter().collect();
         if let Err(m) = fhirpath::parse(&text) {
-            prop_assert!(!m.is_empty());
+            prop_assert!(!m.0.is_empty());
         }
     }
 

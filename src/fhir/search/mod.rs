@@ -1,8 +1,8 @@
-//! FHIR R4 search for `_typeFilter`: the R4 search-parameter table, a FHIRPath evaluator for
-//! its expressions, the query parser, the matcher, and the part of a filter a store can apply
+//! FHIR R4 search for `_typeFilter`: the R4 search-parameter table (its expressions run on
+//! `fhir::fhirpath`), the query parser, the matcher, and the part of a filter a store can apply
 //! on its indexed columns.
 
-pub mod fhirpath;
+pub use crate::fhir::fhirpath;
 mod matcher;
 pub mod pushdown;
 pub mod query;

@@ -1,0 +1,171 @@
+//! Dates under redact and dateShift, as the reference engine's DateTimeUtility: its date and
+//! dateTime patterns (matched anywhere in the value), the age threshold (a date more than 89
+//! years ago is redacted, not shifted or kept as a year), the offset from the key, and a
+//! shifted dateTime keeping its zone with the time set to zeros.
+
+use std::sync::LazyLock;
+
+use chrono::{Datelike, NaiveDate, Utc};
+use regex::{Captures, Regex};
+use serde_json::Value;
+
+use super::security::{PERTURB, REDACT};
+
+const YEAR: usize = 1;
+const MONTH: usize = 5;
+const DAY: usize = 7;
+const TIME: usize = 8;
+const AGE_THRESHOLD: i32 = 89;
+const SHIFT_SEED: u32 = 131;
+const SHIFT_RANGE: u32 = 50;
+
+static DATE: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(r"([0-9]([0-9]([0-9][1-9]|[1-9]0)|[1-9]00)|[1-9]000)(-(0[1-9]|1[0-2])(-(0[1-9]|[1-2][0-9]|3[0-1]))?)?").expect("date pattern")
+});
+static DATE_TIME: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(r"([0-9]([0-9]([0-9][1-9]|[1-9]0)|[1-9]00)|[1-9]000)(-(0[1-9]|1[0-2])(-(0[1-9]|[1-2][0-9]|3[0-1])(T([01][0-9]|2[0-3]):[0-5][0-9]:([0-5][0-9]|60)(\.[0-9]+)?(Z|(\+|-)((0[0-9]|1[0-3]):[0-5][0-9]|14:00)))?)?)?")
+        .expect("dateTime pattern")
+});
+static TIME_OF_DAY: LazyLock<Regex> = LazyLock::new(|| Regex::new(r"([01][0-9]|2[0-3]):[0-5][0-9]:([0-5][0-9]|60)(\.[0-9]+)?").expect("time pattern"));
+
+/// Whether the node holds a date/dateTime/instant (`date`) or only a date (`false`).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Date,
+    DateTime,
+}
+
+impl Kind {
+    pub fn of(ty: &str) -> Option<Self> {
+        match ty {
+            "date" => Some(Kind::Date),
+            "dateTime" | "instant" => Some(Kind::DateTime),
+            _ => None,
+        }
+    }
+
+    fn pattern(self) -> &'static Regex {
+        match self {
+            Kind::Date => &DATE,
+            Kind::DateTime => &DATE_TIME,
+        }
+    }
+}
+
+/// The days a date moves for `prefix` + `key` (the reference engine's rolling hash), -50..=50.
+pub fn shift_days(prefix: &str, key: &str) -> i32 {
+    let mut offset: u32 = 0;
+    for b in prefix.bytes().chain(key.bytes()) {
+        offset = (offset * SHIFT_SEED + b as u32) % (2 * SHIFT_RANGE + 1);
+    }
+    offset as i32 - SHIFT_RANGE as i32
+}
+
+fn over_threshold(caps: &Captures, today: NaiveDate) -> bool {
+    let number = |i: usize, default: i32| caps.get(i).and_then(|m| m.as_str().parse().ok()).unwrap_or(default);
+    let (year, month, day) = (number(YEAR, 0), number(MONTH, 1) as u32, number(DAY, 1) as u32);
+    let before_birthday = today.month() < month || (today.month() == month && today.day() < day);
+    today.year() - year - i32::from(before_birthday) > AGE_THRESHOLD
+}
+
+fn today() -> NaiveDate {
+    Utc::now().date_naive()
+}
+
+/// Redacts a date: to nothing, or with partial dates to its year (nothing past the threshold).
+pub fn redact(value: &mut Option<Value>, text: &str, kind: Kind, partial: bool) -> u8 {
+    if partial {
+        if let Some(caps) = kind.pattern().captures(text)
+            && let Some(year) = caps.get(YEAR)
+        {
+            *value = (!over_threshold(&caps, today())).then(|| Value::String(year.as_str().to_owned()));
+        }
+    } else {
+        *value = None;
+    }
+    REDACT
+}
+
+/// The value's date moved by `days`, as `yyyy-MM-dd`.
+fn shift_date_text(text: &str, days: i32) -> Result<String, String> {
+    let date = text
+        .get(..10)
+        .and_then(|d| NaiveDate::parse_from_str(d, "%Y-%m-%d").ok())
+        .ok_or_else(|| format!("'{text}' is not a date that can be shifted"))?;
+    let shifted = date.checked_add_signed(chrono::Duration::days(days.into())).ok_or_else(|| format!("'{text}' shifted leaves the calendar"))?;
+    Ok(shifted.format("%Y-%m-%d").to_string())
+}
+
+/// Shifts a date (a day-precise one not past the age threshold) by `days`; anything else is
+/// redacted as `redact` does.
+pub fn shift(value: &mut Option<Value>, text: &str, kind: Kind, days: impl FnOnce() -> i32, partial: bool) -> Result<u8, String> {
+    let Some(caps) = kind.pattern().captures(text) else {
+        return Ok(redact(value, text, kind, partial));
+    };
+    if caps.get(DAY).is_none() || over_threshold(&caps, today()) {
+        return Ok(redact(value, text, kind, partial));
+    }
+    let days = days();
+    let shifted = shift_date_text(text, days)?;
+    let new = match caps.get(TIME).filter(|_| kind == Kind::DateTime) {
+        Some(time) => {
+            let mut stamp = time.as_str().to_owned();
+            if let Some(clock) = TIME_OF_DAY.find(&stamp) {
+                let zeros: String = clock.as_str().chars().map(|c| if c.is_ascii_digit() { '0' } else { c }).collect();
+                stamp = stamp.replace(clock.as_str(), &zeros);
+            }
+            format!("{shifted}{stamp}")
+        }
+        None => shifted,
+    };
+    *value = Some(Value::String(new));
+    Ok(PERTURB)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shifted(text: &str, kind: Kind, days: i32) -> Option<Value> {
+        let mut value = Some(Value::String(text.into()));
+        shift(&mut value, text, kind, || days, false).unwrap();
+        value
+    }
+
+    #[test]
+    fn the_offset_is_the_reference_engines_rolling_hash() {
+        // The reference's DateShiftProcessorTests: key "dummy", no resource id: 2015-02-07 -> 2015-01-17.
+        assert_eq!(shift_days("", "dummy"), -21);
+        assert!((-50..=50).contains(&shift_days("anything", "key")));
+        assert_eq!(shift_days("a", ""), (97 % 101) - 50);
+    }
+
+    #[test]
+    fn dates_shift_to_day_precision_and_times_to_midnight_in_their_zone() {
+        assert_eq!(shifted("2015-02-07", Kind::Date, -10), Some(Value::String("2015-01-28".into())));
+        assert_eq!(shifted("2015-02-07T13:28:17-05:00", Kind::DateTime, 3), Some(Value::String("2015-02-10T00:00:00-05:00".into())));
+        assert_eq!(shifted("2015-02-07T13:28:17.239+02:00", Kind::DateTime, 1), Some(Value::String("2015-02-08T00:00:00.000+02:00".into())));
+        assert_eq!(shifted("2015-02-07T13:28:17Z", Kind::DateTime, 0), Some(Value::String("2015-02-07T00:00:00Z".into())));
+        assert_eq!(shifted("2015-02-07T01:01:01+00:00", Kind::DateTime, -21), Some(Value::String("2015-01-17T00:00:00+00:00".into())));
+        // Without day precision a date is redacted; with partial dates it keeps its year.
+        assert_eq!(shifted("2015-02", Kind::Date, 5), None);
+        let mut value = Some(Value::String("2015-02".into()));
+        shift(&mut value, "2015-02", Kind::Date, || 5, true).unwrap();
+        assert_eq!(value, Some(Value::String("2015".into())));
+    }
+
+    #[test]
+    fn partial_redaction_keeps_the_year_unless_past_the_age_threshold() {
+        let mut value = Some(Value::String("2015-02-07T13:28:17-05:00".into()));
+        assert_eq!(redact(&mut value, "2015-02-07T13:28:17-05:00", Kind::DateTime, true), REDACT);
+        assert_eq!(value, Some(Value::String("2015".into())));
+        let mut old = Some(Value::String("1900-01-01".into()));
+        redact(&mut old, "1900-01-01", Kind::Date, true);
+        assert_eq!(old, None);
+        let mut full = Some(Value::String("2015-02-07".into()));
+        redact(&mut full, "2015-02-07", Kind::Date, false);
+        assert_eq!(full, None);
+        // Past the threshold a date is redacted even by dateShift.
+        assert_eq!(shifted("1920-05-01", Kind::Date, 5), None);
+    }
+}
