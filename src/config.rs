@@ -1,81 +1,126 @@
-//! Settings: one typed tree, loaded once. Defaults (`config/default.toml`, built in) < a config
-//! file < environment (`BULKFHIR_*`, `DATABASE_URL`) < command-line flags. A bad value stops
-//! start-up with a message naming the key, and so does a key or `BULKFHIR_*` variable that names
-//! no setting (`strict`).
+//! Settings: one typed tree, loaded once. Each setting is declared once, as a field of
+//! `Settings` (its type, its doc, and with `#[arg]` its command-line flag), with its default in
+//! `config/default.toml` (built in). Layers: defaults < a config file < environment
+//! (`BULKFHIR_*`, `DATABASE_URL`) < command-line flags. A bad value stops start-up with a message
+//! naming the key, and so does a key or `BULKFHIR_*` variable that names no setting (`strict`).
+//! Renamed settings keep their old names for a release (`renamed`).
 
+mod flags;
+mod renamed;
 mod strict;
 
 use std::{net::SocketAddr, path::{Path, PathBuf}, time::Duration};
 
 use figment::{
-    providers::{Env, Format, Serialized, Toml},
+    providers::{Env, Format, Toml},
     Figment,
 };
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
+
+pub use flags::Flags;
 
 use crate::{auth::settings::AuthSettings, export::worker::WorkerSettings, fhir::Validation, output::OutputSettings, telemetry::LogFormat};
 
+/// The one place defaults are declared.
 const DEFAULTS: &str = include_str!("../config/default.toml");
 
-#[derive(Debug, Clone, Deserialize)]
+/// Every setting. A field with `#[arg(long)]` is also a flag of every command (`--max-file-bytes`);
+/// the doc comment is its `--help` text.
+#[derive(Debug, Clone, Deserialize, clap::Args)]
+#[command(next_help_heading = "Settings (flags over BULKFHIR_* variables over the config file)")]
 pub struct Settings {
+    /// Address to listen on, ADDR:PORT.
+    #[arg(long)]
     pub listen: SocketAddr,
+    /// Public URL of the FHIR base (empty: http://{listen}/fhir).
+    #[arg(long)]
     pub base_url: String,
+    /// Database URL: sqlite://PATH or postgres://... (also DATABASE_URL).
+    #[arg(long)]
     pub database_url: String,
+    /// Database connections per process.
+    #[arg(long)]
     pub database_pool_size: u32,
     /// How long a request or a worker waits for a Postgres connection before the database
     /// counts as unreachable (a 503 for requests, a retry for export tasks).
+    #[arg(long)]
     pub database_acquire_timeout_millis: u64,
+    /// Directory export files are written under.
+    #[arg(long)]
     pub output_dir: PathBuf,
-    /// The local configuration store of de-identified exports (`_anonymizationConfig`).
+    /// Folder of the de-identification configurations (`_anonymizationConfig`) when the
+    /// destination is local.
+    #[arg(long)]
     pub anonymization_dir: PathBuf,
-    /// The key that seals de-identified jobs' configurations in their rows (made if missing).
+    /// File of the key (64 hex digits) that seals de-identified jobs' configurations in their
+    /// rows; made (0600) when missing. Every node must use the same one.
+    #[arg(long)]
     pub anonymization_key_file: PathBuf,
+    /// Size at which an output file rolls over to the next.
+    #[arg(long)]
     pub max_file_bytes: u64,
+    /// Part size of streamed uploads (memory held per open file is about twice this).
+    #[arg(long)]
     pub part_size_bytes: usize,
+    /// Export workers in this process (0: an API-only node).
+    #[arg(long)]
     pub workers: usize,
-    pub retention: u64,
+    /// How long completed exports are kept before their files are deleted.
+    #[arg(long)]
+    pub retention_seconds: u64,
+    /// A worker's claim on a task lasts this long without a heartbeat.
+    #[arg(long)]
     pub lease_seconds: u64,
+    /// How often a worker renews its claim.
+    #[arg(long)]
     pub heartbeat_millis: u64,
+    /// Claims of one task before its job fails.
+    #[arg(long)]
     pub max_attempts: i32,
+    /// Time between housekeeping passes (expiry, file deletion).
+    #[arg(long)]
     pub sweep_seconds: u64,
+    /// Largest accepted request body.
+    #[arg(long)]
     pub max_body_bytes: usize,
+    /// Log format.
+    #[arg(long)]
     pub log_format: LogFormat,
-    /// Request timeout (seconds) for everything but the streaming of file bodies.
+    /// Request timeout for everything but the streaming of file bodies.
+    #[arg(long)]
     pub request_timeout_seconds: u64,
     /// How the kick-off treats missing or different `Accept` and `Prefer` headers.
+    #[arg(long)]
     pub kickoff_headers: KickoffHeaders,
-    /// Seconds a connection may take to send a request's headers.
+    /// Time a connection may take to send a request's headers.
+    #[arg(long)]
     pub header_read_timeout_seconds: u64,
     /// Requests with bodies over 1 MiB handled at once; more wait their turn.
+    #[arg(long)]
     pub concurrent_large_bodies: usize,
-    /// How written and loaded resources are checked against their R4 definitions.
+    /// How written and loaded resources are checked against their R4 definitions (a domain
+    /// type: set it in the file or as BULKFHIR_VALIDATION).
+    #[arg(skip)]
     pub validation: Validation,
+    #[arg(skip)]
     pub auth: AuthSettings,
     /// Where export files go (`destination`, `file_urls`, `azure_*`, `s3_*`, `storage_*`).
     #[serde(flatten)]
+    #[arg(skip)]
     pub output: OutputSettings,
 }
 
 impl Default for AuthSettings {
-    /// The built-in defaults (as in config/default.toml).
+    /// The values of `config/default.toml`, for settings built in code (tests).
     fn default() -> Self {
-        Self {
-            allow_open: true,
-            token_seconds: 300,
-            clock_skew_seconds: 30,
-            signing_key_file: None,
-            max_concurrent_exports: 4,
-            status_polls_per_second: 20,
-            clients: Vec::new(),
-        }
+        Figment::from(Toml::string(DEFAULTS)).extract_inner("auth").expect("the defaults file holds every auth setting")
     }
 }
 
 /// `kickoff_headers`: `strict` requires `Accept: application/fhir+json` and
 /// `Prefer: respond-async` on a kick-off, as the seed system (Azure API for FHIR) does;
 /// `lenient` takes a missing Accept or Prefer, and `application/json`, as well.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum KickoffHeaders {
     #[default]
@@ -83,49 +128,34 @@ pub enum KickoffHeaders {
     Lenient,
 }
 
-/// Values given on the command line; unset ones leave the lower layers alone.
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct Overrides {
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub listen: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub base_url: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub database_url: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub output_dir: Option<PathBuf>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub max_file_bytes: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub workers: Option<usize>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub retention: Option<u64>,
-}
-
 impl Settings {
-    pub fn load(config_file: Option<&Path>, overrides: &Overrides) -> Result<Self, String> {
+    /// The settings, and warnings to log once logging is set up (old names used).
+    pub fn load(config_file: Option<&Path>, flags: &Flags) -> Result<(Self, Vec<String>), String> {
         let known = strict::KnownKeys::from_defaults(DEFAULTS);
-        let mut unknown = known.check_env(std::env::vars_os().filter_map(|(name, _)| name.into_string().ok()));
+        let mut found = known.check_env(std::env::vars_os().filter_map(|(name, _)| name.into_string().ok()));
         let mut figment = Figment::from(Toml::string(DEFAULTS));
         if let Some(file) = config_file {
             if !file.exists() {
                 return Err(format!("config file '{}' does not exist", file.display()));
             }
-            unknown.splice(0..0, known.check_file(file));
-            figment = figment.merge(Toml::file(file));
+            let in_file = known.check_file(file);
+            found.unknown.splice(0..0, in_file.unknown);
+            found.deprecated.splice(0..0, in_file.deprecated);
+            figment = figment.merge(renamed::Renamed(Toml::file(file)));
         }
-        if !unknown.is_empty() {
-            return Err(format!("invalid configuration: {}", unknown.join("\ninvalid configuration: ")));
+        if !found.unknown.is_empty() {
+            return Err(format!("invalid configuration: {}", found.unknown.join("\ninvalid configuration: ")));
         }
         let settings: Self = figment
             .merge(Env::raw().only(&["DATABASE_URL"]).map(|_| "database_url".into()))
             // BULKFHIR_AUTH__ALLOW_OPEN sets auth.allow_open.
-            .merge(Env::prefixed("BULKFHIR_").split("__"))
-            .merge(Serialized::defaults(overrides))
+            .merge(renamed::Renamed(Env::prefixed("BULKFHIR_").split("__")))
+            .merge(flags)
             .extract()
             .map_err(|e| format!("invalid configuration: {e}"))?;
         settings.validate()?;
-        Ok(settings)
+        found.deprecated.extend(flags.deprecated().iter().cloned());
+        Ok((settings, found.deprecated))
     }
 
     fn validate(&self) -> Result<(), String> {
@@ -188,47 +218,69 @@ impl Settings {
 mod tests {
     use super::*;
 
-    #[test]
-    fn flags_override_defaults() {
-        let overrides = Overrides { workers: Some(7), max_file_bytes: Some(1000), ..Default::default() };
-        let s = Settings::load(None, &overrides).unwrap();
-        assert_eq!(s.workers, 7);
-        assert_eq!(s.max_file_bytes, 1000);
-        assert_eq!(s.retention, 86400);
-        assert_eq!(s.kickoff_headers, KickoffHeaders::Strict);
+    fn load(file: Option<&Path>, flags: &[&str]) -> Result<(Settings, Vec<String>), String> {
+        Settings::load(file, &Flags::parse(flags.iter().copied()).unwrap())
+    }
+
+    fn defaults() -> Settings {
+        load(None, &[]).unwrap().0
+    }
+
+    fn with_file(toml: &str, flags: &[&str]) -> Result<(Settings, Vec<String>), String> {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("bulkfhir.toml");
+        std::fs::write(&file, toml).unwrap();
+        load(Some(&file), flags)
     }
 
     #[test]
-    fn output_defaults_in_code_match_the_defaults_file() {
-        let s = Settings::load(None, &Overrides::default()).unwrap();
-        assert_eq!(format!("{:?}", s.output), format!("{:?}", OutputSettings::default()));
+    fn flags_override_the_file_which_overrides_defaults() {
+        let (s, warnings) = with_file("workers = 3\nmax_file_bytes = 500\nlog_format = \"json\"\n", &["--workers", "7"]).unwrap();
+        assert_eq!((s.workers, s.max_file_bytes, s.log_format), (7, 500, LogFormat::Json));
+        assert_eq!(s.retention_seconds, 86400);
+        assert_eq!(s.kickoff_headers, KickoffHeaders::Strict);
+        assert!(warnings.is_empty(), "{warnings:?}");
+    }
+
+    #[test]
+    fn every_flag_is_a_key_of_the_defaults_file() {
+        let known = strict::KnownKeys::from_defaults(DEFAULTS);
+        let flags = flags::flag_args();
+        let positional: Vec<_> = flags.iter().filter(|a| a.get_long().is_none()).map(|a| a.get_id()).collect();
+        assert!(positional.is_empty(), "each field of Settings needs #[arg(long)] or #[arg(skip)]: {positional:?}");
+        let shown: Vec<&str> = flags.iter().filter(|a| !a.is_hide_set()).map(|a| a.get_id().as_str()).collect();
+        assert!(shown.len() >= 20 && shown.contains(&"retention_seconds"), "{shown:?}");
+        for flag in shown {
+            assert!(known.knows(flag), "--{flag} has no line in config/default.toml");
+        }
+    }
+
+    #[test]
+    fn an_old_name_in_the_file_still_works_and_warns_naming_the_new_one() {
+        let (s, warnings) = with_file("retention = 60\n", &[]).unwrap();
+        assert_eq!(s.retention_seconds, 60);
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert!(warnings[0].contains("'retention'") && warnings[0].contains("'retention_seconds'"), "{warnings:?}");
+        let (s, _) = with_file("retention = 60\n", &["--retention-seconds", "90"]).unwrap();
+        assert_eq!(s.retention_seconds, 90, "a flag under its new name is still above the file");
     }
 
     #[test]
     fn a_bad_value_names_its_key() {
-        let overrides = Overrides { max_file_bytes: Some(0), ..Default::default() };
-        assert!(Settings::load(None, &overrides).unwrap_err().contains("max_file_bytes"));
+        assert!(load(None, &["--max-file-bytes", "0"]).unwrap_err().contains("max_file_bytes"));
     }
 
     #[test]
-    fn the_built_in_auth_defaults_match_the_defaults_file() {
-        let s = Settings::load(None, &Overrides::default()).unwrap();
+    fn the_built_in_auth_defaults_are_the_defaults_file() {
         let d = AuthSettings::default();
-        assert_eq!(
-            (s.auth.allow_open, s.auth.token_seconds, s.auth.clock_skew_seconds, s.auth.max_concurrent_exports, s.auth.status_polls_per_second),
-            (d.allow_open, d.token_seconds, d.clock_skew_seconds, d.max_concurrent_exports, d.status_polls_per_second)
-        );
-        assert!(s.auth.signing_key_file.is_none() && s.auth.clients.is_empty());
+        assert_eq!((d.allow_open, d.token_seconds, d.max_concurrent_exports), (true, 300, 4));
+        assert!(d.signing_key_file.is_none() && d.clients.is_empty());
     }
 
     #[test]
     fn validation_is_strict_unless_set() {
-        assert_eq!(Settings::load(None, &Overrides::default()).unwrap().validation, Validation::Strict);
-        let dir = tempfile::tempdir().unwrap();
-        let file = dir.path().join("bulkfhir.toml");
-        std::fs::write(&file, "validation = \"allow_unknown_elements\"\n").unwrap();
-        assert_eq!(Settings::load(Some(&file), &Overrides::default()).unwrap().validation, Validation::AllowUnknownElements);
-        std::fs::write(&file, "validation = \"loose\"\n").unwrap();
-        assert!(Settings::load(Some(&file), &Overrides::default()).unwrap_err().contains("validation"));
+        assert_eq!(defaults().validation, Validation::Strict);
+        assert_eq!(with_file("validation = \"allow_unknown_elements\"\n", &[]).unwrap().0.validation, Validation::AllowUnknownElements);
+        assert!(with_file("validation = \"loose\"\n", &[]).unwrap_err().contains("validation"));
     }
 }

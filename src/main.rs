@@ -4,20 +4,19 @@ use std::{path::PathBuf, process::ExitCode};
 
 use bulkfhir::{
     auth::clients::Client,
-    config::{Overrides, Settings},
+    config::{Flags, Settings},
     load,
     startup::Application,
     store::Stores,
     telemetry,
 };
-use clap::{Args, Parser, Subcommand};
+use clap::{Parser, Subcommand};
 
 mod jobs_command;
 
-/// Loading parses and builds millions of small JSON values; mimalloc handles that churn far
-/// better than the system allocator. Built without transparent huge pages (`no_thp`): with them
-/// a touched heap page cost RSS in 2 MB steps (first SQLite export at 1M: 126 MB peak, 110 MB
-/// without), and the kernel zeroed whole huge pages on first touch (5-8% of an export's CPU).
+/// Loading and export churn through millions of small JSON values, which mimalloc handles better
+/// than the system allocator; built without transparent huge pages (`no_thp`), which cost RSS
+/// and CPU here (figures in docs/performance.md).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
@@ -27,6 +26,9 @@ struct Cli {
     /// TOML config file (defaults: config/default.toml, built in).
     #[arg(long, global = true)]
     config: Option<PathBuf>,
+    /// Every setting is a flag too (`--workers 2`), declared on `Settings`.
+    #[command(flatten)]
+    settings: Flags,
     #[command(subcommand)]
     command: Command,
 }
@@ -34,30 +36,21 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the server (applies migrations first).
-    Serve(ServeArgs),
+    Serve,
     /// Load NDJSON files, Bundle files, or directories of them.
     Load {
-        #[command(flatten)]
-        database: DatabaseArgs,
         #[arg(required = true)]
         paths: Vec<PathBuf>,
     },
     /// Apply database migrations and exit.
-    Migrate {
-        #[command(flatten)]
-        database: DatabaseArgs,
-    },
+    Migrate,
     /// Register, list and remove SMART backend clients. Authorization is on while any exists.
     Clients {
-        #[command(flatten)]
-        database: DatabaseArgs,
         #[command(subcommand)]
         command: ClientsCommand,
     },
     /// See and cancel export jobs in the database (status, owner, level, progress, files, age).
     Jobs {
-        #[command(flatten)]
-        database: DatabaseArgs,
         #[command(subcommand)]
         command: JobsCommand,
     },
@@ -120,70 +113,30 @@ enum JobsCommand {
     Cancel { id: String },
 }
 
-#[derive(Args)]
-struct DatabaseArgs {
-    /// Database URL (also DATABASE_URL or BULKFHIR_DATABASE_URL).
-    #[arg(long, global = true)]
-    database_url: Option<String>,
-}
-
-#[derive(Args)]
-struct ServeArgs {
-    /// Address to listen on, ADDR:PORT.
-    #[arg(long)]
-    listen: Option<String>,
-    /// Public URL of the FHIR base (default http://{listen}/fhir).
-    #[arg(long)]
-    base_url: Option<String>,
-    #[command(flatten)]
-    database: DatabaseArgs,
-    /// Directory export files are written under.
-    #[arg(long)]
-    output_dir: Option<PathBuf>,
-    /// Size at which an output file rolls over to the next (bytes).
-    #[arg(long)]
-    max_file_bytes: Option<u64>,
-    /// Export workers.
-    #[arg(long)]
-    workers: Option<usize>,
-    /// Seconds completed exports are kept.
-    #[arg(long)]
-    retention: Option<u64>,
-}
-
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    let overrides = match &cli.command {
-        Command::Serve(a) => Overrides {
-            listen: a.listen.clone(),
-            base_url: a.base_url.clone(),
-            database_url: a.database.database_url.clone(),
-            output_dir: a.output_dir.clone(),
-            max_file_bytes: a.max_file_bytes,
-            workers: a.workers,
-            retention: a.retention,
-        },
-        Command::Load { database, .. } | Command::Migrate { database } | Command::Clients { database, .. } | Command::Jobs { database, .. } => {
-            Overrides { database_url: database.database_url.clone(), ..Default::default() }
-        }
-        Command::Synth { .. } => Overrides::default(),
-        Command::Anonymize { out, inputs } => return anonymize(cli.config.as_deref(), inputs, out),
-    };
-    let settings = match Settings::load(cli.config.as_deref(), &overrides) {
-        Ok(s) => s,
+    // Needs no database and reads no server settings.
+    if let Command::Anonymize { out, inputs } = &cli.command {
+        return anonymize(cli.config.as_deref(), inputs, out);
+    }
+    let (settings, warnings) = match Settings::load(cli.config.as_deref(), &cli.settings) {
+        Ok(loaded) => loaded,
         Err(e) => {
             eprintln!("bulkfhir: {e}");
             return ExitCode::from(2);
         }
     };
     telemetry::init(settings.log_format);
+    for warning in warnings {
+        tracing::warn!("{warning}");
+    }
     let result = match cli.command {
-        Command::Serve(_) => serve(settings).await,
+        Command::Serve => serve(settings).await,
         Command::Load { paths, .. } => load_files(&settings, &paths).await,
         Command::Clients { command, .. } => manage_clients(&settings, command).await,
         Command::Jobs { command, .. } => jobs_command::run(&settings, command).await,
-        Command::Migrate { .. } => Stores::connect(&settings.database_url, 1).await.map(|_| {
+        Command::Migrate => Stores::connect(&settings.database_url, 1).await.map(|_| {
             eprintln!("migrations applied");
             ExitCode::SUCCESS
         }).map_err(Into::into),

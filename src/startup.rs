@@ -59,7 +59,7 @@ impl Application {
         let exports = Exports::new(
             stores.clone(),
             output.clone(),
-            Duration::from_secs(settings.retention),
+            Duration::from_secs(settings.retention_seconds),
             settings.max_file_bytes,
             status.clone(),
         );

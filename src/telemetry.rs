@@ -7,7 +7,7 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tracing_subscriber::{fmt, EnvFilter};
 
 /// How log lines are written (`log_format`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
     Text,
@@ -52,7 +52,7 @@ pub fn metrics() -> &'static PrometheusHandle {
     })
 }
 
-/// Metric names, in one place so the README and the tests agree with the code.
+/// Metric names, in one place so docs/operations.md and the tests agree with the code.
 pub mod names {
     /// Counter: kick-offs accepted, by `level`.
     pub const EXPORTS_STARTED: &str = "bulkfhir_exports_started_total";

@@ -1,6 +1,7 @@
 //! Strictness: every key of a config file and every `BULKFHIR_*` variable must name a setting.
 //! Serde's `deny_unknown_fields` cannot do this (it does not work through `#[serde(flatten)]`),
-//! so the known keys are those of the built-in defaults file, which lists every setting.
+//! so the known keys are those of the built-in defaults file, which lists every setting. Old
+//! names of renamed settings pass, with a deprecation warning.
 
 use std::{collections::BTreeSet, path::Path};
 
@@ -9,6 +10,8 @@ use figment::{
     value::{Dict, Value},
     Provider,
 };
+
+use super::renamed;
 
 /// Settings without a line in the defaults file (they have no default value).
 const OPTIONAL_KEYS: &[&str] = &["auth.signing_key_file", "auth.clients"];
@@ -21,6 +24,13 @@ const ENV_PREFIX: &str = "BULKFHIR_";
 /// The dotted keys of every setting (`max_file_bytes`, `auth.allow_open`).
 pub struct KnownKeys(BTreeSet<String>);
 
+/// What a check found: unknown keys stop start-up, deprecated ones are logged.
+#[derive(Debug, Default)]
+pub struct Findings {
+    pub unknown: Vec<String>,
+    pub deprecated: Vec<String>,
+}
+
 impl KnownKeys {
     pub fn from_defaults(defaults: &str) -> Self {
         let mut keys = BTreeSet::new();
@@ -31,40 +41,57 @@ impl KnownKeys {
         Self(keys)
     }
 
-    /// One message per unknown key of the config file.
-    pub fn check_file(&self, file: &Path) -> Vec<String> {
+    #[cfg(test)]
+    pub fn knows(&self, key: &str) -> bool {
+        self.0.contains(key)
+    }
+
+    /// One message per unknown or deprecated key of the config file.
+    pub fn check_file(&self, file: &Path) -> Findings {
         let Some(dict) = Toml::file(file).data().ok().and_then(|mut d| d.remove(&figment::Profile::Default)) else {
-            return Vec::new(); // unreadable or invalid TOML: extraction reports it
+            return Findings::default(); // unreadable or invalid TOML: extraction reports it
         };
-        let mut unknown = Vec::new();
-        self.unknown_in(&dict, "", &mut unknown);
-        unknown
-            .into_iter()
-            .map(|key| format!("unknown configuration key '{key}' in '{}'{}", file.display(), self.suggestion(&key, |k| format!("'{k}'"))))
-            .collect()
+        let (mut unknown, mut old) = (Vec::new(), Vec::new());
+        self.unknown_in(&dict, "", &mut unknown, &mut old);
+        let file = file.display();
+        Findings {
+            unknown: unknown
+                .into_iter()
+                .map(|key| format!("unknown configuration key '{key}' in '{file}'{}", self.suggestion(&key, |k| format!("'{k}'"))))
+                .collect(),
+            deprecated: old
+                .into_iter()
+                .map(|(old, new)| format!("configuration key '{old}' in '{file}' is deprecated: it is now '{new}' ({})", renamed::UNTIL))
+                .collect(),
+        }
     }
 
-    /// One message per `BULKFHIR_*` variable that names no setting.
-    pub fn check_env(&self, names: impl IntoIterator<Item = String>) -> Vec<String> {
-        names
-            .into_iter()
-            .filter(|name| name.starts_with(ENV_PREFIX) && !NOT_SETTINGS.contains(&name.as_str()))
-            .filter_map(|name| {
-                let key = name[ENV_PREFIX.len()..].to_ascii_lowercase().replace("__", ".");
-                (!self.covers(&key)).then(|| format!("unknown environment variable {name}{}", self.suggestion(&key, env_name)))
-            })
-            .collect()
+    /// One message per `BULKFHIR_*` variable that names no setting, or an old name of one.
+    pub fn check_env(&self, names: impl IntoIterator<Item = String>) -> Findings {
+        let mut findings = Findings::default();
+        let settings = names.into_iter().filter(|name| name.starts_with(ENV_PREFIX) && !NOT_SETTINGS.contains(&name.as_str()));
+        for name in settings {
+            let key = name[ENV_PREFIX.len()..].to_ascii_lowercase().replace("__", ".");
+            if let Some(new) = renamed::new_name(&key) {
+                findings.deprecated.push(format!("environment variable {name} is deprecated: it is now {} ({})", env_name(new), renamed::UNTIL));
+            } else if !self.covers(&key) {
+                findings.unknown.push(format!("unknown environment variable {name}{}", self.suggestion(&key, env_name)));
+            }
+        }
+        findings
     }
 
-    fn unknown_in(&self, dict: &Dict, prefix: &str, unknown: &mut Vec<String>) {
+    fn unknown_in(&self, dict: &Dict, prefix: &str, unknown: &mut Vec<String>, old: &mut Vec<(String, &'static str)>) {
         for (name, value) in dict {
             let key = format!("{prefix}{name}");
             if key == "auth.clients" {
                 self.unknown_in_clients(value, unknown);
             } else if self.0.contains(&key) {
                 // Known; a wrong type is extraction's to report.
+            } else if let Some(new) = renamed::new_name(&key) {
+                old.push((key, new));
             } else if let Value::Dict(_, inner) = value {
-                self.unknown_in(inner, &format!("{key}."), unknown);
+                self.unknown_in(inner, &format!("{key}."), unknown, old);
             } else {
                 unknown.push(key);
             }
@@ -133,7 +160,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("c.toml");
         std::fs::write(&file, "max_file_byte = 1\nworkers = 2\n[auth]\nalow_open = true\n[[auth.clients]]\nclient_id = \"a\"\nscope = []\n").unwrap();
-        let errors = known().check_file(&file);
+        let errors = known().check_file(&file).unknown;
         assert_eq!(errors.len(), 3, "{errors:?}");
         let about = |key: &str| errors.iter().find(|e| e.contains(key)).unwrap_or_else(|| panic!("{key}: {errors:?}")).clone();
         assert!(about("'max_file_byte'").ends_with("did you mean 'max_file_bytes'?"), "{errors:?}");
@@ -144,9 +171,24 @@ mod tests {
     #[test]
     fn an_unknown_variable_is_named_with_the_nearest_known_one() {
         let names = ["BULKFHIR_MAX_FILE_BYTE", "BULKFHIR_WORKERS", "BULKFHIR_AUTH__ALLOW_OPEN", "BULKFHIR_BIN", "PATH", "BULKFHIR_ZZZZZZZZZZ"];
-        let errors = known().check_env(names.iter().map(|n| (*n).to_owned()));
+        let errors = known().check_env(names.iter().map(|n| (*n).to_owned())).unknown;
         assert_eq!(errors.len(), 2, "{errors:?}");
         assert_eq!(errors[0], "unknown environment variable BULKFHIR_MAX_FILE_BYTE; did you mean BULKFHIR_MAX_FILE_BYTES?");
         assert!(errors[1].contains("BULKFHIR_ZZZZZZZZZZ; config/default.toml lists every setting"), "{errors:?}");
+    }
+
+    #[test]
+    fn an_old_name_passes_with_a_warning_naming_the_new_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c.toml");
+        std::fs::write(&file, "retention = 60\n").unwrap();
+        let found = known().check_file(&file);
+        assert!(found.unknown.is_empty(), "{found:?}");
+        assert_eq!(found.deprecated.len(), 1, "{found:?}");
+        assert!(found.deprecated[0].starts_with("configuration key 'retention' in '") && found.deprecated[0].contains("it is now 'retention_seconds'"), "{found:?}");
+
+        let found = known().check_env(["BULKFHIR_RETENTION".to_owned()]);
+        assert!(found.unknown.is_empty(), "{found:?}");
+        assert!(found.deprecated[0].starts_with("environment variable BULKFHIR_RETENTION is deprecated: it is now BULKFHIR_RETENTION_SECONDS"), "{found:?}");
     }
 }

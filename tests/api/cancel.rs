@@ -77,7 +77,7 @@ backend_tests! {
     }
 
     async fn completed_exports_expire_after_the_retention(backend: Backend) {
-        let app = spawn_app_with(backend, AppOptions { retention: 1, ..Default::default() }).await;
+        let app = spawn_app_with(backend, AppOptions { retention_seconds: 1, ..Default::default() }).await;
         assert_eq!(app.put(&json!({"resourceType": "Patient", "id": "a"})).await.status(), 201);
         let status_url = app.kick_off("/$export").await;
         let manifest = app.wait_for_manifest(&status_url).await;

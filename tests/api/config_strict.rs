@@ -44,3 +44,38 @@ fn an_unknown_bulkfhir_variable_stops_start_up_naming_it() {
     let output = bulkfhir().args(["migrate", "--database-url", &database]).env("BULKFHIR_MAX_FILE_BYTES", "1000").output().unwrap();
     assert!(output.status.success(), "a known variable passes: {}", String::from_utf8_lossy(&output.stderr));
 }
+
+#[test]
+fn an_old_setting_name_still_starts_the_server_and_warns_naming_the_new_one() {
+    use std::io::{BufRead, BufReader};
+
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("bulkfhir.toml");
+    std::fs::write(&file, "retention = 60\n").unwrap();
+    let database = format!("sqlite://{}", dir.path().join("db.sqlite").display());
+    let mut server = bulkfhir()
+        .args(["serve", "--listen", "127.0.0.1:0", "--database-url", &database, "--config"])
+        .arg(&file)
+        .arg("--output-dir")
+        .arg(dir.path().join("exports"))
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The log until the server says it is serving (or stops).
+    let mut log = Vec::new();
+    for line in BufReader::new(server.stderr.take().unwrap()).lines().map_while(Result::ok) {
+        let serving = line.contains("bulkfhir serving");
+        log.push(line);
+        if serving {
+            break;
+        }
+    }
+    server.kill().unwrap();
+    server.wait().unwrap();
+    let log = log.join("\n");
+    assert!(log.contains("bulkfhir serving"), "the server starts: {log}");
+    assert!(
+        log.contains("WARN") && log.contains("'retention' in") && log.contains("is deprecated: it is now 'retention_seconds'"),
+        "the log names the old key and the new one: {log}"
+    );
+}

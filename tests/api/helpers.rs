@@ -141,7 +141,7 @@ impl Drop for TestDb {
 pub struct AppOptions {
     pub workers: usize,
     pub max_file_bytes: u64,
-    pub retention: u64,
+    pub retention_seconds: u64,
     pub lease_seconds: u64,
     pub heartbeat_millis: u64,
     pub max_attempts: i32,
@@ -160,7 +160,7 @@ impl Default for AppOptions {
         Self {
             workers: 2,
             max_file_bytes: 64 * 1024 * 1024,
-            retention: 3600,
+            retention_seconds: 3600,
             lease_seconds: 30,
             heartbeat_millis: 200,
             max_attempts: 3,
@@ -243,7 +243,7 @@ pub(crate) fn settings(database_url: &str, output_dir: &std::path::Path, options
         max_file_bytes: options.max_file_bytes,
         part_size_bytes: 1024 * 1024,
         workers: options.workers,
-        retention: options.retention,
+        retention_seconds: options.retention_seconds,
         lease_seconds: options.lease_seconds,
         heartbeat_millis: options.heartbeat_millis,
         max_attempts: options.max_attempts,

@@ -129,9 +129,9 @@ mod tests {
     #[test]
     fn coverage_of_r4_parameters() {
         let (total, handled) = coverage();
-        // The README states these figures; the rest are composite, special or expression-less.
+        // docs/export.md states these figures; the rest are composite, special or expression-less.
         println!("search parameters handled: {handled} of {total}");
         assert!(total > 1500, "{total}");
-        assert_eq!((handled, total), (1627, 1709), "update the README's figures");
+        assert_eq!((handled, total), (1627, 1709), "update the figures in docs/export.md");
     }
 }
