@@ -21,7 +21,7 @@ RANKS = {
     "auth": 4, "export": 4, "load": 4,
     "store": 3, "output": 3, "anonymize": 3,
     # Utilities: importable by store and output, so they import nothing above the model.
-    "telemetry": 2, "https": 2, "background": 2,
+    "telemetry": 2, "https": 2, "low_priority_runtime": 2,
     "model": 1,
     "fhir": 0,
 }

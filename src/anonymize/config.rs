@@ -130,6 +130,8 @@ fn err(message: impl Into<String>) -> ConfigError {
 pub fn parse(bytes: &[u8]) -> Result<Config, ConfigError> {
     let root: Value = serde_json::from_slice(bytes).map_err(|e| err(format!("the configuration is not valid JSON: {e}")))?;
     let Value::Object(root) = root else { return Err(err("the configuration must be a JSON object")) };
+    serde::de::DeserializeSeed::deserialize(NoDuplicates, &mut serde_json::Deserializer::from_slice(bytes))
+        .map_err(|e| err(format!("the configuration is refused: {e}")))?;
     if let Some(key) = root.keys().find(|k| !TOP_LEVEL.contains(&k.as_str())) {
         return Err(err(format!("unknown configuration property '{key}' (known: {})", TOP_LEVEL.join(", "))));
     }
@@ -407,4 +409,64 @@ pub fn without_keys(bytes: &[u8]) -> Value {
         parameters.remove("customSettings");
     }
     value
+}
+
+/// Walks JSON refusing an object that names a property twice, as the reference engine's reader
+/// does (serde_json keeps the last one silently).
+struct NoDuplicates;
+
+impl<'de> serde::de::DeserializeSeed<'de> for NoDuplicates {
+    type Value = ();
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
+        deserializer.deserialize_any(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for NoDuplicates {
+    type Value = ();
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("JSON")
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_i64<E>(self, _: i64) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_u64<E>(self, _: u64) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_f64<E>(self, _: f64) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_str<E>(self, _: &str) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_unit<E>(self) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        while seq.next_element_seed(NoDuplicates)?.is_some() {}
+        Ok(())
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        let mut seen = std::collections::HashSet::new();
+        while let Some(key) = map.next_key::<String>()? {
+            if !seen.insert(key.clone()) {
+                return Err(serde::de::Error::custom(format!("the property '{key}' is given twice")));
+            }
+            map.next_value_seed(NoDuplicates)?;
+        }
+        Ok(())
+    }
 }

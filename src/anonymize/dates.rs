@@ -52,6 +52,22 @@ impl Kind {
     }
 }
 
+/// An instant's text as the reference engine reads it (through .NET's DateTimeOffset): UTC
+/// written `+00:00`, trailing zeros of the fraction dropped.
+pub fn instant_text(text: &str) -> String {
+    let mut out = match text.strip_suffix('Z') {
+        Some(rest) => format!("{rest}+00:00"),
+        None => text.to_owned(),
+    };
+    if let Some(dot) = out.find('.').filter(|&d| out[..d].contains('T')) {
+        let digits = out[dot + 1..].chars().take_while(char::is_ascii_digit).count();
+        let kept = out[dot + 1..dot + 1 + digits].trim_end_matches('0').len();
+        let cut = if kept == 0 { dot..dot + 1 + digits } else { dot + 1 + kept..dot + 1 + digits };
+        out.replace_range(cut, "");
+    }
+    out
+}
+
 /// The days a date moves for `prefix` + `key` (the reference engine's rolling hash), -50..=50.
 pub fn shift_days(prefix: &str, key: &str) -> i32 {
     let mut offset: u32 = 0;
@@ -137,7 +153,7 @@ mod tests {
         // The reference's DateShiftProcessorTests: key "dummy", no resource id: 2015-02-07 -> 2015-01-17.
         assert_eq!(shift_days("", "dummy"), -21);
         assert!((-50..=50).contains(&shift_days("anything", "key")));
-        assert_eq!(shift_days("a", ""), (97 % 101) - 50);
+        assert_eq!(shift_days("a", ""), 97 - 50);
     }
 
     #[test]
@@ -147,6 +163,9 @@ mod tests {
         assert_eq!(shifted("2015-02-07T13:28:17.239+02:00", Kind::DateTime, 1), Some(Value::String("2015-02-08T00:00:00.000+02:00".into())));
         assert_eq!(shifted("2015-02-07T13:28:17Z", Kind::DateTime, 0), Some(Value::String("2015-02-07T00:00:00Z".into())));
         assert_eq!(shifted("2015-02-07T01:01:01+00:00", Kind::DateTime, -21), Some(Value::String("2015-01-17T00:00:00+00:00".into())));
+        assert_eq!(instant_text("2015-02-07T01:01:01Z"), "2015-02-07T01:01:01+00:00");
+        assert_eq!(instant_text("2015-02-07T01:01:01.250-05:00"), "2015-02-07T01:01:01.25-05:00");
+        assert_eq!(instant_text("2015-02-07T01:01:01.000Z"), "2015-02-07T01:01:01+00:00");
         // Without day precision a date is redacted; with partial dates it keeps its year.
         assert_eq!(shifted("2015-02", Kind::Date, 5), None);
         let mut value = Some(Value::String("2015-02".into()));

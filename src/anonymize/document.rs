@@ -224,20 +224,11 @@ impl Document {
                 None
             };
             if c.many {
-                let len = match map.get(&*c.key) {
-                    Some(Value::Array(items)) => items.len(),
-                    _ => 0,
-                };
                 if value.is_none() && extension.is_none() {
                     continue;
                 }
                 if c.primitive {
-                    let entry = map.entry(c.key.to_string()).or_insert_with(|| Value::Array(Vec::new()));
-                    let mut len = 0;
-                    if let Value::Array(items) = entry {
-                        len = items.len();
-                        items.push(value.unwrap_or(Value::Null));
-                    }
+                    let len = push_item(map, &c.key, value.unwrap_or(Value::Null));
                     if let Some(extension) = extension {
                         let ext = map.entry(format!("_{}", c.key)).or_insert_with(|| Value::Array(Vec::new()));
                         if let Value::Array(items) = ext {
@@ -247,10 +238,7 @@ impl Document {
                         }
                     }
                 } else if let Some(value) = value {
-                    let entry = map.entry(c.key.to_string()).or_insert_with(|| Value::Array(Vec::new()));
-                    if let Value::Array(items) = entry {
-                        items.push(value);
-                    }
+                    push_item(map, &c.key, value);
                 }
             } else {
                 if let Some(value) = value {
@@ -364,6 +352,20 @@ impl Node {
 
     fn opaque(key: Cow<'static, str>, name_len: usize, many: bool, value: Value, parent: NodeId) -> Self {
         Node { key, name_len: name_len as u8, ty: "", graph: None, primitive: true, resource: false, many, value: Some(value), children: Vec::new(), parent: Some(parent) }
+    }
+}
+
+/// Appends to the array under `key` (made on first use); returns the index of the new item.
+fn push_item(map: &mut Map<String, Value>, key: &str, value: Value) -> usize {
+    match map.get_mut(key) {
+        Some(Value::Array(items)) => {
+            items.push(value);
+            items.len() - 1
+        }
+        _ => {
+            map.insert(key.to_owned(), Value::Array(vec![value]));
+            0
+        }
     }
 }
 

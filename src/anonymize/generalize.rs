@@ -9,12 +9,12 @@ use serde_json::Value;
 use super::{
     config::Generalize,
     document::{Item, NodeId},
-    process::{Failure, Run},
+    state::{Failure, State},
     security::GENERALIZE,
 };
 use crate::fhir::fhirpath::{eval_on, Env, Tree};
 
-pub fn apply(run: &mut Run, id: NodeId, settings: &Generalize) -> Result<u8, Failure> {
+pub fn apply(run: &mut State, id: NodeId, settings: &Generalize) -> Result<u8, Failure> {
     let node = &run.doc.nodes[id as usize];
     if !node.primitive {
         return Err(Failure::NotApplicable(format!(
@@ -54,7 +54,7 @@ pub fn apply(run: &mut Run, id: NodeId, settings: &Generalize) -> Result<u8, Fai
     Ok(GENERALIZE)
 }
 
-fn resource_of(run: &Run, mut id: NodeId) -> NodeId {
+fn resource_of(run: &State, mut id: NodeId) -> NodeId {
     while !run.doc.nodes[id as usize].resource {
         match run.doc.nodes[id as usize].parent {
             Some(parent) => id = parent,

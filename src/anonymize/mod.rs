@@ -12,6 +12,7 @@ mod perturb;
 mod process;
 mod redact;
 mod security;
+mod state;
 mod substitute;
 #[cfg(test)]
 mod props;
@@ -159,14 +160,14 @@ impl Engine {
             Ok(_) => {
                 let tags = &run.tags;
                 let tag_of = |id: u32| tags.get(id as usize).copied().unwrap_or(0);
-                *resource = run.doc.to_json(0, &tag_of).unwrap_or(Value::Null);
+                *resource = run.state.doc.to_json(0, &tag_of).unwrap_or(Value::Null);
                 Ok(())
             }
             Err(failure) => {
                 *resource = security::empty_resource(&resource_type);
                 match (failure, self.processing_errors) {
-                    (process::Failure::Processing(_), ProcessingErrors::Skip) => Ok(()),
-                    (process::Failure::Processing(problem) | process::Failure::NotApplicable(problem), _) => {
+                    (state::Failure::Processing(_), ProcessingErrors::Skip) => Ok(()),
+                    (state::Failure::Processing(problem) | state::Failure::NotApplicable(problem), _) => {
                         Err(ProcessingError(format!("{resource_type}/{id}: {problem}")))
                     }
                 }

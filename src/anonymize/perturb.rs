@@ -4,12 +4,12 @@
 
 use serde_json::{Number, Value};
 
-use super::{config::Perturb, document::NodeId, process::{Failure, Run}, security::PERTURB};
+use super::{config::Perturb, document::NodeId, state::{Failure, State}, security::PERTURB};
 
 const NUMBERS: [&str; 4] = ["decimal", "integer", "positiveInt", "unsignedInt"];
 const QUANTITIES: [&str; 8] = ["Age", "Count", "Duration", "Distance", "Money", "MoneyQuantity", "Quantity", "SimpleQuantity"];
 
-pub fn apply(run: &mut Run, id: NodeId, settings: &Perturb) -> Result<u8, Failure> {
+pub fn apply(run: &mut State, id: NodeId, settings: &Perturb) -> Result<u8, Failure> {
     let node = &run.doc.nodes[id as usize];
     let value_node = if NUMBERS.iter().any(|t| t.eq_ignore_ascii_case(node.ty)) {
         Some(id)

@@ -11,45 +11,14 @@ use super::{
     document::{Document, Item, NodeId},
     generalize, perturb, redact,
     security::{CRYPTOHASH, ENCRYPT},
+    state::{Failure, State},
     substitute, Engine,
 };
 use crate::fhir::fhirpath::{eval_on, Env};
 
-/// Why processing a resource stopped.
-#[derive(Debug)]
-pub enum Failure {
-    /// A value the method could not process: `processingErrors` decides.
-    Processing(String),
-    /// A rule that does not fit the node it selected (generalize on a complex node): always an
-    /// error, as the reference engine reports it as a configuration error.
-    NotApplicable(String),
-}
-
-impl From<String> for Failure {
-    fn from(message: String) -> Self {
-        Failure::Processing(message)
-    }
-}
-
-impl From<&str> for Failure {
-    fn from(message: &str) -> Self {
-        Failure::Processing(message.to_owned())
-    }
-}
-
-impl Failure {
-    fn in_rule(self, path: &str) -> Self {
-        match self {
-            Failure::Processing(m) => Failure::Processing(format!("rule '{path}': {m}")),
-            Failure::NotApplicable(m) => Failure::NotApplicable(format!("rule '{path}': {m}")),
-        }
-    }
-}
-
 pub struct Run<'e> {
     pub engine: &'e Engine,
-    pub doc: Document,
-    pub visited: Vec<bool>,
+    pub state: State,
     /// Operations per resource node, for its labels.
     pub tags: Vec<u8>,
     /// What `dateShiftScope: file | folder` puts before the key ("" for resource).
@@ -74,20 +43,20 @@ pub fn text_of(value: &Value) -> Option<String> {
 impl Run<'_> {
     pub fn new<'e>(engine: &'e Engine, doc: Document, prefix: &'e str) -> Run<'e> {
         let n = doc.nodes.len();
-        Run { engine, doc, visited: vec![false; n], tags: vec![0; n], prefix }
+        Run { engine, state: State { doc, visited: vec![false; n] }, tags: vec![0; n], prefix }
     }
 
     /// Visits the tree from `id`: processes each resource before its descendants, and returns
     /// the operations done in it and the resources it holds.
     pub fn visit(&mut self, id: NodeId) -> Result<u8, Failure> {
-        let resource = self.doc.nodes[id as usize].resource;
+        let resource = self.state.doc.nodes[id as usize].resource;
         let mut operations = if resource { self.process_resource(id)? } else { 0 };
         let mut i = 0;
-        while let Some(&child) = self.doc.nodes[id as usize].children.get(i) {
+        while let Some(&child) = self.state.doc.nodes[id as usize].children.get(i) {
             operations |= self.visit(child)?;
             i += 1;
         }
-        if resource && self.doc.nodes[id as usize].name() != "contained" {
+        if resource && self.state.doc.nodes[id as usize].name() != "contained" {
             if self.tags.len() <= id as usize {
                 self.tags.resize(id as usize + 1, 0);
             }
@@ -98,7 +67,7 @@ impl Run<'_> {
 
     fn process_resource(&mut self, resource: NodeId) -> Result<u8, Failure> {
         let engine = self.engine;
-        let ty = self.doc.nodes[resource as usize].ty;
+        let ty = self.state.doc.nodes[resource as usize].ty;
         let rules = engine.rules_for(ty);
         if rules.is_empty() {
             return Ok(0);
@@ -106,7 +75,7 @@ impl Run<'_> {
         // The lookups of `nodesByType('T')` and `nodesByName('n')` rules, filled in one walk.
         let mut buckets: Vec<Vec<NodeId>> = vec![Vec::new(); engine.lookup_keys];
         if engine.lookup_keys > 0 {
-            self.doc.walk_resource(resource, &mut |id, node| {
+            self.state.doc.walk_resource(resource, &mut |id, node| {
                 if let Some(&k) = engine.type_keys.get(node.ty) {
                     buckets[k].push(id);
                 }
@@ -129,7 +98,7 @@ impl Run<'_> {
     }
 
     fn select(&self, rule: &Rule, index: u16, resource: NodeId, ty: &str, buckets: &[Vec<NodeId>], out: &mut Vec<NodeId>) {
-        let doc = &self.doc;
+        let doc = &self.state.doc;
         match &rule.selector {
             Selector::ByType(_, member) | Selector::ByName(_, member) => {
                 let bucket = &buckets[self.engine.rule_bucket[index as usize]];
@@ -153,26 +122,15 @@ impl Run<'_> {
         }
     }
 
-    fn mark(&mut self, id: NodeId) {
-        if self.visited.len() <= id as usize {
-            self.visited.resize(self.doc.nodes.len().max(id as usize + 1), false);
-        }
-        self.visited[id as usize] = true;
-    }
-
-    pub fn is_visited(&self, id: NodeId) -> bool {
-        self.visited.get(id as usize).copied().unwrap_or(false)
-    }
-
     fn process_recursive(&mut self, id: NodeId, rule: &Rule) -> Result<u8, Failure> {
-        if self.is_visited(id) {
+        if self.state.is_visited(id) {
             return Ok(0);
         }
         let mut operations = self.process_node(id, rule)?;
-        self.mark(id);
+        self.state.mark(id);
         let mut i = 0;
-        while let Some(&child) = self.doc.nodes[id as usize].children.get(i) {
-            if !self.doc.nodes[child as usize].resource {
+        while let Some(&child) = self.state.doc.nodes[id as usize].children.get(i) {
+            if !self.state.doc.nodes[child as usize].resource {
                 operations |= self.process_recursive(child, rule)?;
             }
             i += 1;
@@ -180,55 +138,46 @@ impl Run<'_> {
         Ok(operations)
     }
 
-    /// Marks a node's descendants processed (after substitute and perturb).
-    pub fn mark_descendants(&mut self, id: NodeId) {
-        let mut i = 0;
-        while let Some(&child) = self.doc.nodes[id as usize].children.get(i) {
-            self.mark(child);
-            self.mark_descendants(child);
-            i += 1;
-        }
-    }
-
     fn process_node(&mut self, id: NodeId, rule: &Rule) -> Result<u8, Failure> {
         let parameters = &self.engine.parameters;
         match &rule.method {
             Method::Keep => Ok(0),
-            Method::Substitute(replace_with) => substitute::apply(self, id, replace_with),
-            Method::Perturb(settings) => perturb::apply(self, id, settings),
-            Method::Generalize(settings) => generalize::apply(self, id, settings),
+            Method::Substitute(replace_with) => substitute::apply(&mut self.state, id, replace_with),
+            Method::Perturb(settings) => perturb::apply(&mut self.state, id, settings),
+            Method::Generalize(settings) => generalize::apply(&mut self.state, id, settings),
             method => {
-                let node = &self.doc.nodes[id as usize];
+                let node = &self.state.doc.nodes[id as usize];
                 let Some(value) = node.value.as_ref() else { return Ok(0) };
                 if matches!(value, Value::String(s) if s.is_empty()) {
                     return Ok(0);
                 }
-                let parent_ty = node.parent.map_or("", |p| self.doc.nodes[p as usize].ty);
+                let parent_ty = node.parent.map_or("", |p| self.state.doc.nodes[p as usize].ty);
                 // Most redactions only drop the value: no copy of it needed. A property R4 does
                 // not define (kept whole as JSON) goes the same way.
                 if matches!(method, Method::Redact) && (!redact::is_special(node.ty, node.name(), parent_ty) || text_of_is_none(value)) {
-                    self.doc.nodes[id as usize].value = None;
+                    self.state.doc.nodes[id as usize].value = None;
                     return Ok(super::security::REDACT);
                 }
                 if matches!(method, Method::DateShift) && dates::Kind::of(node.ty).is_none() {
                     return Ok(0);
                 }
                 let Some(text) = text_of(value) else { return Ok(0) };
+                let text = if node.ty == "instant" { dates::instant_text(&text) } else { text };
                 let (ty, name) = (node.ty, node.name().to_owned());
                 match method {
                     Method::Redact => {
-                        let value = &mut self.doc.nodes[id as usize].value;
+                        let value = &mut self.state.doc.nodes[id as usize].value;
                         Ok(redact::redact(value, &text, ty, &name, parent_ty, parameters)?)
                     }
                     Method::DateShift => {
                         let Some(kind) = dates::Kind::of(ty) else { return Ok(0) };
                         let days = || match parameters.date_shift_fixed_offset_in_days {
                             Some(days) => days,
-                            None if self.prefix.is_empty() => dates::shift_days(&self.doc.root_id(), &parameters.date_shift_key),
+                            None if self.prefix.is_empty() => dates::shift_days(&self.state.doc.root_id(), &parameters.date_shift_key),
                             None => dates::shift_days(self.prefix, &parameters.date_shift_key),
                         };
                         let days = days();
-                        let value = &mut self.doc.nodes[id as usize].value;
+                        let value = &mut self.state.doc.nodes[id as usize].value;
                         Ok(dates::shift(value, &text, kind, || days, parameters.partial_dates)?)
                     }
                     Method::CryptoHash => {
@@ -238,12 +187,12 @@ impl Run<'_> {
                         } else {
                             crypto::hash(&text, key)
                         };
-                        self.doc.nodes[id as usize].value = Some(Value::String(hashed));
+                        self.state.doc.nodes[id as usize].value = Some(Value::String(hashed));
                         Ok(CRYPTOHASH)
                     }
                     Method::Encrypt => {
                         let encrypted = crypto::encrypt(&text, &self.engine.encrypt_key).ok_or("encryption failed")?;
-                        self.doc.nodes[id as usize].value = Some(Value::String(encrypted));
+                        self.state.doc.nodes[id as usize].value = Some(Value::String(encrypted));
                         Ok(ENCRYPT)
                     }
                     _ => Ok(0),

@@ -5,9 +5,9 @@
 use rustc_hash::FxHashSet;
 use serde_json::Value;
 
-use super::{document::NodeId, process::{Failure, Run}, security::SUBSTITUTE};
+use super::{document::NodeId, state::{Failure, State}, security::SUBSTITUTE};
 
-pub fn apply(run: &mut Run, id: NodeId, replace_with: &Value) -> Result<u8, Failure> {
+pub fn apply(run: &mut State, id: NodeId, replace_with: &Value) -> Result<u8, Failure> {
     let primitive = run.doc.nodes[id as usize].primitive;
     let replacement = if primitive {
         // The reference reads the setting's text: a string as is, anything else as JSON text.
@@ -27,7 +27,9 @@ pub fn apply(run: &mut Run, id: NodeId, replace_with: &Value) -> Result<u8, Fail
             },
             _ => return Err(format!("replaceWith is not a {} in JSON", run.doc.nodes[id as usize].ty).into()),
         };
-        run.doc.detached_like(id, object)
+        let replacement = run.doc.detached_like(id, object);
+        check_replacement(run, replacement, run.doc.nodes[id as usize].ty)?;
+        replacement
     };
     let mut keep = FxHashSet::default();
     keep_set(run, id, &mut keep);
@@ -36,8 +38,25 @@ pub fn apply(run: &mut Run, id: NodeId, replace_with: &Value) -> Result<u8, Fail
     Ok(SUBSTITUTE)
 }
 
+/// A replacement must be the element's type: elements it does not have are refused, as the
+/// reference engine's parser refuses them; an empty string is no value.
+fn check_replacement(run: &mut State, id: NodeId, ty: &str) -> Result<(), Failure> {
+    for i in 0..run.doc.nodes[id as usize].children.len() {
+        let child = run.doc.nodes[id as usize].children[i];
+        let node = &mut run.doc.nodes[child as usize];
+        if node.ty.is_empty() {
+            return Err(Failure::NotApplicable(format!("replaceWith has '{}', which a {ty} does not have", node.key)));
+        }
+        if matches!(&node.value, Some(Value::String(s)) if s.is_empty()) {
+            node.value = None;
+        }
+        check_replacement(run, child, ty)?;
+    }
+    Ok(())
+}
+
 /// Nodes processed before, and every node above one: they stay through the substitution.
-fn keep_set(run: &Run, id: NodeId, keep: &mut FxHashSet<NodeId>) -> bool {
+fn keep_set(run: &State, id: NodeId, keep: &mut FxHashSet<NodeId>) -> bool {
     let mut should_keep = false;
     for &child in &run.doc.nodes[id as usize].children {
         should_keep |= keep_set(run, child, keep);
@@ -50,7 +69,7 @@ fn keep_set(run: &Run, id: NodeId, keep: &mut FxHashSet<NodeId>) -> bool {
 }
 
 /// Makes `node` the `replacement` node (None: an empty one, keeping only what must stay).
-fn substitute(run: &mut Run, node: NodeId, replacement: Option<NodeId>, keep: &FxHashSet<NodeId>) {
+fn substitute(run: &mut State, node: NodeId, replacement: Option<NodeId>, keep: &FxHashSet<NodeId>) {
     if run.is_visited(node) {
         return;
     }
@@ -63,7 +82,7 @@ fn substitute(run: &mut Run, node: NodeId, replacement: Option<NodeId>, keep: &F
             }
         }
     }
-    let named = |run: &Run, parent: NodeId, name: &str| -> Vec<NodeId> {
+    let named = |run: &State, parent: NodeId, name: &str| -> Vec<NodeId> {
         run.doc.nodes[parent as usize].children.iter().copied().filter(|&c| run.doc.nodes[c as usize].name() == name).collect()
     };
     for name in &names {

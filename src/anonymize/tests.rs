@@ -262,3 +262,32 @@ fn configurations_are_refused_with_the_rule_and_never_the_key() {
     let ok = engine(json!({"fhirPathRules": [{"path": "nodesByType('date')", "method": "DATESHIFT"}], "parameters": {"dateShiftKey": "secret"}}));
     assert!(!ok.describe().to_string().contains("secret"));
 }
+
+#[test]
+fn reference_details_instants_offsets_duplicates_and_misfit_replacements() {
+    // An instant in UTC is written with +00:00 after a shift, as the reference does; a dateTime keeps Z.
+    let e = engine(json!({"fhirPathRules": [{"path": "nodesByType('instant')", "method": "dateShift"}, {"path": "nodesByType('dateTime')", "method": "dateShift"}],
+        "parameters": {"dateShiftFixedOffsetInDays": -21}}));
+    let out = run(&e, json!({"resourceType": "Observation", "status": "final", "code": {"text": "x"},
+        "issued": "2015-02-07T01:01:01Z", "effectiveDateTime": "2015-02-07T01:01:01Z"}));
+    assert_eq!(out["issued"], "2015-01-17T00:00:00+00:00");
+    assert_eq!(out["effectiveDateTime"], "2015-01-17T00:00:00Z");
+    // Date-times compare as instants across offsets; a string against a date is an error.
+    let g = engine(json!({"fhirPathRules": [{"path": "Observation.effective", "method": "generalize",
+        "cases": {"$this >= @1990-01-01T00:00:00Z and $this <= @2000-01-01T00:00:00+08:00": "@1990"}}]}));
+    let obs = |t: &str| json!({"resourceType": "Observation", "status": "final", "code": {"text": "x"}, "effectiveDateTime": t});
+    assert_eq!(run(&g, obs("2000-01-01T00:00:00+09:00"))["effectiveDateTime"], "1990");
+    assert!(run(&g, obs("2000-01-01T00:00:00-09:00")).get("effectiveDateTime").is_none());
+    let strict = engine(json!({"fhirPathRules": [{"path": "nodesByName('postalCode')", "method": "generalize", "cases": {"$this > @2015-01-01": "'x'"}}]}));
+    let mut p = json!({"resourceType": "Patient", "address": [{"postalCode": "2015-01-01"}]});
+    assert!(strict.apply(&mut p, &Scope::default()).is_err());
+    // A replacement with elements the type lacks is refused; an empty string is no value.
+    let misfit = engine(json!({"processingErrors": "skip", "fhirPathRules": [{"path": "Patient.telecom", "method": "substitute", "replaceWith": {"family": "Harry"}}]}));
+    let mut p = json!({"resourceType": "Patient", "telecom": [{"value": "1"}]});
+    assert!(misfit.apply(&mut p, &Scope::default()).unwrap_err().to_string().contains("'family'"));
+    let empty = engine(json!({"fhirPathRules": [{"path": "Patient.telecom", "method": "substitute", "replaceWith": {"value": "2", "period": {"start": "2020", "end": ""}}}]}));
+    assert_eq!(run(&empty, json!({"resourceType": "Patient", "telecom": [{"value": "1"}]}))["telecom"], json!([{"value": "2", "period": {"start": "2020"}}]));
+    // A property given twice is refused.
+    let twice = Engine::from_json(br#"{"fhirPathRules": [{"path": "Patient", "method": "keep"}], "fhirPathRules": []}"#).unwrap_err().to_string();
+    assert!(twice.contains("'fhirPathRules' is given twice"), "{twice}");
+}

@@ -45,6 +45,7 @@ impl FromRequestParts<AppState> for Authorized {
                 Err(unauthorized(AuthError::MissingToken.to_string(), REALM.to_owned()))
             }
             Err(AuthError::InvalidToken(reason)) => {
+                let reason = reason.to_string();
                 super::metrics::auth_failed("invalid_token");
                 let challenge = format!("{REALM}, error=\"invalid_token\", error_description=\"{reason}\"");
                 Err(unauthorized(reason, challenge))
@@ -124,7 +125,7 @@ fn token_request(body: &[u8]) -> Result<TokenRequest, TokenError> {
 
 fn token_error(error: TokenError) -> Response {
     let status = match &error {
-        TokenError::InvalidClient(_) => StatusCode::UNAUTHORIZED,
+        TokenError::InvalidClient(_) | TokenError::Assertion(_) | TokenError::Jwks(_) => StatusCode::UNAUTHORIZED,
         TokenError::Store(e) if e.is_transient() => {
             tracing::warn!(error = %e, "the token endpoint could not reach the database");
             StatusCode::SERVICE_UNAVAILABLE

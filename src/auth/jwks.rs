@@ -10,11 +10,28 @@ use std::{
 use jsonwebtoken::jwk::JwkSet;
 use url::Url;
 
-use super::clients::parse_jwks;
+use super::clients::{parse_jwks, JwksError};
 
 const MAX_CACHE: Duration = Duration::from_secs(3600);
 /// A JWKS larger than this is refused (a key set is a few kilobytes).
 const MAX_JWKS_BYTES: usize = 256 * 1024;
+
+/// Why the key set at a client's JWKS URL could not be had.
+#[derive(Debug, thiserror::Error)]
+pub enum FetchError {
+    #[error("cannot build the HTTPS client that fetches JWKS URLs: {0}")]
+    Client(String),
+    #[error("fetching the JWKS at {url} failed: {reason}")]
+    Fetch { url: Url, reason: reqwest13::Error },
+    #[error("the JWKS URL {url} answered {status}")]
+    Status { url: Url, status: reqwest13::StatusCode },
+    #[error("reading the JWKS at {url} failed: {reason}")]
+    Read { url: Url, reason: reqwest13::Error },
+    #[error("the JWKS at {url} is larger than {MAX_JWKS_BYTES} bytes")]
+    TooLarge { url: Url },
+    #[error(transparent)]
+    Jwks(#[from] JwksError),
+}
 
 #[derive(Clone, Default)]
 pub struct JwksFetcher {
@@ -29,20 +46,20 @@ impl JwksFetcher {
         Self::default()
     }
 
-    fn http(&self) -> Result<&reqwest13::Client, String> {
+    fn http(&self) -> Result<&reqwest13::Client, FetchError> {
         let built = self.http.get_or_init(|| {
             crate::https::reqwest_trust(reqwest13::Client::builder())
                 .timeout(Duration::from_secs(10))
                 .redirect(reqwest13::redirect::Policy::none())
                 .build()
-                .map_err(|e| format!("cannot build the HTTPS client that fetches JWKS URLs: {e}"))
+                .map_err(|e| e.to_string())
         });
-        built.as_ref().map_err(Clone::clone)
+        built.as_ref().map_err(|e| FetchError::Client(e.clone()))
     }
 
     /// The key set at `url`: from the cache while it is fresh, unless `refresh` (a `kid` was
     /// not found in the cached set, so the client may have rotated its keys).
-    pub async fn get(&self, url: &Url, refresh: bool) -> Result<(JwkSet, bool), String> {
+    pub async fn get(&self, url: &Url, refresh: bool) -> Result<(JwkSet, bool), FetchError> {
         if !refresh {
             let cache = self.cache.lock().expect("the JWKS cache lock is not poisoned");
             if let Some((set, until)) = cache.get(url)
@@ -51,14 +68,14 @@ impl JwksFetcher {
                 return Ok((set.clone(), true));
             }
         }
-        let response = self.http()?.get(url.clone()).send().await.map_err(|e| format!("fetching the JWKS at {url} failed: {e}"))?;
+        let response = self.http()?.get(url.clone()).send().await.map_err(|reason| FetchError::Fetch { url: url.clone(), reason })?;
         if !response.status().is_success() {
-            return Err(format!("the JWKS URL {url} answered {}", response.status()));
+            return Err(FetchError::Status { url: url.clone(), status: response.status() });
         }
         let max_age = response.headers().get(reqwest13::header::CACHE_CONTROL).and_then(|v| v.to_str().ok()).map_or(Duration::ZERO, max_age);
-        let body = response.bytes().await.map_err(|e| format!("reading the JWKS at {url} failed: {e}"))?;
+        let body = response.bytes().await.map_err(|reason| FetchError::Read { url: url.clone(), reason })?;
         if body.len() > MAX_JWKS_BYTES {
-            return Err(format!("the JWKS at {url} is larger than {MAX_JWKS_BYTES} bytes"));
+            return Err(FetchError::TooLarge { url: url.clone() });
         }
         let set = parse_jwks(&String::from_utf8_lossy(&body))?;
         if !max_age.is_zero() {

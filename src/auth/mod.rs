@@ -5,8 +5,8 @@
 pub mod assertion;
 pub mod clients;
 pub mod jwks;
-pub mod limits;
-pub mod presence;
+pub mod poll_limiter;
+pub mod registered_clients_cache;
 pub mod scopes;
 pub mod settings;
 pub mod tokens;
@@ -16,8 +16,8 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use clients::{Client, KeySource};
 use jwks::JwksFetcher;
-use limits::PollLimiter;
-use presence::Presence;
+use poll_limiter::PollLimiter;
+use registered_clients_cache::RegisteredClientsCache;
 use scopes::Scopes;
 use settings::AuthSettings;
 use tokens::TokenKeys;
@@ -59,6 +59,11 @@ pub enum TokenError {
     #[error("{0}")]
     InvalidScope(String),
     #[error(transparent)]
+    Assertion(#[from] assertion::AssertionError),
+    /// The client's keys at its JWKS URL could not be had: the client cannot be authenticated.
+    #[error(transparent)]
+    Jwks(#[from] jwks::FetchError),
+    #[error(transparent)]
     Store(#[from] StoreError),
 }
 
@@ -67,7 +72,7 @@ impl TokenError {
         match self {
             Self::InvalidRequest(_) => "invalid_request",
             Self::UnsupportedGrantType(_) => "unsupported_grant_type",
-            Self::InvalidClient(_) => "invalid_client",
+            Self::InvalidClient(_) | Self::Assertion(_) | Self::Jwks(_) => "invalid_client",
             Self::InvalidScope(_) => "invalid_scope",
             Self::Store(_) => "server_error",
         }
@@ -79,8 +84,8 @@ impl TokenError {
 pub enum AuthError {
     #[error("this endpoint needs a bearer access token (get one at the token endpoint)")]
     MissingToken,
-    #[error("{0}")]
-    InvalidToken(String),
+    #[error(transparent)]
+    InvalidToken(tokens::TokenRejected),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -115,7 +120,7 @@ struct Inner {
     keys: TokenKeys,
     jwks: JwksFetcher,
     polls: PollLimiter,
-    presence: Presence,
+    registered_clients: RegisteredClientsCache,
     token_url: String,
 }
 
@@ -128,8 +133,7 @@ impl Auth {
                 TokenKeys::from_pem(&pem, base_url)
             }
             None => TokenKeys::from_stored(&store.signing_key(&TokenKeys::generate()).await?, base_url),
-        }
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
+        }?;
         for configured in &settings.clients {
             let client = configured.to_client().map_err(|e| anyhow::anyhow!("invalid configuration: auth.clients: {e}"))?;
             store.put_client(&client.to_record()).await?;
@@ -141,7 +145,7 @@ impl Auth {
                 keys,
                 jwks: JwksFetcher::new(),
                 polls: PollLimiter::new(settings.status_polls_per_second),
-                presence: Presence::default(),
+                registered_clients: RegisteredClientsCache::default(),
                 token_url: format!("{base_url}{TOKEN_PATH}"),
             }),
         };
@@ -161,10 +165,10 @@ impl Auth {
     }
 
     /// Authorization is on whenever a client is registered, and always unless `allow_open`.
-    /// Rechecked every `presence::RECHECK`, so registering the first client turns it on without
-    /// a restart.
+    /// Rechecked every `registered_clients_cache::RECHECK`, so registering the first client turns
+    /// it on without a restart.
     pub async fn enforced(&self) -> Result<bool, StoreError> {
-        Ok(!self.inner.settings.allow_open || self.inner.presence.any_client(self.inner.store.as_ref()).await?)
+        Ok(!self.inner.settings.allow_open || self.inner.registered_clients.any_client(self.inner.store.as_ref()).await?)
     }
 
     /// The caller of a protected endpoint, from its `Authorization` header.
@@ -178,9 +182,9 @@ impl Auth {
             .map(|(_, token)| token.trim())
             .ok_or(AuthError::MissingToken)?;
         let grant = self.inner.keys.verify(token).map_err(AuthError::InvalidToken)?;
-        // A client removed since the token was issued loses access (within `presence::RECHECK`).
-        if !self.inner.presence.registered(self.inner.store.as_ref(), &grant.client_id).await? {
-            return Err(AuthError::InvalidToken("the access token's client is no longer registered".into()));
+        // A client removed since the token was issued loses access (within `registered_clients_cache::RECHECK`).
+        if !self.inner.registered_clients.registered(self.inner.store.as_ref(), &grant.client_id).await? {
+            return Err(AuthError::InvalidToken(tokens::TokenRejected::ClientGone));
         }
         let requester = Requester {
             owner: grant.client_id,
@@ -242,11 +246,11 @@ impl Auth {
 
     async fn authenticate_client(&self, assertion: &str) -> Result<(Client, DateTime<Utc>, String), TokenError> {
         let invalid = TokenError::InvalidClient;
-        let header = assertion::header(assertion).map_err(invalid)?;
-        let unverified = assertion::unverified_claims(assertion).map_err(invalid)?;
+        let header = assertion::header(assertion)?;
+        let unverified = assertion::unverified_claims(assertion)?;
         let client_id = match (unverified.iss, unverified.sub) {
             (Some(iss), Some(sub)) if iss == sub => iss,
-            _ => return Err(invalid("the client assertion's iss and sub must both be the client_id".into())),
+            _ => return Err(assertion::AssertionError::IssuerSubject.into()),
         };
         // No registered id has control characters or is that long: refuse before the store sees
         // it (Postgres refuses NUL in text with an error of its own).
@@ -268,20 +272,20 @@ impl Auth {
         let keys = match &client.keys {
             KeySource::Inline(set) => set.clone(),
             KeySource::Url(url) => {
-                let (set, cached) = self.inner.jwks.get(url, false).await.map_err(invalid)?;
+                let (set, cached) = self.inner.jwks.get(url, false).await?;
                 if cached && assertion::select_key(&set, kid, header.alg, assertion).is_err() {
-                    self.inner.jwks.get(url, true).await.map_err(invalid)?.0
+                    self.inner.jwks.get(url, true).await?.0
                 } else {
                     set
                 }
             }
         };
-        let key = assertion::select_key(&keys, kid, header.alg, assertion).map_err(invalid)?;
+        let key = assertion::select_key(&keys, kid, header.alg, assertion)?;
         if kid.is_none() {
             tracing::info!(client = %client.id, kid = key.common.key_id.as_deref().unwrap_or_default(), "the client assertion has no kid: the one registered key that verifies it was used");
         }
         let skew = self.inner.settings.clock_skew_seconds;
-        let claims = assertion::verify(assertion, key, header.alg, &client.id, &self.inner.token_url, skew).map_err(invalid)?;
+        let claims = assertion::verify(assertion, key, header.alg, &client.id, &self.inner.token_url, skew)?;
         let expires_at = DateTime::from_timestamp(claims.exp as i64, 0).unwrap_or_else(Utc::now);
         Ok((client, expires_at, claims.jti.unwrap_or_default()))
     }

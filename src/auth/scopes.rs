@@ -5,6 +5,11 @@ use std::{collections::BTreeSet, fmt};
 
 use crate::{model::requester::TypeAccess, fhir::ResourceType};
 
+/// A registered scope that is not a SMART system scope.
+#[derive(Debug, thiserror::Error)]
+#[error("'{0}' is not a SMART system scope (system/Type.read, system/*.rs, ...)")]
+pub struct NotASystemScope(pub String);
+
 /// Permission letters of SMART v2, in their canonical order; v1 names map onto them.
 const LETTERS: [char; 5] = ['c', 'r', 'u', 'd', 's'];
 const READ: u8 = 0b00010 | 0b10000; // r + s
@@ -118,11 +123,11 @@ impl Scopes {
     }
 
     /// Parses a client's registered scopes: each must be a valid system scope.
-    pub fn parse_strict<'a>(items: impl IntoIterator<Item = &'a str>) -> Result<Self, String> {
+    pub fn parse_strict<'a>(items: impl IntoIterator<Item = &'a str>) -> Result<Self, NotASystemScope> {
         items
             .into_iter()
             .flat_map(str::split_whitespace)
-            .map(|s| Scope::parse(s).ok_or_else(|| format!("'{s}' is not a SMART system scope (system/Type.read, system/*.rs, ...)")))
+            .map(|s| Scope::parse(s).ok_or_else(|| NotASystemScope(s.to_owned())))
             .collect::<Result<Vec<_>, _>>()
             .map(Self)
     }

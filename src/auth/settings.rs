@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
-use super::clients::Client;
+use super::clients::{Client, RegistrationError};
 
 /// SMART Backend Services authorization (`auth.*`).
 #[derive(Debug, Clone, Deserialize)]
@@ -39,7 +39,7 @@ pub struct ClientSettings {
 }
 
 impl ClientSettings {
-    pub fn to_client(&self) -> Result<Client, String> {
+    pub fn to_client(&self) -> Result<Client, RegistrationError> {
         Client::new(&self.client_id, self.jwks.as_deref(), self.jwks_url.as_deref(), &self.scopes)
     }
 }

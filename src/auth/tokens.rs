@@ -32,6 +32,30 @@ pub struct TokenKeys {
     issuer: String,
 }
 
+/// Why the token-signing key cannot be used (start-up stops on it).
+#[derive(Debug, thiserror::Error)]
+pub enum SigningKeyError {
+    #[error("the stored token-signing key is not valid hex")]
+    StoredNotHex,
+    #[error("the token-signing key file is not a P-384 PKCS#8 PEM key: {0}")]
+    NotPem(jsonwebtoken::errors::Error),
+    #[error("the token-signing key is not a P-384 key: {0}")]
+    NotP384(jsonwebtoken::errors::Error),
+    #[error("the token-signing key is not usable: {0}")]
+    Unusable(jsonwebtoken::errors::Error),
+}
+
+/// Why a bearer token is refused (the client reads it in `WWW-Authenticate`).
+#[derive(Debug, thiserror::Error)]
+pub enum TokenRejected {
+    #[error("the access token has expired")]
+    Expired,
+    #[error("the access token is not valid")]
+    Invalid,
+    #[error("the access token's client is no longer registered")]
+    ClientGone,
+}
+
 impl TokenKeys {
     /// A new P-384 key as PKCS#8 DER, hex-encoded for storage.
     pub fn generate() -> String {
@@ -40,20 +64,20 @@ impl TokenKeys {
         hex(document.as_ref())
     }
 
-    pub fn from_stored(hex_pkcs8: &str, issuer: &str) -> Result<Self, String> {
-        let der = unhex(hex_pkcs8).ok_or("the stored token-signing key is not valid hex")?;
+    pub fn from_stored(hex_pkcs8: &str, issuer: &str) -> Result<Self, SigningKeyError> {
+        let der = unhex(hex_pkcs8).ok_or(SigningKeyError::StoredNotHex)?;
         Self::new(EncodingKey::from_ec_der(&der), issuer)
     }
 
     /// A P-384 private key in a PKCS#8 PEM file (`openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-384`).
-    pub fn from_pem(pem: &[u8], issuer: &str) -> Result<Self, String> {
-        let key = EncodingKey::from_ec_pem(pem).map_err(|e| format!("the token-signing key file is not a P-384 PKCS#8 PEM key: {e}"))?;
+    pub fn from_pem(pem: &[u8], issuer: &str) -> Result<Self, SigningKeyError> {
+        let key = EncodingKey::from_ec_pem(pem).map_err(SigningKeyError::NotPem)?;
         Self::new(key, issuer)
     }
 
-    fn new(encoding: EncodingKey, issuer: &str) -> Result<Self, String> {
-        let public = Jwk::from_encoding_key(&encoding, Algorithm::ES384).map_err(|e| format!("the token-signing key is not a P-384 key: {e}"))?;
-        let decoding = DecodingKey::from_jwk(&public).map_err(|e| format!("the token-signing key is not usable: {e}"))?;
+    fn new(encoding: EncodingKey, issuer: &str) -> Result<Self, SigningKeyError> {
+        let public = Jwk::from_encoding_key(&encoding, Algorithm::ES384).map_err(SigningKeyError::NotP384)?;
+        let decoding = DecodingKey::from_jwk(&public).map_err(SigningKeyError::Unusable)?;
         Ok(Self { encoding, decoding, issuer: issuer.to_owned() })
     }
 
@@ -74,15 +98,15 @@ impl TokenKeys {
 
     /// Checks a bearer token: our signature, our issuer and audience, not expired (no leeway:
     /// we issued it on our own clock).
-    pub fn verify(&self, token: &str) -> Result<Grant, String> {
+    pub fn verify(&self, token: &str) -> Result<Grant, TokenRejected> {
         let mut validation = Validation::new(Algorithm::ES384);
         validation.leeway = 0;
         validation.set_audience(&[&self.issuer]);
         validation.set_issuer(&[&self.issuer]);
         validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
         let data = jsonwebtoken::decode::<Claims>(token, &self.decoding, &validation).map_err(|e| match e.kind() {
-            jsonwebtoken::errors::ErrorKind::ExpiredSignature => "the access token has expired".to_owned(),
-            _ => "the access token is not valid".to_owned(),
+            jsonwebtoken::errors::ErrorKind::ExpiredSignature => TokenRejected::Expired,
+            _ => TokenRejected::Invalid,
         })?;
         Ok(Grant { client_id: data.claims.sub, scopes: Scopes::parse_lenient(&data.claims.scope) })
     }

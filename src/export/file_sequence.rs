@@ -1,7 +1,7 @@
 //! The numbered files one roller writes, `{stem}-{n}.ndjson` under the job's folder: opens the
 //! next, counts the lines written into it, closes it into a [`FileRecord`], aborts the open one.
 //! When to start a new file is the roller's policy (by line in `roller.rs`, by block in
-//! `blocks.rs`); this type only keeps the sequence.
+//! `block_roller.rs`); this type only keeps the sequence.
 
 use crate::model::job::{FileKind, FileRecord};
 use crate::output::{Output, OutputError, OutputFile};

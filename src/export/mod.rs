@@ -2,15 +2,16 @@
 //! the worker pool, the NDJSON roller, the manifest and the janitor. Knows neither axum nor SQL.
 
 mod access;
-pub mod blocks;
+pub mod block_roller;
 pub mod deid;
+pub mod drain;
 pub mod failure;
-pub mod fairness;
 pub mod file_sequence;
 pub mod group;
 pub mod janitor;
 pub mod manifest;
 pub mod organized;
+pub mod pacer;
 pub mod params;
 pub mod pipeline;
 #[cfg(test)]
@@ -18,8 +19,8 @@ mod props;
 pub mod request;
 pub mod roller;
 pub mod service;
-pub mod sources;
 pub mod status_cache;
+pub mod type_lines;
 pub mod worker;
 
 pub use service::Exports;

@@ -4,22 +4,23 @@
 //! patient (a Group export's referenced types, Provenance under `includeAssociatedData`) ends the
 //! output in files of its own without a header; `_since` deletions go to `deleted` files per type.
 
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::AtomicI64;
 
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    blocks::BlockRoller,
+    block_roller::BlockRoller,
     deid::Deidentify,
-    fairness::Pacer,
+    drain::{self, drain, Counted, Halt, Progress},
+    pacer::Pacer,
     pipeline::Pipeline,
     roller::Roller,
-    sources::{self, invalid, Halt, IdOnly, Lines},
+    type_lines::{self, invalid, IdOnly, Lines},
 };
 use crate::{
     fhir::{compartment, search::Narrowing, types::ResourceId, ResourceType},
-    model::job::{ClaimedTask, FileKind, FileRecord},
+    model::job::{ClaimedTask, FileRecord},
     output::Output,
     store::{Scope, Selection, Stores},
 };
@@ -56,6 +57,9 @@ pub async fn write(
     per_patient.sort_by_key(|t| t.as_str() != "Patient");
     let patients = patients(stores, task, stop).await?;
 
+    // One pacer for the task: a patient's few resources count toward its next yield too.
+    let mut pacer = Pacer::default();
+    let progress = Progress::from_now(written);
     let mut roller = BlockRoller::new(output, ORGANIZED_BY, "Patient-organized", key_dir.clone(), task.max_file_bytes);
     let blocks = async {
         for patient in &patients {
@@ -67,13 +71,13 @@ pub async fn write(
             roller.start_block(Some(&header)).await?;
             for resource_type in &per_patient {
                 let Some(lines) = patient_lines(stores, task, resource_type, patient, deid)? else { continue };
-                pour(lines, &mut roller, stop, written).await?;
+                drain(lines, stop, &mut pacer, Counted { roller: &mut roller, progress }).await?;
             }
         }
         roller.start_headerless_files().await?;
         for resource_type in &apart {
-            let source = sources::output(stores, task, resource_type.clone(), deid, stop).await?;
-            pour(source.lines, &mut roller, stop, written).await?;
+            let source = type_lines::output(stores, task, resource_type.clone(), deid, stop).await?;
+            drain(source.lines, stop, &mut pacer, Counted { roller: &mut roller, progress }).await?;
         }
         Ok::<_, Halt>(())
     }
@@ -84,8 +88,11 @@ pub async fn write(
     }
     let mut files = roller.finish().await?;
     if task.request.since.is_some() {
+        // The `deleted` files of each type, as its per-type task would write them.
         for resource_type in per_patient {
-            files.extend(deletions(stores, output, task, resource_type, &key_dir, stop).await?);
+            let source = type_lines::deletion_bundles(stores, type_lines::deleted_selection(task, resource_type.clone()));
+            let roller = Roller::for_deletions(output, resource_type.as_str(), key_dir.clone(), task.max_file_bytes);
+            files.extend(drain::into_files(source, roller, stop, &mut pacer, Progress::from_now(written)).await?);
         }
     }
     Ok(files)
@@ -100,12 +107,12 @@ async fn patients(stores: &Stores, task: &ClaimedTask, stop: &CancellationToken)
         as_of: task.transaction_time,
         since: None,
         until: None,
-        scope: sources::scope(task),
+        scope: type_lines::scope(task),
         narrowing: Narrowing::default(),
     };
     let lines: Lines = Pipeline::default().apply_to(stores.resources.export_stream(selection));
     let mut ids = Vec::new();
-    sources::read_all(lines, stop, |chunk| {
+    type_lines::read_all(lines, stop, |chunk| {
         for line in chunk.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
             let value: IdOnly = serde_json::from_slice(line).map_err(|e| format!("a stored Patient is not valid JSON: {e}"))?;
             ids.extend(ResourceId::parse(&value.id));
@@ -126,82 +133,16 @@ fn patient_lines(
     patient: &ResourceId,
     deid: Option<&Deidentify>,
 ) -> Result<Option<Lines>, Halt> {
-    let pipeline = Pipeline::for_output(&task.request, resource_type, deid.map(|d| d.stage(resource_type.as_str()))).map_err(invalid)?;
-    let mut narrowing = sources::narrowing(task, resource_type)?;
+    let (mut pipeline, mut selection) = type_lines::type_selection(task, resource_type.clone(), Scope::Patient(patient.clone()))?;
+    if let Some(deid) = deid {
+        pipeline = Pipeline::for_output(&task.request, resource_type, Some(deid.stage(resource_type.as_str()))).map_err(invalid)?;
+    }
     // A `_typeFilter` bound to other patients' compartments selects nothing in this block.
+    let narrowing = &mut selection.narrowing;
     match &narrowing.patients {
         Some(allowed) if !allowed.contains(patient.as_str()) => return Ok(None),
         _ => narrowing.patients = Some([patient.to_string()].into()),
     }
-    let selection = Selection {
-        resource_type: resource_type.clone(),
-        as_of: task.transaction_time,
-        since: task.request.since,
-        until: task.request.until,
-        scope: Scope::Patient(patient.clone()),
-        narrowing,
-    };
     Ok(Some(pipeline.apply_to(stores.resources.export_stream(selection))))
 }
 
-/// Moves lines into the current block until they end or the task stops.
-async fn pour(lines: Lines, roller: &mut BlockRoller<'_>, stop: &CancellationToken, written: &AtomicI64) -> Result<(), Halt> {
-    use futures::StreamExt;
-    let mut lines = lines;
-    let mut pacer = Pacer::default();
-    loop {
-        let next = tokio::select! {
-            _ = stop.cancelled() => return Err(Halt::Stopped),
-            next = lines.next() => next,
-        };
-        match next {
-            None => return Ok(()),
-            Some(Ok(chunk)) => {
-                roller.write(&chunk).await?;
-                written.store(roller.lines() as i64, Ordering::Relaxed);
-                pacer.moved(chunk.len()).await;
-            }
-            Some(Err(e)) => return Err(e.into()),
-        }
-    }
-}
-
-/// The `deleted` files of one type (`_since`), as its per-type task would write them.
-async fn deletions(
-    stores: &Stores,
-    output: &Output,
-    task: &ClaimedTask,
-    resource_type: ResourceType,
-    key_dir: &str,
-    stop: &CancellationToken,
-) -> Result<Vec<FileRecord>, Halt> {
-    use futures::StreamExt;
-    let stem = format!("{resource_type}-deleted");
-    let selection = Selection {
-        resource_type,
-        as_of: task.transaction_time,
-        since: task.request.since,
-        until: task.request.until,
-        scope: sources::scope(task),
-        narrowing: Narrowing::default(),
-    };
-    let mut source = sources::deletion_bundles(stores, selection);
-    let mut roller = Roller::new(output, FileKind::Deleted, "Bundle", key_dir.to_owned(), task.max_file_bytes).with_stem(stem);
-    loop {
-        let next = tokio::select! {
-            _ = stop.cancelled() => None,
-            next = source.next() => Some(next),
-        };
-        let result = match next {
-            None => Err(Halt::Stopped),
-            Some(None) => break,
-            Some(Some(Ok(chunk))) => roller.write(chunk).await.map_err(Halt::from),
-            Some(Some(Err(e))) => Err(e.into()),
-        };
-        if let Err(halt) = result {
-            roller.abort().await;
-            return Err(halt);
-        }
-    }
-    Ok(roller.finish().await?)
-}

@@ -107,7 +107,7 @@ impl ExportRequest {
             Some(other) => return Err(invalid("allowPartialManifests", format!("'{other}' is not a boolean (true or false)"))),
         };
         let container = single(raw, "_container")?
-            .map(|value| ContainerName::parse(value).map_err(|reason| invalid("_container", reason)))
+            .map(|value| ContainerName::parse(value).map_err(|e| invalid("_container", e.to_string())))
             .transpose()?;
 
         // Types the level does not cover are left out with an OperationOutcome under either

@@ -32,6 +32,12 @@ impl<'a> Roller<'a> {
         self
     }
 
+    /// The `deleted` files of one type (`_since`): transaction Bundles, recorded as `Bundle` and
+    /// named `{resource_type}-deleted-{n}.ndjson`.
+    pub fn for_deletions(output: &'a Output, resource_type: &str, key_dir: String, max_bytes: u64) -> Self {
+        Self::new(output, FileKind::Deleted, "Bundle", key_dir, max_bytes).with_stem(format!("{resource_type}-deleted"))
+    }
+
     /// Lines written so far.
     pub fn lines(&self) -> u64 {
         self.lines

@@ -1,10 +1,10 @@
 //! A per-node cache of what the status URL reports. A running job's progress changes only at a
 //! worker's heartbeat, so an answer at most one heartbeat old tells a poller nothing less, and
 //! polls stop costing a database round trip each. That matters while an export runs: the
-//! database's CPU is busy streaming, and every status query waited behind it (status p99 of
-//! 134 ms on Postgres under an export, issue 7). What this node does is seen at once (its
-//! workers forget a job when one of its tasks ends, its API when the job is cancelled); what
-//! other nodes do, at most one heartbeat late.
+//! database's CPU is busy streaming, and every status query waited behind it (issue 7; figures:
+//! docs/performance.md). What this node does is seen at once (its workers forget a job when one
+//! of its tasks ends, its API when the job is cancelled); what other nodes do, at most one
+//! heartbeat late.
 
 use std::{collections::HashMap, sync::Mutex, time::Duration};
 

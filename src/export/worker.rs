@@ -23,12 +23,13 @@ use tokio_util::sync::CancellationToken;
 
 use super::{
     deid::{seal::ConfigKey, Deidentify},
+    drain::{self, Halt, Progress},
     failure::TaskFailure,
-    fairness::Pacer,
-    status_cache::StatusCache,
     organized,
+    pacer::Pacer,
     roller::Roller,
-    sources::{self, Halt},
+    status_cache::StatusCache,
+    type_lines,
 };
 use crate::{
     fhir::{IssueCode, OperationOutcome},
@@ -151,7 +152,7 @@ impl Worker {
                 Ok(Ok(Ran::Idle)) => {}
                 Ok(Err(e)) => tracing::error!(worker = %self.id, error = %e, "worker could not claim work or record a task"),
                 Err(payload) => {
-                    tracing::error!(worker = %self.id, reason = %TaskFailure::panic(payload.as_ref()).detail, "worker recovered from a panic")
+                    tracing::error!(worker = %self.id, reason = %TaskFailure::panic(payload.as_ref()).detail(), "worker recovered from a panic")
                 }
             }
             tokio::select! {
@@ -229,7 +230,7 @@ impl Worker {
                     }
                     // Fails the same way on every attempt: say so now, not after the lease lapses.
                     Err(e) if !e.is_transient() => {
-                        let mut failure = TaskFailure::store(&e);
+                        let mut failure = TaskFailure::store(e);
                         failure.client = "recording its files failed (the server log has the details)".into();
                         return Box::pin(self.record(task, TaskEnd::Failed(failure), lease)).await;
                     }
@@ -244,11 +245,11 @@ impl Worker {
                 if failure.retry {
                     let backoff = retry_backoff(task.fence);
                     if self.persist(lease, || queue.retry(task, backoff, self.settings.max_attempts)).await? {
-                        tracing::warn!(reason = %failure.detail, retry_in = ?backoff, "task failed; it will be tried again");
+                        tracing::warn!(reason = %failure.detail(), retry_in = ?backoff, "task failed; it will be tried again");
                         return Ok(());
                     }
                 }
-                tracing::error!(reason = %failure.detail, "task failed");
+                tracing::error!(reason = %failure.detail(), "task failed");
                 let outcome = OperationOutcome::error(failure.code, format!("exporting {} failed: {}", task.resource_type, failure.client));
                 self.persist(lease, || queue.fail(task, outcome.to_json())).await?;
             }
@@ -298,7 +299,7 @@ impl Worker {
                 let Some(resource_type) = task.resource_type() else {
                     return TaskEnd::Failed(TaskFailure::data(format!("unknown resource type '{}'", task.resource_type)));
                 };
-                match sources::output(&self.stores, task, resource_type, deid.as_deref(), stop).await {
+                match type_lines::output(&self.stores, task, resource_type, deid.as_deref(), stop).await {
                     Ok(source) => {
                         deletions = source.deletions;
                         (FileKind::Output, source.lines)
@@ -320,61 +321,21 @@ impl Worker {
         if kind == FileKind::Error {
             roller = roller.with_stem(OUTCOMES_STEM.to_owned());
         }
-        let mut files = match pump(source, roller, stop, written, 0).await {
+        let mut pacer = Pacer::default();
+        let mut files = match drain::into_files(source, roller, stop, &mut pacer, Progress::from_now(written)).await {
             Ok(files) => files,
-            Err(end) => return end,
+            Err(halt) => return halt.into(),
         };
         if let Some(selection) = deletions {
-            let source = sources::deletion_bundles(&self.stores, selection);
-            let roller = Roller::new(&self.output, FileKind::Deleted, "Bundle", key_dir, task.max_file_bytes)
-                .with_stem(format!("{}-deleted", task.resource_type));
-            let base = written.load(Ordering::Relaxed);
-            match pump(source, roller, stop, written, base).await {
+            let source = type_lines::deletion_bundles(&self.stores, selection);
+            let roller = Roller::for_deletions(&self.output, &task.resource_type, key_dir, task.max_file_bytes);
+            match drain::into_files(source, roller, stop, &mut pacer, Progress::from_now(written)).await {
                 Ok(deleted) => files.extend(deleted),
-                Err(end) => return end,
+                Err(halt) => return halt.into(),
             }
         }
         TaskEnd::Done(files)
     }
-}
-
-/// Moves a stream of NDJSON chunks into the roller's files until it ends, the task is stopped,
-/// or something fails. `written` counts lines for the heartbeat, from `base`.
-async fn pump<E: Into<TaskFailure>>(
-    mut source: futures::stream::BoxStream<'static, Result<bytes::Bytes, E>>,
-    mut roller: Roller<'_>,
-    stop: &CancellationToken,
-    written: &AtomicI64,
-    base: i64,
-) -> Result<Vec<FileRecord>, TaskEnd> {
-    let mut pacer = Pacer::default();
-    loop {
-        let next = tokio::select! {
-            _ = stop.cancelled() => {
-                roller.abort().await;
-                return Err(TaskEnd::Stopped);
-            }
-            next = source.next() => next,
-        };
-        match next {
-            None => break,
-            Some(Ok(chunk)) => {
-                let bytes = chunk.len();
-                if let Err(e) = roller.write(chunk).await {
-                    roller.abort().await;
-                    return Err(TaskEnd::Failed(e.into()));
-                }
-                written.store(base + roller.lines() as i64, Ordering::Relaxed);
-                pacer.moved(bytes).await;
-            }
-            Some(Err(e)) => {
-                roller.abort().await;
-                return Err(TaskEnd::Failed(e.into()));
-            }
-        }
-    }
-    drop(source);
-    roller.finish().await.map_err(|e| TaskEnd::Failed(e.into()))
 }
 
 /// The wait before another attempt of a task claimed `fence` times: doubling, bounded.

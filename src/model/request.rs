@@ -70,8 +70,13 @@ pub enum AssociatedData {
 #[serde(try_from = "String", into = "String")]
 pub struct ContainerName(String);
 
+/// A `_container` value outside Azure's container name rules.
+#[derive(Debug, thiserror::Error)]
+#[error("'{0}' is not a valid container name: use 3 to 63 lowercase letters, digits and single hyphens, starting and ending with a letter or digit")]
+pub struct InvalidContainerName(pub String);
+
 impl ContainerName {
-    pub fn parse(name: &str) -> Result<Self, String> {
+    pub fn parse(name: &str) -> Result<Self, InvalidContainerName> {
         let bytes = name.as_bytes();
         let valid = (3..=63).contains(&bytes.len())
             && bytes.iter().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-')
@@ -81,9 +86,7 @@ impl ContainerName {
         if valid {
             Ok(Self(name.to_owned()))
         } else {
-            Err(format!(
-                "'{name}' is not a valid container name: use 3 to 63 lowercase letters, digits and single hyphens, starting and ending with a letter or digit"
-            ))
+            Err(InvalidContainerName(name.to_owned()))
         }
     }
 
@@ -93,8 +96,8 @@ impl ContainerName {
 }
 
 impl TryFrom<String> for ContainerName {
-    type Error = String;
-    fn try_from(s: String) -> Result<Self, String> {
+    type Error = InvalidContainerName;
+    fn try_from(s: String) -> Result<Self, InvalidContainerName> {
         Self::parse(&s)
     }
 }

@@ -2,10 +2,10 @@
 //!
 //! An export writes each byte once and a client reads it later, perhaps much later. Through the
 //! page cache, a large export fills memory with its own files and pushes out the database's
-//! pages (SQLite keeps its data only there), and every new page must be allocated first: on
-//! this project's VMs, whose host reclaims freed guest memory, a buffered write of 1.35 GB of
-//! new file took 3.5-6 s against 1-1.5 s written directly. So whole blocks go straight to the
-//! disk; a part's unaligned remainder (the file's last bytes) goes through the cache.
+//! pages (SQLite keeps its data only there), and every new page must be allocated first, slow
+//! on a VM whose host reclaims freed guest memory (figures: docs/performance.md). So whole
+//! blocks go straight to the disk; a part's unaligned remainder (the file's last bytes) goes
+//! through the cache.
 //!
 //! Same protocol as object_store's local uploads: parts are positioned writes into a staging
 //! file `{dest}#{n}`, which `complete` renames into place, so a reader never sees half a file.
@@ -201,7 +201,7 @@ fn open_direct(staging: &Path) -> Option<File> {
 
 /// File work runs on the background threads, below the priority of request handling.
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> io::Result<T> + Send + 'static) -> object_store::Result<T> {
-    crate::background::spawn_blocking(f).await.map_err(|e| io_error(io::Error::other(e)))?.map_err(io_error)
+    crate::low_priority_runtime::spawn_blocking(f).await.map_err(|e| io_error(io::Error::other(e)))?.map_err(io_error)
 }
 
 fn io_error(source: io::Error) -> object_store::Error {

@@ -32,8 +32,8 @@ const MAX_PARTS_IN_FLIGHT: usize = 2;
 const S3_MIN_PART_SIZE: usize = 5 * 1024 * 1024;
 
 /// Parts of a local file are positioned writes, with no cost per request to spread: small
-/// parts keep what an open file holds small. With 8 MiB parts four exports held up to 100 MB
-/// of them, reached only once the types were large, so peak RSS grew with the database.
+/// parts keep what an open file holds small; larger ones made peak RSS grow with the database
+/// (figures: docs/performance.md).
 /// A multiple of the direct-I/O block, so that every part but a file's last goes direct.
 const LOCAL_MAX_PART_SIZE: usize = 256 * direct::ALIGN;
 
@@ -191,7 +191,7 @@ impl Output {
             Place::Local { root, .. } => {
                 let (root, folder_path) = (FsPath::new(root).to_owned(), FsPath::new(root).join(folder));
                 let failed = |source| OutputError::Directory { path: folder.to_owned(), source };
-                return crate::background::spawn_blocking(move || remove_tree(&root, &folder_path))
+                return crate::low_priority_runtime::spawn_blocking(move || remove_tree(&root, &folder_path))
                     .await
                     .map_err(|e| failed(std::io::Error::other(e)))?
                     .map_err(failed);

@@ -387,8 +387,8 @@ pub struct Stores {
 }
 
 /// Logs that this start upgrades an existing database's schema, before the migrations run: one
-/// that rewrites a large table takes a while (SQLite's 0005: about 30 s per million resources),
-/// and the server says nothing else meanwhile.
+/// that rewrites a large table takes a while (SQLite's 0005; figures: docs/performance.md), and
+/// the server says nothing else meanwhile.
 async fn announce_upgrade<DB: sqlx::Database>(pool: &sqlx::Pool<DB>, migrator: &sqlx::migrate::Migrator)
 where
     DB::Connection: sqlx::migrate::Migrate,

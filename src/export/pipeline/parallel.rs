@@ -31,7 +31,7 @@ pub fn apply(pipeline: Arc<Pipeline>, source: BoxStream<'static, Result<Bytes, S
             let pipeline = pipeline.clone();
             async move {
                 let batch = batch?;
-                match crate::background::spawn_blocking(move || pipeline.run_lines(&batch)).await {
+                match crate::low_priority_runtime::spawn_blocking(move || pipeline.run_lines(&batch)).await {
                     Ok(result) => result,
                     // A panic in a stage is the task's panic: the worker reports it as one.
                     Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),

@@ -234,7 +234,14 @@ fn is_temporal(ty: Option<&str>) -> bool {
 fn compare<T: Tree>(tree: &T, a: &T::Item, b: &T::Item) -> Option<Option<Ordering>> {
     match (tree.value(a)?, tree.value(b)?) {
         (Value::Number(x), Value::Number(y)) => Some(x.as_f64().zip(y.as_f64()).and_then(|(x, y)| x.partial_cmp(&y))),
-        (Value::String(x), Value::String(y)) if is_temporal(tree.type_name(a)) || is_temporal(tree.type_name(b)) => Some(compare_dates(x, y)),
+        (Value::String(x), Value::String(y)) if is_temporal(tree.type_name(a)) || is_temporal(tree.type_name(b)) => {
+            // A date against a value known to be a plain string is a type error.
+            let plain = |t: Option<&str>| t.is_some_and(|t| !is_temporal(Some(t)));
+            if plain(tree.type_name(a)) || plain(tree.type_name(b)) {
+                return None;
+            }
+            Some(compare_dates(x, y))
+        }
         (Value::String(x), Value::String(y)) => Some(Some(x.cmp(y))),
         _ => None,
     }
@@ -243,6 +250,10 @@ fn compare<T: Tree>(tree: &T, a: &T::Item, b: &T::Item) -> Option<Option<Orderin
 /// Dates and times of ISO 8601 form compare as text over the precision both have; equal there
 /// but of different precision is unknown.
 fn compare_dates(a: &str, b: &str) -> Option<Ordering> {
+    // Both to the second with a zone: compare the instants.
+    if let (Ok(x), Ok(y)) = (chrono::DateTime::parse_from_rfc3339(a), chrono::DateTime::parse_from_rfc3339(b)) {
+        return Some(x.cmp(&y));
+    }
     let common = a.len().min(b.len());
     let (x, y) = (a.get(..common)?, b.get(..common)?);
     match x.cmp(y) {

@@ -20,8 +20,8 @@ use crate::{
 const SNAPSHOT_LOCK: i64 = 0x6275_6c6b_6668_6972; // "bulkfhir"
 
 /// A first load's rows go to the server in pieces of about this size as they are built: a
-/// buffer for a whole batch (7 MB for 5000 resources) was fresh memory for every batch, and
-/// zeroing its pages (clear_page in the profile) cost the loader more than writing the rows.
+/// buffer for a whole batch was fresh memory for every batch, and zeroing its pages cost the
+/// loader more than writing the rows (figures: docs/performance.md).
 const COPY_CHUNK: usize = 1 << 20;
 
 /// Attempts of a write transaction that lost a race to create the same new resource.

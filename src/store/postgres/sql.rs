@@ -78,9 +78,9 @@ pub fn export_copy(selection: &Selection) -> String {
 /// `versions_at` for a Group export: the versions in the compartments of the job's patients,
 /// found from the patients (an index range of compartment rows each), then each version by key.
 /// LATERAL makes those key probes: with a plain join, or a membership test on every version,
-/// the planner hashed the list and scanned every resource of the type (at 1M resources, 100
-/// patients' Observations took 2.3 s that way, 0.37 s by key): the cost followed the database,
-/// not the group. DISTINCT: a resource in several listed patients' compartments comes once.
+/// the planner hashed the list and scanned every resource of the type, so the cost followed the
+/// database, not the group (figures: docs/performance.md). DISTINCT: a resource in several
+/// listed patients' compartments comes once.
 fn group_versions_at(resource_type: &str, as_of: DateTime<Utc>, job: &JobId) -> String {
     let t = literal(resource_type);
     let rows = format!(

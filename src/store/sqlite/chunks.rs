@@ -1,9 +1,8 @@
 //! The SQLite reader's chunk buffers, used again once the export is done with them. A chunk is
 //! filled on a reader's blocking thread and freed on whichever thread the output drops it, and
-//! the allocator kept such pages per thread: with a fresh allocation per chunk, the benchmark's
-//! peak RSS was 81-87 MB at 231k resources and 104-119 MB at 1M; with these, 67-71 and 85-95 MB.
-//! Reused buffers also skip the first touch of new pages, slow on a VM whose host takes freed
-//! memory back.
+//! the allocator kept such pages per thread, so fresh chunks raised peak RSS (figures:
+//! docs/performance.md). Reused buffers also skip the first touch of new pages, slow on a VM
+//! whose host takes freed memory back.
 
 use std::sync::{Arc, Mutex};
 

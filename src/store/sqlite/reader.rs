@@ -24,8 +24,8 @@ const CHUNKS_IN_FLIGHT: usize = 4;
 const STEPS_PER_CHECK: i32 = 100_000;
 
 /// Page cache of a reader's connection. A sequential read needs little more than the pages on
-/// its path down the two b-trees, and the cache fills up to its size only on large types: four
-/// readers at 4 MiB added 16 MB to peak RSS on a large database and not on a small one.
+/// its path down the two b-trees, and the cache fills up to its size only on large types, so a
+/// larger one raised peak RSS with the database's size (figures: docs/performance.md).
 const CACHE_SIZE_KIB: i64 = 1024;
 
 /// Where readers open their connections (the pool's database), and their chunk buffers.
@@ -62,7 +62,7 @@ pub(super) fn lines(source: ReadSource, sql: String, params: Vec<Value>) -> BoxS
     async_stream::try_stream! {
         let (tx, mut rx) = mpsc::channel(CHUNKS_IN_FLIGHT);
         // On a background thread: an export's reading yields to request handling.
-        let reader = crate::background::spawn_blocking(move || read(&source, &sql, params, tx));
+        let reader = crate::low_priority_runtime::spawn_blocking(move || read(&source, &sql, params, tx));
         while let Some(chunk) = rx.recv().await {
             yield chunk;
         }

@@ -228,8 +228,8 @@ fn export_query(selection: &Selection) -> (String, Option<String>) {
 /// version has one patient, so its `patients` column is the id, checked against the patients
 /// read once into a temporary index. A version in several compartments is checked through
 /// its compartment rows; the unary `+` keeps SQLite from probing the index once per patient
-/// for every row (a 100-patient list made it 6x slower): it probes by resource, then checks
-/// the list.
+/// for every row (much slower on long lists; figures: docs/performance.md): it probes by
+/// resource, then checks the list.
 fn in_patient_compartment() -> String {
     format!(
         " AND (v.patients IN ({PATIENTS_AT}) OR (instr(v.patients, ' ') > 0 AND EXISTS (SELECT 1 FROM compartment_members c \

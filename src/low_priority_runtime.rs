@@ -1,13 +1,10 @@
 //! Threads for an export's bulk blocking work (file writes, SQLite's reader) at a lower CPU
-//! priority than the threads that answer requests. On two busy cores a request was held up by
-//! these threads more than by anything in the server: waking a writer let it preempt the
-//! runtime thread that had woken it, for the ~3 ms of its copy and write, with the status
-//! polls queued on that thread waiting behind it (tokio's poll hooks showed the waker's poll
-//! taking 3-10 ms). At nice 10 the writers still get the idle CPU, so an export alone runs as
-//! fast, while a request's thread goes first: median status p99 of 16 runs under a Postgres
-//! export 11.5 -> 9.2 ms, under a SQLite one 3.3 -> 2.1 ms; export times unchanged. The files
-//! these threads write are staging files until the export records them, so the process can
-//! exit without waiting for them (this runtime is never shut down).
+//! priority than the threads that answer requests: waking a writer let it preempt the runtime
+//! thread that had woken it, with the status polls queued on that thread waiting behind it. At
+//! a higher nice value the writers still get the idle CPU, so an export alone runs as fast,
+//! while a request's thread goes first (figures: docs/performance.md). The files these threads
+//! write are staging files until the export records them, so the process can exit without
+//! waiting for them (this runtime is never shut down).
 
 use std::sync::OnceLock;
 

@@ -13,8 +13,9 @@ use tokio_util::sync::CancellationToken;
 
 use super::{
     deid::Deidentify,
+    drain::{drain, Halt},
     failure::TaskFailure,
-    fairness::Pacer,
+    pacer::Pacer,
     pipeline::{IdIn, Pipeline, PipelineError},
 };
 use crate::{
@@ -23,39 +24,8 @@ use crate::{
         job::ClaimedTask,
         request::{AssociatedData, ExportLevel},
     },
-    output::OutputError,
-    store::{Scope, Selection, StoreError, Stores},
+    store::{Scope, Selection, Stores},
 };
-
-/// Why a task stopped before its source was ready.
-pub enum Halt {
-    Stopped,
-    Failed(TaskFailure),
-}
-
-impl From<TaskFailure> for Halt {
-    fn from(failure: TaskFailure) -> Self {
-        Self::Failed(failure)
-    }
-}
-
-impl From<StoreError> for Halt {
-    fn from(e: StoreError) -> Self {
-        Self::Failed(e.into())
-    }
-}
-
-impl From<OutputError> for Halt {
-    fn from(e: OutputError) -> Self {
-        Self::Failed(e.into())
-    }
-}
-
-impl From<PipelineError> for Halt {
-    fn from(e: PipelineError) -> Self {
-        Self::Failed(e.into())
-    }
-}
 
 /// A request or data problem, in the client's words.
 pub(super) fn invalid(message: String) -> Halt {
@@ -83,9 +53,33 @@ pub(super) fn scope(task: &ClaimedTask) -> Scope {
     }
 }
 
-/// The `_typeFilter` bounds on indexed columns for one type's selection.
-pub(super) fn narrowing(task: &ClaimedTask, resource_type: &ResourceType) -> Result<Narrowing, Halt> {
-    task.request.filters_for(resource_type).map(|filters| Narrowing::for_filters(&filters)).map_err(invalid)
+/// A type's pipeline, and its selection in `scope` within the job's `_since`, `_until` and
+/// `_typeFilter` bounds (those on indexed columns).
+pub(super) fn type_selection(task: &ClaimedTask, resource_type: ResourceType, scope: Scope) -> Result<(Pipeline, Selection), Halt> {
+    let pipeline = Pipeline::for_type(&task.request, &resource_type).map_err(invalid)?;
+    let filters = task.request.filters_for(&resource_type).map_err(invalid)?;
+    let selection = Selection {
+        resource_type,
+        as_of: task.transaction_time,
+        since: task.request.since,
+        until: task.request.until,
+        scope,
+        narrowing: Narrowing::for_filters(&filters),
+    };
+    Ok((pipeline, selection))
+}
+
+/// The deletions of a type that go to its `deleted` files (`_since`): every one in the job's
+/// scope, as deleted resources have no body for a filter to judge.
+pub(super) fn deleted_selection(task: &ClaimedTask, resource_type: ResourceType) -> Selection {
+    Selection {
+        resource_type,
+        as_of: task.transaction_time,
+        since: task.request.since,
+        until: task.request.until,
+        scope: scope(task),
+        narrowing: Narrowing::default(),
+    }
 }
 
 /// The lines the task for `resource_type` exports, de-identified with `deid` when given.
@@ -96,16 +90,11 @@ pub async fn output(
     deid: Option<&Deidentify>,
     stop: &CancellationToken,
 ) -> Result<OutputSource, Halt> {
-    let mut pipeline = Pipeline::for_output(&task.request, &resource_type, deid.map(|d| d.stage(resource_type.as_str()))).map_err(invalid)?;
-    let narrowing = narrowing(task, &resource_type)?;
-    let mut selection = Selection {
-        resource_type,
-        as_of: task.transaction_time,
-        since: task.request.since,
-        until: task.request.until,
-        scope: scope(task),
-        narrowing,
-    };
+    let (mut pipeline, mut selection) = type_selection(task, resource_type, scope(task))?;
+    if let Some(deid) = deid {
+        let stage = deid.stage(selection.resource_type.as_str());
+        pipeline = Pipeline::for_output(&task.request, &selection.resource_type, Some(stage)).map_err(invalid)?;
+    }
     let mut deletions = None;
     if let (Some(associated), true) = (task.request.associated, selection.resource_type == provenance()) {
         // The Provenance of the exported resources, whenever it was recorded.
@@ -119,29 +108,14 @@ pub async fn output(
         pipeline = pipeline.first(IdIn(ids));
         (selection.scope, selection.since) = (Scope::All, None);
     } else if task.request.since.is_some() {
-        // Deleted resources have no body for a filter to judge: every deletion is listed.
-        deletions = Some(Selection { narrowing: Narrowing::default(), ..selection.clone() });
+        deletions = Some(deleted_selection(task, selection.resource_type.clone()));
     }
     Ok(OutputSource { lines: pipeline.apply_to(stores.resources.export_stream(selection)), deletions })
 }
 
 /// Calls `each` on every chunk of whole lines, until the end or a stop.
-pub(super) async fn read_all(mut lines: Lines, stop: &CancellationToken, mut each: impl FnMut(&[u8]) -> Result<(), String>) -> Result<(), Halt> {
-    let mut pacer = Pacer::default();
-    loop {
-        let next = tokio::select! {
-            _ = stop.cancelled() => return Err(Halt::Stopped),
-            next = lines.next() => next,
-        };
-        match next {
-            None => return Ok(()),
-            Some(Ok(chunk)) => {
-                each(&chunk).map_err(invalid)?;
-                pacer.moved(chunk.len()).await;
-            }
-            Some(Err(e)) => return Err(e.into()),
-        }
-    }
+pub(super) async fn read_all(lines: Lines, stop: &CancellationToken, mut each: impl FnMut(&[u8]) -> Result<(), String> + Send) -> Result<(), Halt> {
+    drain(lines, stop, &mut Pacer::default(), |chunk: Bytes| each(&chunk).map_err(invalid)).await
 }
 
 /// The ids of the `target` resources that the job's exported compartment resources reference:
@@ -152,16 +126,7 @@ async fn referenced_ids(stores: &Stores, task: &ClaimedTask, target: &ResourceTy
     let present = stores.resources.types_present().await?;
     let mut found = BTreeSet::new();
     for resource_type in task.request.types_to_export(&present).into_iter().filter(compartment::is_compartment_type) {
-        let pipeline = Pipeline::for_type(&task.request, &resource_type).map_err(invalid)?;
-        let narrowing = narrowing(task, &resource_type)?;
-        let selection = Selection {
-            resource_type,
-            as_of: task.transaction_time,
-            since: task.request.since,
-            until: task.request.until,
-            scope: Scope::JobPatients(task.job_id),
-            narrowing,
-        };
+        let (pipeline, selection) = type_selection(task, resource_type, Scope::JobPatients(task.job_id))?;
         let lines = pipeline.apply_to(stores.resources.export_stream(selection));
         read_all(lines, stop, |chunk| {
             references::collect_ids(chunk, target, &mut found);
