@@ -16,6 +16,9 @@ in the same run right beside each figure:
               the export cannot be faster than this either
   patient     GET /Patient/$export             vs  system export
   group       GET /Group/{100 patients}/$export, at both sizes (its cost should not grow)
+  de-identified  GET /$export?_anonymizationConfig= with the reference engine's R4 sample
+              configuration (HIPAA Safe Harbor; tests/fixtures/anonymize/configuration-sample.json,
+              keys filled in)  vs  the plain system export (goal: 100k resources/s, 256 MB)
   status      wrk on the status URL from a system export's kick-off to its completion:
               requests/s, p99
 
@@ -42,6 +45,9 @@ WORK = os.environ.get("BENCH_DIR", "/tmp/bulkfhir-bench")
 PG_SERVER = os.environ.get("BENCH_POSTGRES", "postgres://postgres@127.0.0.1:5432")
 SAMPLE = os.environ.get("BENCH_SAMPLE", "tests/fixtures/synthea-r4-100")
 BACKENDS = os.environ.get("BENCH_BACKENDS", "postgres,sqlite").split(",")
+# The reference engine's R4 sample configuration; its keys are empty there and filled in here.
+DEID_SAMPLE = os.environ.get("BENCH_DEID_CONFIG", "tests/fixtures/anonymize/configuration-sample.json")
+DEID_NAME = "configuration-sample.json"
 PG_DATABASE = os.environ.get("BENCH_DATABASE", "bulkfhir_bench")
 # The sample's Group (all 100 patients); each copy has its own, renumbered like every id.
 SAMPLE_GROUP = "d9f31445-f448-48c0-af57-295c005e07df"
@@ -82,9 +88,11 @@ class Server:
         self.base = f"http://127.0.0.1:{self.port}/fhir"
         self.out = os.path.join(WORK, f"exports-{name}")
         self.log = open(os.path.join(WORK, f"server-{name}.log"), "a")
+        env = dict(os.environ, BULKFHIR_ANONYMIZATION_DIR=os.path.join(WORK, "anonymization"),
+                   BULKFHIR_ANONYMIZATION_KEY_FILE=os.path.join(WORK, "anonymization.key"))
         self.proc = subprocess.Popen(
             [BIN, "serve", "--database-url", db_url, "--listen", f"127.0.0.1:{self.port}", "--output-dir", self.out],
-            stdout=self.log, stderr=self.log)
+            stdout=self.log, stderr=self.log, env=env)
         for _ in range(600):
             try:
                 urllib.request.urlopen(self.base + "/metadata", timeout=1).read()
@@ -283,6 +291,12 @@ def bench(db, quarter, rest, group):
             rows.append((db.name, size, "system export", n, b, s, rss, db.export_ceiling(), "ceiling: stored JSON to /dev/null"))
             rows.append((db.name, size, "disk: write the same bytes", None, b, None, None, disk_write_seconds(b),
                          "O_DIRECT, 1 MiB writes, fsync: the export's floor when above the ceiling"))
+            if step == "full" and deid_config_ready():
+                log(f"{db.name}: de-identified system export at {size}")
+                n, b, s, rss = server.export(f"/$export?_anonymizationConfig={DEID_NAME}")
+                plain = next(r[5] for r in reversed(rows) if r[0] == db.name and r[2] == "system export")
+                rows.append((db.name, size, "de-identified system export", n, b, s, rss, plain,
+                             "configuration-sample.json; ceiling: the plain system export"))
             log(f"{db.name}: group export at {size}")
             n, b, s, rss = server.export(f"/Group/{group}/$export")
             rows.append((db.name, size, "group export (100 patients)", n, b, s, rss, None, ""))
@@ -314,6 +328,22 @@ def bench(db, quarter, rest, group):
         rows.append((db.name, f"{n:,}", "load, validation off", n, 0, off_seconds, None, None,
                      f"the validated load keeps {off_seconds / loaded_seconds:.0%} of this speed"))
         db.drop()
+
+
+def deid_config_ready():
+    """Puts the sample configuration, keys filled in, into the servers' anonymization folder;
+    False (the row is left out) when this checkout does not have it."""
+    if not os.path.exists(DEID_SAMPLE):
+        log(f"no {DEID_SAMPLE}: the de-identified export is not measured")
+        return False
+    with open(DEID_SAMPLE) as f:
+        config = json.load(f)
+    config["parameters"].update(cryptoHashKey="bench-crypto-hash-key", dateShiftKey="bench-date-shift-key",
+                                encryptKey="0123456789abcdef0123456789abcdef")
+    os.makedirs(os.path.join(WORK, "anonymization"), exist_ok=True)
+    with open(os.path.join(WORK, "anonymization", DEID_NAME), "w") as f:
+        json.dump(config, f)
+    return True
 
 
 def count_resources(db):

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The export benchmark (issue 7): builds the release binary, synthesizes a Synthea-shaped
 # population (`bulkfhir synth`: copies of the sample with fresh ids), and on each backend loads
-# it, exports it at system, Patient and Group level, polls status under load with wrk, and prints
+# it, exports it at system, Patient and Group level (and de-identified with the reference
+# engine's sample configuration), polls status under load with wrk, and prints
 # one table with the database's own ceiling and the ratio beside each figure (scripts/bench.py).
 # Not part of CI: it takes minutes and a few GB of scratch space.
 #

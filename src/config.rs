@@ -48,6 +48,14 @@ pub struct Settings {
     /// Directory export files are written under.
     #[arg(long)]
     pub output_dir: PathBuf,
+    /// Folder of the de-identification configurations (`_anonymizationConfig`) when the
+    /// destination is local.
+    #[arg(long)]
+    pub anonymization_dir: PathBuf,
+    /// File of the key (64 hex digits) that seals de-identified jobs' configurations in their
+    /// rows; made (0600) when missing. Every node must use the same one.
+    #[arg(long)]
+    pub anonymization_key_file: PathBuf,
     /// Size at which an output file rolls over to the next.
     #[arg(long)]
     pub max_file_bytes: u64,

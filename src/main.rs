@@ -116,6 +116,7 @@ enum JobsCommand {
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Needs no database and reads no server settings.
     if let Command::Anonymize { out, inputs } = &cli.command {
         return anonymize(cli.config.as_deref(), inputs, out);
     }

@@ -14,8 +14,14 @@ use crate::{
     api::{self, AppState},
     auth::Auth,
     config::Settings,
-    export::{janitor, status_cache::StatusCache, worker::Worker, Exports},
-    output::Output,
+    export::{
+        deid::{seal::ConfigKey, Configurations},
+        janitor,
+        status_cache::StatusCache,
+        worker::Worker,
+        Exports,
+    },
+    output::{ConfigStore, Output},
     store::Stores,
 };
 
@@ -26,6 +32,7 @@ pub struct Application {
     state: AppState,
     stores: Stores,
     output: Output,
+    config_key: Arc<ConfigKey>,
     shutdown: CancellationToken,
     background: Vec<JoinHandle<()>>,
     limits: api::Limits,
@@ -56,9 +63,12 @@ impl Application {
             settings.max_file_bytes,
             status.clone(),
         );
+        let config_key = Arc::new(ConfigKey::load_or_create(&settings.anonymization_key_file)?);
+        let configurations = Configurations { store: ConfigStore::new(output.clone(), settings.anonymization_dir.clone()), key: config_key.clone() };
+        let exports = exports.with_configurations(configurations);
         let auth = Auth::start(stores.auth.clone(), &settings.auth, &base_url).await?;
         let shutdown = CancellationToken::new();
-        let mut background = Worker::spawn_pool(stores.clone(), output.clone(), worker_settings, status, shutdown.clone());
+        let mut background = Worker::spawn_pool(stores.clone(), output.clone(), worker_settings, status, config_key.clone(), shutdown.clone());
         background.push(janitor::spawn(
             stores.clone(),
             output.clone(),
@@ -83,7 +93,7 @@ impl Application {
         let header_read_timeout = Duration::from_secs(settings.header_read_timeout_seconds);
         // Installed before the first request, so the first scrape already lists what it can.
         crate::telemetry::metrics();
-        Ok(Self { listener, address, base_url, state, stores, output, shutdown, background, limits, header_read_timeout })
+        Ok(Self { listener, address, base_url, state, stores, output, config_key, shutdown, background, limits, header_read_timeout })
     }
 
     pub fn port(&self) -> u16 {
@@ -100,6 +110,11 @@ impl Application {
 
     pub fn output(&self) -> &Output {
         &self.output
+    }
+
+    /// The key that opens de-identified jobs' configurations (a test's own workers need it).
+    pub fn config_key(&self) -> Arc<ConfigKey> {
+        self.config_key.clone()
     }
 
     /// A token that stops the server, its workers and the janitor.

@@ -31,5 +31,10 @@ pub fn manifest(job: &JobRecord, files: &[FileRecord], requires_access_token: bo
     if job.request.organize_by_patient {
         manifest["outputOrganizedBy"] = json!(super::organized::ORGANIZED_BY);
     }
+    // Bulk Data reserves `extension` for what the server adds: which configuration (never its
+    // content) de-identified the files.
+    if let Some(applied) = &job.request.anonymization {
+        manifest["extension"] = json!({"anonymizationConfig": applied.config, "anonymizationConfigEtag": applied.etag});
+    }
     manifest
 }

@@ -3,6 +3,7 @@
 
 mod access;
 pub mod block_roller;
+pub mod deid;
 pub mod drain;
 pub mod failure;
 pub mod file_sequence;

@@ -11,11 +11,12 @@ use tokio_util::sync::CancellationToken;
 
 use super::{
     block_roller::BlockRoller,
+    deid::Deidentify,
     drain::{self, drain, Counted, Halt, Progress},
     pacer::Pacer,
     pipeline::Pipeline,
     roller::Roller,
-    type_lines::{self, IdOnly, Lines},
+    type_lines::{self, invalid, IdOnly, Lines},
 };
 use crate::{
     fhir::{compartment, search::Narrowing, types::ResourceId, ResourceType},
@@ -41,6 +42,7 @@ pub async fn write(
     stores: &Stores,
     output: &Output,
     task: &ClaimedTask,
+    deid: Option<&Deidentify>,
     key_dir: String,
     stop: &CancellationToken,
     written: &AtomicI64,
@@ -61,15 +63,20 @@ pub async fn write(
     let mut roller = BlockRoller::new(output, ORGANIZED_BY, "Patient-organized", key_dir.clone(), task.max_file_bytes);
     let blocks = async {
         for patient in &patients {
-            roller.start_block(Some(&header(patient))).await?;
+            // De-identified, the header's reference goes through the same rules as the resources'.
+            let header = match deid {
+                Some(deid) => deid.rewrite(&header(patient), ORGANIZED_BY).map_err(invalid)?,
+                None => header(patient),
+            };
+            roller.start_block(Some(&header)).await?;
             for resource_type in &per_patient {
-                let Some(lines) = patient_lines(stores, task, resource_type, patient)? else { continue };
+                let Some(lines) = patient_lines(stores, task, resource_type, patient, deid)? else { continue };
                 drain(lines, stop, &mut pacer, Counted { roller: &mut roller, progress }).await?;
             }
         }
         roller.start_headerless_files().await?;
         for resource_type in &apart {
-            let source = type_lines::output(stores, task, resource_type.clone(), stop).await?;
+            let source = type_lines::output(stores, task, resource_type.clone(), deid, stop).await?;
             drain(source.lines, stop, &mut pacer, Counted { roller: &mut roller, progress }).await?;
         }
         Ok::<_, Halt>(())
@@ -119,8 +126,17 @@ async fn patients(stores: &Stores, task: &ClaimedTask, stop: &CancellationToken)
 
 /// One patient's resources of one type, as the type's task would export them; None when the
 /// type's `_typeFilter` cannot match in this patient's compartment.
-fn patient_lines(stores: &Stores, task: &ClaimedTask, resource_type: &ResourceType, patient: &ResourceId) -> Result<Option<Lines>, Halt> {
-    let (pipeline, mut selection) = type_lines::type_selection(task, resource_type.clone(), Scope::Patient(patient.clone()))?;
+fn patient_lines(
+    stores: &Stores,
+    task: &ClaimedTask,
+    resource_type: &ResourceType,
+    patient: &ResourceId,
+    deid: Option<&Deidentify>,
+) -> Result<Option<Lines>, Halt> {
+    let (mut pipeline, mut selection) = type_lines::type_selection(task, resource_type.clone(), Scope::Patient(patient.clone()))?;
+    if let Some(deid) = deid {
+        pipeline = Pipeline::for_output(&task.request, resource_type, Some(deid.stage(resource_type.as_str()))).map_err(invalid)?;
+    }
     // A `_typeFilter` bound to other patients' compartments selects nothing in this block.
     let narrowing = &mut selection.narrowing;
     match &narrowing.patients {

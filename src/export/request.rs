@@ -44,6 +44,7 @@ impl ExportRequest {
                 "_outputFormat" | "_type" | "_since" | "_container" | "_typeFilter" => {}
                 "_until" | "patient" | "_elements" | "allowPartialManifests" | "includeAssociatedData" => {}
                 "organizeOutputBy" => {}
+                _ if super::deid::params::NAMES.contains(&name) => {}
                 _ if NOT_YET_SUPPORTED.contains(&name) => refuse(ExportError::UnsupportedParameter(name.to_owned()))?,
                 _ => refuse(ExportError::UnknownParameter(name.to_owned()))?,
             }
@@ -72,6 +73,7 @@ impl ExportRequest {
                 return Err(invalid("_since", format!("{} is after _until {}", instant::format(since), instant::format(until))));
             }
         let patients = parse_patients(&level, raw, &mut refuse)?;
+        let anonymization = super::deid::params::parse(raw, &mut refuse)?;
         let elements = parse_elements(raw, &mut refuse)?;
         let mut associated = None;
         for value in raw.values("includeAssociatedData").map(str::trim).filter(|v| !v.is_empty()) {
@@ -157,6 +159,7 @@ impl ExportRequest {
             warnings,
             type_filters,
             organize_by_patient,
+            anonymization,
         })
     }
 }

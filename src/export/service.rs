@@ -6,7 +6,7 @@ use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use futures::stream::BoxStream;
 
-use super::{group, status_cache::StatusCache, ExportError};
+use super::{deid::Configurations, group, status_cache::StatusCache, ExportError};
 use crate::{
     fhir::{types::ResourceId, ResourceType},
     model::{
@@ -25,6 +25,8 @@ pub struct Exports {
     retention: Duration,
     max_file_bytes: u64,
     status: Arc<StatusCache>,
+    /// Where `_anonymizationConfig` configurations come from, and the key that seals them.
+    configurations: Option<Configurations>,
 }
 
 /// What the status endpoint reports.
@@ -38,7 +40,13 @@ pub enum ExportState {
 impl Exports {
     /// Status answers are served from `status`, this node's cache (shared with its workers).
     pub fn new(stores: Stores, output: Output, retention: Duration, max_file_bytes: u64, status: Arc<StatusCache>) -> Self {
-        Self { stores, output, retention, max_file_bytes, status }
+        Self { stores, output, retention, max_file_bytes, status, configurations: None }
+    }
+
+    /// Takes de-identified exports (`_anonymizationConfig`), with configurations from `configurations`.
+    pub fn with_configurations(mut self, configurations: Configurations) -> Self {
+        self.configurations = Some(configurations);
+        self
     }
 
     /// Plans and records a job: fixes transactionTime, resolves Group membership at that instant,
@@ -49,6 +57,11 @@ impl Exports {
         requester.restrict(&mut request)?;
         let owner = requester.owner.as_str();
         let id = JobId::new();
+        let anonymization = match (&self.configurations, &request.anonymization) {
+            (_, None) => None,
+            (Some(configurations), Some(_)) => configurations.prepare(&mut request, id).await?,
+            (None, Some(_)) => return Err(ExportError::UnsupportedParameter(super::deid::params::CONFIG.into())),
+        };
         let transaction_time = self.stores.resources.snapshot_time().await?;
         let mut patients = match &request.level {
             ExportLevel::Group { id: group_id } => {
@@ -89,6 +102,7 @@ impl Exports {
             patients,
             retention: self.retention,
             max_file_bytes: self.max_file_bytes,
+            anonymization,
         };
         let level = job.request.level.name();
         let limit = requester.max_active_exports;

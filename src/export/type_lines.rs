@@ -12,6 +12,7 @@ use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
 use super::{
+    deid::Deidentify,
     drain::{drain, Halt},
     failure::TaskFailure,
     pacer::Pacer,
@@ -81,9 +82,19 @@ pub(super) fn deleted_selection(task: &ClaimedTask, resource_type: ResourceType)
     }
 }
 
-/// The lines the task for `resource_type` exports.
-pub async fn output(stores: &Stores, task: &ClaimedTask, resource_type: ResourceType, stop: &CancellationToken) -> Result<OutputSource, Halt> {
+/// The lines the task for `resource_type` exports, de-identified with `deid` when given.
+pub async fn output(
+    stores: &Stores,
+    task: &ClaimedTask,
+    resource_type: ResourceType,
+    deid: Option<&Deidentify>,
+    stop: &CancellationToken,
+) -> Result<OutputSource, Halt> {
     let (mut pipeline, mut selection) = type_selection(task, resource_type, scope(task))?;
+    if let Some(deid) = deid {
+        let stage = deid.stage(selection.resource_type.as_str());
+        pipeline = Pipeline::for_output(&task.request, &selection.resource_type, Some(stage)).map_err(invalid)?;
+    }
     let mut deletions = None;
     if let (Some(associated), true) = (task.request.associated, selection.resource_type == provenance()) {
         // The Provenance of the exported resources, whenever it was recorded.
@@ -176,7 +187,8 @@ async fn associated_provenance(stores: &Stores, task: &ClaimedTask, associated: 
         if t == provenance() || !exported_types.contains(&t) {
             continue;
         }
-        let source = output(stores, task, t.clone(), stop).await?;
+        // Which targets are exported is a question about stored ids: not de-identified.
+        let source = output(stores, task, t.clone(), None, stop).await?;
         read_all(source.lines, stop, |chunk| {
             for line in chunk.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
                 let value: IdOnly = serde_json::from_slice(line).map_err(|e| format!("exported {t} is not valid JSON: {e}"))?;

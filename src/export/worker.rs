@@ -22,6 +22,7 @@ use tracing::Instrument;
 use tokio_util::sync::CancellationToken;
 
 use super::{
+    deid::{seal::ConfigKey, Deidentify},
     drain::{self, Halt, Progress},
     failure::TaskFailure,
     organized,
@@ -78,6 +79,8 @@ pub struct Worker {
     /// This node's status answers: a task's end is seen by the next poll, not a heartbeat later.
     status: Option<Arc<StatusCache>>,
     hook: Option<TaskHook>,
+    /// Opens de-identified jobs' configurations.
+    config_key: Option<Arc<ConfigKey>>,
 }
 
 enum TaskEnd {
@@ -98,7 +101,13 @@ impl From<Halt> for TaskEnd {
 
 impl Worker {
     pub fn new(id: String, stores: Stores, output: Output, settings: WorkerSettings, shutdown: CancellationToken) -> Self {
-        Self { id, stores, output, settings, shutdown, status: None, hook: None }
+        Self { id, stores, output, settings, shutdown, status: None, hook: None, config_key: None }
+    }
+
+    /// Opens the sealed configurations of de-identified jobs with `key`.
+    pub fn with_config_key(mut self, key: Arc<ConfigKey>) -> Self {
+        self.config_key = Some(key);
+        self
     }
 
     /// Forgets the job's cached status whenever a task of it ends.
@@ -119,13 +128,15 @@ impl Worker {
         output: Output,
         settings: WorkerSettings,
         status: Arc<StatusCache>,
+        config_key: Arc<ConfigKey>,
         shutdown: CancellationToken,
     ) -> Vec<JoinHandle<()>> {
         let host = uuid::Uuid::new_v4().simple().to_string();
         (0..settings.workers)
             .map(|n| {
                 let worker = Worker::new(format!("{}-{n}", &host[..8]), stores.clone(), output.clone(), settings.clone(), shutdown.clone())
-                    .with_status_cache(status.clone());
+                    .with_status_cache(status.clone())
+                    .with_config_key(config_key.clone());
                 tokio::spawn(worker.run())
             })
             .collect()
@@ -273,8 +284,12 @@ impl Worker {
         // A retry writes beside, never over, what an earlier holder of the task may still write.
         let key_dir = if task.fence <= 1 { task.folder.clone() } else { format!("{}/attempt-{}", task.folder, task.fence) };
         let mut deletions = None;
+        let deid = match Deidentify::open(task, self.config_key.as_deref()) {
+            Ok(deid) => deid,
+            Err(message) => return TaskEnd::Failed(TaskFailure::data(message)),
+        };
         if task.kind == TaskKind::Export && task.request.organize_by_patient {
-            return match organized::write(&self.stores, &self.output, task, key_dir, stop, written).await {
+            return match organized::write(&self.stores, &self.output, task, deid.as_deref(), key_dir, stop, written).await {
                 Ok(files) => TaskEnd::Done(files),
                 Err(halt) => halt.into(),
             };
@@ -284,7 +299,7 @@ impl Worker {
                 let Some(resource_type) = task.resource_type() else {
                     return TaskEnd::Failed(TaskFailure::data(format!("unknown resource type '{}'", task.resource_type)));
                 };
-                match type_lines::output(&self.stores, task, resource_type, stop).await {
+                match type_lines::output(&self.stores, task, resource_type, deid.as_deref(), stop).await {
                     Ok(source) => {
                         deletions = source.deletions;
                         (FileKind::Output, source.lines)

@@ -146,6 +146,8 @@ pub struct NewJob {
     /// Output files roll over before passing this size. Fixed at kick-off, so every node
     /// working on the job writes the same shape.
     pub max_file_bytes: u64,
+    /// `_anonymizationConfig`: the configuration read at kick-off, sealed (`deid::seal`).
+    pub anonymization: Option<Vec<u8>>,
 }
 
 #[derive(Debug, Clone)]
@@ -218,6 +220,8 @@ pub struct ClaimedTask {
     pub transaction_time: DateTime<Utc>,
     pub folder: String,
     pub max_file_bytes: u64,
+    /// The job's sealed de-identification configuration, if any.
+    pub anonymization: Option<Vec<u8>>,
 }
 
 impl ClaimedTask {

@@ -146,6 +146,21 @@ pub struct ExportRequest {
     /// `Parameters` header naming the patient.
     #[serde(default)]
     pub organize_by_patient: bool,
+    /// `_anonymizationConfig`: the configuration every resource is de-identified with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub anonymization: Option<Anonymization>,
+}
+
+/// Which configuration a de-identified job applies (`_anonymizationConfig`). Kept in the job's
+/// request (so in its row and manifest); the configuration itself, keys included, is kept
+/// apart, sealed (`export::deid::seal`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Anonymization {
+    /// The configuration's name in the store.
+    pub config: String,
+    /// At parse: the ETag the client required, if any. Once the job is recorded: the ETag of
+    /// the configuration that was read and sealed with it.
+    pub etag: Option<String>,
 }
 
 impl ExportRequest {

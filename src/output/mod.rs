@@ -4,6 +4,7 @@
 //! part size. Manifest URLs are either signed (SAS, presigned) or served by this server.
 
 mod azure;
+pub mod config_store;
 mod direct;
 mod error;
 mod metered;
@@ -21,6 +22,7 @@ use object_store::{
     MultipartUpload, ObjectStore, ObjectStoreExt, WriteMultipart,
 };
 
+pub use config_store::ConfigStore;
 pub use error::OutputError;
 pub use settings::{Destination, OutputSettings, Secret, UrlMode};
 

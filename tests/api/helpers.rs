@@ -182,6 +182,7 @@ pub struct TestApp {
     pub output: Output,
     pub output_dir: tempfile::TempDir,
     pub options: AppOptions,
+    config_key: std::sync::Arc<bulkfhir::export::deid::seal::ConfigKey>,
     shutdown: CancellationToken,
     // Dropped last, after the server stopped using it.
     pub db: TestDb,
@@ -220,11 +221,12 @@ pub async fn spawn_app_on(db: TestDb, database_url: &str, options: AppOptions) -
     let app = Application::build(settings(database_url, output_dir.path(), &options)).await.expect("the app builds");
     let (base_url, stores, output, shutdown) =
         (app.base_url().to_owned(), app.stores().clone(), app.output().clone(), app.shutdown_token());
+    let config_key = app.config_key();
     tokio::spawn(app.run_until_stopped());
     // Azurite (Node) closes idle keep-alive connections after 5 s; a pooled connection reused
     // just as it closes fails with IncompleteMessage. Never reuse one idle that long.
     let client = Client::builder().pool_idle_timeout(Duration::from_secs(2)).build().expect("an HTTP client");
-    TestApp { base_url, client, stores, output, output_dir, options, shutdown, db }
+    TestApp { base_url, client, stores, output, output_dir, options, config_key, shutdown, db }
 }
 
 pub(crate) fn settings(database_url: &str, output_dir: &std::path::Path, options: &AppOptions) -> Settings {
@@ -235,6 +237,9 @@ pub(crate) fn settings(database_url: &str, output_dir: &std::path::Path, options
         database_pool_size: 8,
         database_acquire_timeout_millis: options.database_acquire_timeout_millis,
         output_dir: output_dir.to_owned(),
+        // Inside the test's output folder, so nodes of one test share them and they go with it.
+        anonymization_dir: output_dir.join(".anonymization"),
+        anonymization_key_file: output_dir.join(".anonymization.key"),
         max_file_bytes: options.max_file_bytes,
         part_size_bytes: 1024 * 1024,
         workers: options.workers,
@@ -475,6 +480,7 @@ impl TestApp {
             idle_poll: Duration::from_millis(100),
         };
         Worker::new("test-worker".into(), self.stores.clone(), self.output.clone(), settings, CancellationToken::new())
+            .with_config_key(self.config_key.clone())
     }
 }
 

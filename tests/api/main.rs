@@ -8,6 +8,7 @@ mod associated_data;
 mod cancel;
 mod cli;
 mod config_strict;
+mod deidentified;
 mod elements;
 mod export_levels;
 mod health;

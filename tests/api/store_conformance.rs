@@ -60,6 +60,7 @@ async fn new_job(stores: &Stores, types: &[&str], retention: Duration) -> NewJob
         patients: Vec::new(),
         retention,
         max_file_bytes: 1 << 20,
+        anonymization: None,
     }
 }
 

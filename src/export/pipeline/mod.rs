@@ -5,6 +5,7 @@
 
 mod elements;
 mod id_in;
+mod parallel;
 mod type_filter;
 
 pub use id_in::IdIn;
@@ -34,6 +35,12 @@ pub enum Verdict {
 pub trait Stage: Send + Sync {
     /// Decides on one resource, possibly rewriting it. An error fails the task.
     fn apply(&self, resource: &mut Value) -> Result<Verdict, String>;
+
+    /// Costs enough per resource that a type's lines are worth spreading over the cores
+    /// (de-identification), rather than run inline.
+    fn heavy(&self) -> bool {
+        false
+    }
 }
 
 /// The stages for one type of one export, in the order they run.
@@ -46,10 +53,22 @@ impl Pipeline {
     /// The stages the request asks for on this type. Every parameter that looks inside
     /// resources adds its stage here, filters before rewrites.
     pub fn for_type(request: &ExportRequest, resource_type: &ResourceType) -> Result<Self, String> {
+        // No de-identification: `None` of any stage type.
+        Self::for_output(request, resource_type, None::<ElementsStage>)
+    }
+
+    /// The stages of what is written: those of [`Self::for_type`] with de-identification
+    /// between the filter and `_elements` (the filter judges stored data; `_elements` picks
+    /// from what is released). Reads that only select (referenced ids, Provenance targets)
+    /// use `for_type`: they compare stored ids.
+    pub fn for_output(request: &ExportRequest, resource_type: &ResourceType, deidentify: Option<impl Stage + 'static>) -> Result<Self, String> {
         let mut pipeline = Self::default();
         let filters = request.filters_for(resource_type)?;
         if !filters.is_empty() {
             pipeline = pipeline.with(TypeFilterStage { filters });
+        }
+        if let Some(deidentify) = deidentify {
+            pipeline = pipeline.with(deidentify);
         }
         if let Some(subset) = request.elements.as_deref().and_then(|specs| Subset::for_type(specs, resource_type.as_str())) {
             pipeline = pipeline.with(ElementsStage(subset));
@@ -94,22 +113,30 @@ impl Pipeline {
         }
     }
 
+    /// Runs a run of whole lines through the stages: the lines to write.
+    pub fn run_lines(&self, lines: &[u8]) -> Result<Bytes, PipelineError> {
+        let mut out = BytesMut::with_capacity(lines.len());
+        for line in lines.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+            if let Some(text) = self.run_line(line).map_err(PipelineError::Stage)? {
+                out.extend_from_slice(&text);
+                out.extend_from_slice(b"\n");
+            }
+        }
+        Ok(out.freeze())
+    }
+
     /// Applies the stages to a stream of whole NDJSON lines; an empty pipeline passes it through.
     pub fn apply_to(self, source: BoxStream<'static, Result<Bytes, StoreError>>) -> BoxStream<'static, Result<Bytes, PipelineError>> {
         if self.is_empty() {
             return source.map(|chunk| chunk.map_err(PipelineError::Store)).boxed();
         }
+        if self.stages.iter().any(|s| s.heavy()) {
+            return parallel::apply(std::sync::Arc::new(self), source);
+        }
         source
             .map(move |chunk| {
                 let chunk = chunk.map_err(PipelineError::Store)?;
-                let mut out = BytesMut::with_capacity(chunk.len());
-                for line in chunk.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
-                    if let Some(text) = self.run_line(line).map_err(PipelineError::Stage)? {
-                        out.extend_from_slice(&text);
-                        out.extend_from_slice(b"\n");
-                    }
-                }
-                Ok(out.freeze())
+                self.run_lines(&chunk)
             })
             .filter(|chunk| futures::future::ready(!matches!(chunk, Ok(c) if c.is_empty())))
             .boxed()

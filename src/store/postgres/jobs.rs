@@ -105,10 +105,10 @@ impl PgStore {
         let status = if job.tasks.is_empty() { JobStatus::Completed } else { JobStatus::Queued };
         sqlx::query(
             "INSERT INTO export_jobs (id, owner, request, status, transaction_time, folder, retention_seconds, \
-                                      max_file_bytes, completed_at, expires_at) \
+                                      max_file_bytes, completed_at, expires_at, anonymization) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, \
                      CASE WHEN $4 = 'completed' THEN now() END, \
-                     CASE WHEN $4 = 'completed' THEN now() + $7 * interval '1 second' END)",
+                     CASE WHEN $4 = 'completed' THEN now() + $7 * interval '1 second' END, $9)",
         )
         .bind(job.id.0)
         .bind(&job.owner)
@@ -118,6 +118,7 @@ impl PgStore {
         .bind(&job.folder)
         .bind(job.retention.as_secs() as i64)
         .bind(job.max_file_bytes as i64)
+        .bind(job.anonymization.as_deref())
         .execute(&mut *tx)
         .await?;
         let kinds: Vec<&str> = job.tasks.iter().map(|t| t.kind.as_str()).collect();

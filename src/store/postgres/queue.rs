@@ -134,7 +134,7 @@ impl PgStore {
             .bind(job_id)
             .execute(&mut *tx)
             .await?;
-        let job = sqlx::query("SELECT request, transaction_time, folder, max_file_bytes FROM export_jobs WHERE id = $1")
+        let job = sqlx::query("SELECT request, transaction_time, folder, max_file_bytes, anonymization FROM export_jobs WHERE id = $1")
             .bind(job_id)
             .fetch_one(&mut *tx)
             .await?;
@@ -151,6 +151,7 @@ impl PgStore {
             transaction_time: job.get("transaction_time"),
             folder: job.get("folder"),
             max_file_bytes: job.get::<i64, _>("max_file_bytes") as u64,
+            anonymization: job.get("anonymization"),
         }))
     }
 

@@ -33,8 +33,8 @@ impl JobStore for SqliteStore {
         };
         sqlx::query(
             "INSERT INTO export_jobs (id, owner, request, status, transaction_time, folder, retention_seconds, \
-                                      max_file_bytes, created_at, completed_at, expires_at) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                                      max_file_bytes, created_at, completed_at, expires_at, anonymization) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         )
         .bind(job.id.to_string())
         .bind(&job.owner)
@@ -47,6 +47,7 @@ impl JobStore for SqliteStore {
         .bind(now)
         .bind(completed_at)
         .bind(expires_at)
+        .bind(job.anonymization.as_deref())
         .execute(&mut *tx)
         .await?;
         for task in &job.tasks {

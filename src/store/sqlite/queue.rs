@@ -43,7 +43,7 @@ impl WorkQueue for SqliteStore {
         .await?;
         let job = sqlx::query(
             "UPDATE export_jobs SET status = 'running', started_at = coalesce(started_at, ?2) \
-             WHERE id = ?1 RETURNING request, transaction_time, folder, max_file_bytes",
+             WHERE id = ?1 RETURNING request, transaction_time, folder, max_file_bytes, anonymization",
         )
         .bind(&job_id)
         .bind(now_micros())
@@ -62,6 +62,7 @@ impl WorkQueue for SqliteStore {
             transaction_time: instant(job.get("transaction_time")),
             folder: job.get("folder"),
             max_file_bytes: job.get::<i64, _>("max_file_bytes") as u64,
+            anonymization: job.get("anonymization"),
         }))
     }
 
