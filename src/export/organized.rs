@@ -13,7 +13,7 @@ use super::{
     block_roller::BlockRoller,
     drain::{self, drain, Counted, Halt, Progress},
     pacer::Pacer,
-    pipeline::Pipeline,
+    pipeline::{NotJson, Pipeline},
     roller::Roller,
     type_lines::{self, IdOnly, Lines},
 };
@@ -107,7 +107,7 @@ async fn patients(stores: &Stores, task: &ClaimedTask, stop: &CancellationToken)
     let mut ids = Vec::new();
     type_lines::read_all(lines, stop, |chunk| {
         for line in chunk.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
-            let value: IdOnly = serde_json::from_slice(line).map_err(|e| format!("a stored Patient is not valid JSON: {e}"))?;
+            let value: IdOnly = serde_json::from_slice(line).map_err(|e| NotJson::new("a stored Patient", e))?;
             ids.extend(ResourceId::parse(&value.id));
         }
         Ok(())
