@@ -49,7 +49,7 @@ impl TaskFailure {
         // URL or key); a local directory's name is the server's own and stays in the log.
         let client = match &error {
             OutputError::NotFound { .. } | OutputError::Storage { .. } => format!("writing the export files failed: {error}"),
-            OutputError::Directory { .. } | OutputError::Config(_) => {
+            OutputError::Directory { .. } | OutputError::Config(_) | OutputError::Settings(_) => {
                 "writing the export files failed (the server log has the details)".to_owned()
             }
         };
