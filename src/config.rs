@@ -19,7 +19,13 @@ use serde::Deserialize;
 
 pub use flags::Flags;
 
-use crate::{auth::settings::AuthSettings, export::worker::WorkerSettings, fhir::Validation, output::OutputSettings, telemetry::LogFormat};
+use crate::{
+    auth::{clients::RegistrationError, settings::AuthSettings},
+    export::worker::WorkerSettings,
+    fhir::Validation,
+    output::{OutputSettings, OutputSettingsError},
+    telemetry::LogFormat,
+};
 
 /// The one place defaults are declared.
 const DEFAULTS: &str = include_str!("../config/default.toml");
@@ -128,15 +134,39 @@ pub enum KickoffHeaders {
     Lenient,
 }
 
+/// Why the settings cannot be used: each names the file, key or variable to fix. The words
+/// of the underlying error are part of the message (start-up prints only the top).
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("config file '{}' does not exist", .0.display())]
+    NoFile(PathBuf),
+    #[error("invalid configuration: {}", .0.join("\ninvalid configuration: "))]
+    UnknownKeys(Vec<String>),
+    #[error("invalid configuration: {0}")]
+    Read(Box<figment::Error>),
+    #[error("invalid configuration: '{0}' must be greater than 0")]
+    NotPositive(&'static str),
+    #[error("invalid configuration: 'heartbeat_millis' must be shorter than 'lease_seconds'")]
+    HeartbeatNotShorter,
+    #[error("invalid configuration: 'auth.token_seconds' must be at most 3600 (SMART suggests 300)")]
+    TokenTooLong,
+    #[error("invalid configuration: 'auth.clients': {0}")]
+    Client(RegistrationError),
+    #[error("invalid configuration: {0}")]
+    Output(OutputSettingsError),
+    #[error("invalid configuration: 'base_url' {0}")]
+    BaseUrl(url::ParseError),
+}
+
 impl Settings {
     /// The settings, and warnings to log once logging is set up (old names used).
-    pub fn load(config_file: Option<&Path>, flags: &Flags) -> Result<(Self, Vec<String>), String> {
+    pub fn load(config_file: Option<&Path>, flags: &Flags) -> Result<(Self, Vec<String>), ConfigError> {
         let known = strict::KnownKeys::from_defaults(DEFAULTS);
         let mut found = known.check_env(std::env::vars_os().filter_map(|(name, _)| name.into_string().ok()));
         let mut figment = Figment::from(Toml::string(DEFAULTS));
         if let Some(file) = config_file {
             if !file.exists() {
-                return Err(format!("config file '{}' does not exist", file.display()));
+                return Err(ConfigError::NoFile(file.to_owned()));
             }
             let in_file = known.check_file(file);
             found.unknown.splice(0..0, in_file.unknown);
@@ -144,7 +174,7 @@ impl Settings {
             figment = figment.merge(renamed::Renamed(Toml::file(file)));
         }
         if !found.unknown.is_empty() {
-            return Err(format!("invalid configuration: {}", found.unknown.join("\ninvalid configuration: ")));
+            return Err(ConfigError::UnknownKeys(found.unknown));
         }
         let settings: Self = figment
             .merge(Env::raw().only(&["DATABASE_URL"]).map(|_| "database_url".into()))
@@ -152,13 +182,13 @@ impl Settings {
             .merge(renamed::Renamed(Env::prefixed("BULKFHIR_").split("__")))
             .merge(flags)
             .extract()
-            .map_err(|e| format!("invalid configuration: {e}"))?;
+            .map_err(|e| ConfigError::Read(Box::new(e)))?;
         settings.validate()?;
         found.deprecated.extend(flags.deprecated().iter().cloned());
         Ok((settings, found.deprecated))
     }
 
-    fn validate(&self) -> Result<(), String> {
+    fn validate(&self) -> Result<(), ConfigError> {
         let positive = [
             ("max_file_bytes", self.max_file_bytes as u128),
             ("part_size_bytes", self.part_size_bytes as u128),
@@ -176,20 +206,20 @@ impl Settings {
             ("auth.status_polls_per_second", self.auth.status_polls_per_second as u128),
         ];
         if let Some((key, _)) = positive.iter().find(|(_, v)| *v == 0) {
-            return Err(format!("invalid configuration: '{key}' must be greater than 0"));
+            return Err(ConfigError::NotPositive(key));
         }
         if self.heartbeat_millis >= self.lease_seconds * 1000 {
-            return Err("invalid configuration: 'heartbeat_millis' must be shorter than 'lease_seconds'".into());
+            return Err(ConfigError::HeartbeatNotShorter);
         }
         if self.auth.token_seconds > 3600 {
-            return Err("invalid configuration: 'auth.token_seconds' must be at most 3600 (SMART suggests 300)".into());
+            return Err(ConfigError::TokenTooLong);
         }
         if let Some(bad) = self.auth.clients.iter().find_map(|c| c.to_client().err()) {
-            return Err(format!("invalid configuration: 'auth.clients': {bad}"));
+            return Err(ConfigError::Client(bad));
         }
-        self.output.validate().map_err(|e| format!("invalid configuration: {e}"))?;
+        self.output.validate().map_err(ConfigError::Output)?;
         if !self.base_url.is_empty() {
-            url::Url::parse(&self.base_url).map_err(|e| format!("invalid configuration: 'base_url' {e}"))?;
+            url::Url::parse(&self.base_url).map_err(ConfigError::BaseUrl)?;
         }
         Ok(())
     }
@@ -219,7 +249,7 @@ mod tests {
     use super::*;
 
     fn load(file: Option<&Path>, flags: &[&str]) -> Result<(Settings, Vec<String>), String> {
-        Settings::load(file, &Flags::parse(flags.iter().copied()).unwrap())
+        Settings::load(file, &Flags::parse(flags.iter().copied()).unwrap()).map_err(|e| e.to_string())
     }
 
     fn defaults() -> Settings {

@@ -8,7 +8,7 @@ use axum::{
 
 use crate::{
     export::{params::ParamsError, ExportError},
-    fhir::{bundle::BundleError, IssueCode, OperationOutcome, ResourceError},
+    fhir::{bundle::{BundleError, EntryError}, IssueCode, OperationOutcome, ResourceError},
     output::OutputError,
     store::StoreError,
     telemetry::error_chain,
@@ -136,6 +136,13 @@ impl From<ResourceError> for ApiError {
             error.outcome.issue[0].expression.push(invalid.path);
         }
         error
+    }
+}
+
+/// A Bundle entry that cannot run: the client's fault, in its words.
+impl From<EntryError> for ApiError {
+    fn from(e: EntryError) -> Self {
+        Self::bad_request(e.to_string())
     }
 }
 

@@ -116,14 +116,14 @@ async fn process_bundle(State(app): State<AppState>, Authorized(caller): Authori
                 .entries
                 .into_iter()
                 .map(|entry| entry.map(to_write))
-                .collect::<Result<Vec<_>, String>>()
+                .collect::<Result<Vec<_>, _>>()
                 .map_err(|e| ApiError::bad_request(format!("transaction rejected, nothing was written: {e}")))?;
             app.stores.resources.apply(writes).await?.iter().map(response_entry).collect()
         }
         BundleKind::Batch => {
             let mut entries = Vec::with_capacity(request.entries.len());
             for entry in request.entries {
-                let op = entry.map_err(ApiError::bad_request).and_then(|op| permitted(&caller, &op).map(|()| op));
+                let op = entry.map_err(ApiError::from).and_then(|op| permitted(&caller, &op).map(|()| op));
                 entries.push(match op {
                     Ok(op) => match app.stores.resources.apply(vec![to_write(op)]).await {
                         Ok(applied) => response_entry(&single(applied)),

@@ -20,7 +20,7 @@ const MAX_JWKS_BYTES: usize = 256 * 1024;
 #[derive(Debug, thiserror::Error)]
 pub enum FetchError {
     #[error("cannot build the HTTPS client that fetches JWKS URLs: {0}")]
-    Client(String),
+    Client(Arc<reqwest13::Error>),
     #[error("fetching the JWKS at {url} failed: {reason}")]
     Fetch { url: Url, reason: reqwest13::Error },
     #[error("the JWKS URL {url} answered {status}")]
@@ -37,7 +37,7 @@ pub enum FetchError {
 pub struct JwksFetcher {
     /// Built on the first fetch, not at start-up: most servers never fetch a JWKS, and a client
     /// that cannot be built must fail that fetch, not the server.
-    http: Arc<OnceLock<Result<reqwest13::Client, String>>>,
+    http: Arc<OnceLock<Result<reqwest13::Client, Arc<reqwest13::Error>>>>,
     cache: Arc<Mutex<HashMap<Url, (JwkSet, Instant)>>>,
 }
 
@@ -52,7 +52,7 @@ impl JwksFetcher {
                 .timeout(Duration::from_secs(10))
                 .redirect(reqwest13::redirect::Policy::none())
                 .build()
-                .map_err(|e| e.to_string())
+                .map_err(Arc::new)
         });
         built.as_ref().map_err(|e| FetchError::Client(e.clone()))
     }

@@ -29,6 +29,12 @@ impl TaskFailure {
         Self { client: message.into(), source: None, code: IssueCode::Processing, retry: false }
     }
 
+    /// A problem with the request or the stored data that an error describes: the client reads
+    /// the error and its sources (in its terms), the log keeps the error itself.
+    pub fn data_error(error: impl Error + Send + Sync + 'static) -> Self {
+        Self { client: error_chain(&error), source: Some(Box::new(error)), code: IssueCode::Processing, retry: false }
+    }
+
     pub fn store(error: StoreError) -> Self {
         let (client, code, retry) = if error.is_transient() {
             ("the database could not be reached", IssueCode::Transient, true)
@@ -43,7 +49,7 @@ impl TaskFailure {
         // URL or key); a local directory's name is the server's own and stays in the log.
         let client = match &error {
             OutputError::NotFound { .. } | OutputError::Storage { .. } => format!("writing the export files failed: {error}"),
-            OutputError::Directory { .. } | OutputError::Config(_) => {
+            OutputError::Directory { .. } | OutputError::Config(_) | OutputError::Settings(_) => {
                 "writing the export files failed (the server log has the details)".to_owned()
             }
         };
@@ -87,7 +93,12 @@ impl From<PipelineError> for TaskFailure {
     fn from(e: PipelineError) -> Self {
         match e {
             PipelineError::Store(e) => Self::store(e),
-            PipelineError::Stage(message) => Self::data(message),
+            PipelineError::NotJson(e) => Self::data_error(e),
+            PipelineError::Stage(e) => Self::data_error(e),
+            PipelineError::Write(e) => {
+                let client = "an internal error stopped it (the server log has the details)".to_owned();
+                Self { client, source: Some(Box::new(e)), code: IssueCode::Exception, retry: false }
+            }
         }
     }
 }

@@ -14,7 +14,7 @@ use super::{
     deid::Deidentify,
     drain::{self, drain, Counted, Halt, Progress},
     pacer::Pacer,
-    pipeline::Pipeline,
+    pipeline::{NotJson, Pipeline},
     roller::Roller,
     type_lines::{self, invalid, IdOnly, Lines},
 };
@@ -114,7 +114,7 @@ async fn patients(stores: &Stores, task: &ClaimedTask, stop: &CancellationToken)
     let mut ids = Vec::new();
     type_lines::read_all(lines, stop, |chunk| {
         for line in chunk.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
-            let value: IdOnly = serde_json::from_slice(line).map_err(|e| format!("a stored Patient is not valid JSON: {e}"))?;
+            let value: IdOnly = serde_json::from_slice(line).map_err(|e| NotJson::new("a stored Patient", e))?;
             ids.extend(ResourceId::parse(&value.id));
         }
         Ok(())

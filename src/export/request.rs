@@ -58,7 +58,7 @@ impl ExportRequest {
                 ));
             }
         let since = single(raw, "_since")?
-            .map(|value| instant::parse(value).map_err(|reason| invalid("_since", reason)))
+            .map(|value| instant::parse(value).map_err(|reason| invalid("_since", reason.to_string())))
             .transpose()?;
         let now = Utc::now();
         if let Some(since) = since
@@ -66,7 +66,7 @@ impl ExportRequest {
                 return Err(invalid("_since", format!("{} is in the future (the server's time is {}); use an instant in the past", instant::format(since), instant::format(now))));
             }
         let until = single(raw, "_until")?
-            .map(|value| instant::parse(value).map_err(|reason| invalid("_until", reason)))
+            .map(|value| instant::parse(value).map_err(|reason| invalid("_until", reason.to_string())))
             .transpose()?;
         if let (Some(since), Some(until)) = (since, until)
             && since > until {
@@ -248,7 +248,7 @@ fn parse_elements(
         match ElementSpec::parse(item) {
             Ok(spec) if !specs.contains(&spec) => specs.push(spec),
             Ok(_) => {}
-            Err(reason) => refuse(invalid("_elements", reason))?,
+            Err(reason) => refuse(invalid("_elements", reason.to_string()))?,
         }
     }
     Ok((any && !specs.is_empty()).then_some(specs))

@@ -16,7 +16,7 @@ use super::{
     drain::{drain, Halt},
     failure::TaskFailure,
     pacer::Pacer,
-    pipeline::{IdIn, Pipeline, PipelineError},
+    pipeline::{IdIn, NotJson, Pipeline, PipelineError},
 };
 use crate::{
     fhir::{compartment, instant, references, search::Narrowing, types::ResourceId, ResourceType},
@@ -27,9 +27,9 @@ use crate::{
     store::{Scope, Selection, Stores},
 };
 
-/// A request or data problem, in the client's words.
-pub(super) fn invalid(message: String) -> Halt {
-    Halt::Failed(TaskFailure::data(message))
+/// A request or data problem: the client reads the error, the log keeps it.
+pub(super) fn invalid(error: impl std::error::Error + Send + Sync + 'static) -> Halt {
+    Halt::Failed(TaskFailure::data_error(error))
 }
 
 pub type Lines = BoxStream<'static, Result<Bytes, PipelineError>>;
@@ -114,7 +114,7 @@ pub async fn output(
 }
 
 /// Calls `each` on every chunk of whole lines, until the end or a stop.
-pub(super) async fn read_all(lines: Lines, stop: &CancellationToken, mut each: impl FnMut(&[u8]) -> Result<(), String> + Send) -> Result<(), Halt> {
+pub(super) async fn read_all(lines: Lines, stop: &CancellationToken, mut each: impl FnMut(&[u8]) -> Result<(), NotJson> + Send) -> Result<(), Halt> {
     drain(lines, stop, &mut Pacer::default(), |chunk: Bytes| each(&chunk).map_err(invalid)).await
 }
 
@@ -161,7 +161,7 @@ async fn associated_provenance(stores: &Stores, task: &ClaimedTask, associated: 
     let lines = Pipeline::default().apply_to(stores.resources.export_stream(all));
     read_all(lines, stop, |chunk| {
         for line in chunk.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
-            let value: Value = serde_json::from_slice(line).map_err(|e| format!("stored Provenance is not valid JSON: {e}"))?;
+            let value: Value = serde_json::from_slice(line).map_err(|e| NotJson::new("stored Provenance", e))?;
             let Some(id) = value["id"].as_str().and_then(ResourceId::parse) else { continue };
             let recorded = value["recorded"].as_str().and_then(|r| instant::parse(r).ok()).unwrap_or(DateTime::<Utc>::MIN_UTC);
             let targets = value["target"]
@@ -191,7 +191,7 @@ async fn associated_provenance(stores: &Stores, task: &ClaimedTask, associated: 
         let source = output(stores, task, t.clone(), None, stop).await?;
         read_all(source.lines, stop, |chunk| {
             for line in chunk.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
-                let value: IdOnly = serde_json::from_slice(line).map_err(|e| format!("exported {t} is not valid JSON: {e}"))?;
+                let value: IdOnly = serde_json::from_slice(line).map_err(|e| NotJson::new(format!("exported {t}"), e))?;
                 if let Some(id) = ResourceId::parse(&value.id).filter(|id| ids.contains(id)) {
                     exported.insert((t.clone(), id));
                 }

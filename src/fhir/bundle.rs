@@ -33,7 +33,44 @@ pub enum EntryOp {
 #[derive(Debug)]
 pub struct BundleRequest {
     pub kind: BundleKind,
-    pub entries: Vec<Result<EntryOp, String>>,
+    pub entries: Vec<Result<EntryOp, EntryError>>,
+}
+
+/// Why one entry of a Bundle cannot run, with its index.
+#[derive(Debug, thiserror::Error)]
+#[error("entry {index}: {problem}")]
+pub struct EntryError {
+    pub index: usize,
+    pub problem: EntryProblem,
+}
+
+/// What is wrong with an entry, in the words that follow "entry N: ".
+#[derive(Debug, thiserror::Error)]
+pub enum EntryProblem {
+    #[error("has no 'request'")]
+    NoRequest,
+    #[error("has no request.method")]
+    NoMethod,
+    #[error("has no request.url")]
+    NoUrl,
+    #[error("'{0}' in request.url is not a known R4 resource type")]
+    UnknownType(String),
+    #[error("request.url '{0}' is not of the form Type or Type/id")]
+    NotTypeOrTypeId(String),
+    #[error("{method} needs request.url Type/id, found '{url}'")]
+    NeedsId { method: String, url: String },
+    #[error("POST needs request.url Type, found '{0}'")]
+    PostWithId(String),
+    #[error("request.method '{0}' is not supported in a Bundle here (PUT, POST, DELETE)")]
+    UnsupportedMethod(String),
+    #[error("the reference '{0}' matches no entry's fullUrl in the transaction")]
+    Unresolved(String),
+    #[error("is not an object")]
+    NotAnObject,
+    #[error("has no 'resource'")]
+    NoResource,
+    #[error(transparent)]
+    Resource(#[from] ResourceError),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -68,7 +105,7 @@ pub fn read(value: Value, validation: Validation) -> Result<BundleRequest, Bundl
     };
 
     // First pass: decide every entry's target, so references can be resolved before validation.
-    let targets: Vec<Result<Target, String>> = raw.iter().map(target_of).collect();
+    let targets: Vec<Result<Target, EntryProblem>> = raw.iter().map(target_of).collect();
     let mut entries_json: Vec<Value> = raw;
     let mut unresolved: Vec<Option<String>> = vec![None; entries_json.len()];
     if kind == BundleKind::Transaction {
@@ -92,11 +129,12 @@ pub fn read(value: Value, validation: Validation) -> Result<BundleRequest, Bundl
         .zip(unresolved)
         .enumerate()
         .map(|(i, ((entry, target), unresolved))| {
-            let target = target.map_err(|e| format!("entry {i}: {e}"))?;
+            let failed = |problem| EntryError { index: i, problem };
+            let target = target.map_err(failed)?;
             if let Some(reference) = unresolved {
-                return Err(format!("entry {i}: the reference '{reference}' matches no entry's fullUrl in the transaction"));
+                return Err(failed(EntryProblem::Unresolved(reference)));
             }
-            to_op(entry, target, validation).map_err(|e| format!("entry {i}: {e}"))
+            to_op(entry, target, validation).map_err(failed)
         })
         .collect();
     Ok(BundleRequest { kind, entries })
@@ -126,42 +164,41 @@ pub fn deletion(resource_type: &str, id: &str) -> String {
     .to_string()
 }
 
-fn target_of(entry: &Value) -> Result<Target, String> {
-    let request = entry.get("request").ok_or("has no 'request'")?;
-    let method = request.get("method").and_then(Value::as_str).ok_or("has no request.method")?;
-    let url = request.get("url").and_then(Value::as_str).ok_or("has no request.url")?;
+fn target_of(entry: &Value) -> Result<Target, EntryProblem> {
+    let request = entry.get("request").ok_or(EntryProblem::NoRequest)?;
+    let method = request.get("method").and_then(Value::as_str).ok_or(EntryProblem::NoMethod)?;
+    let url = request.get("url").and_then(Value::as_str).ok_or(EntryProblem::NoUrl)?;
     let path = url.split('?').next().unwrap_or("").trim_matches('/');
     let mut parts = path.split('/');
     let type_name = parts.next().unwrap_or("");
     let resource_type =
-        ResourceType::parse(type_name).ok_or_else(|| format!("'{type_name}' in request.url is not a known R4 resource type"))?;
+        ResourceType::parse(type_name).ok_or_else(|| EntryProblem::UnknownType(type_name.to_owned()))?;
     let url_id = parts.next();
     if parts.next().is_some() {
-        return Err(format!("request.url '{url}' is not of the form Type or Type/id"));
+        return Err(EntryProblem::NotTypeOrTypeId(url.to_owned()));
     }
-    let parse_id = |id: &str| ResourceId::parse(id).ok_or_else(|| ResourceError::InvalidId(id.to_owned()).to_string());
+    let parse_id = |id: &str| ResourceId::parse(id).ok_or_else(|| ResourceError::InvalidId(id.to_owned()));
     match (method, url_id) {
         ("PUT", Some(id)) => Ok(Target { method: Method::Put, resource_type, id: parse_id(id)? }),
         ("DELETE", Some(id)) => Ok(Target { method: Method::Delete, resource_type, id: parse_id(id)? }),
         ("POST", None) => Ok(Target { method: Method::Post, resource_type, id: ResourceId::generate() }),
-        ("PUT" | "DELETE", None) => Err(format!("{method} needs request.url Type/id, found '{url}'")),
-        ("POST", Some(_)) => Err(format!("POST needs request.url Type, found '{url}'")),
-        (other, _) => Err(format!("request.method '{other}' is not supported in a Bundle here (PUT, POST, DELETE)")),
+        ("PUT" | "DELETE", None) => Err(EntryProblem::NeedsId { method: method.to_owned(), url: url.to_owned() }),
+        ("POST", Some(_)) => Err(EntryProblem::PostWithId(url.to_owned())),
+        (other, _) => Err(EntryProblem::UnsupportedMethod(other.to_owned())),
     }
 }
 
-fn to_op(entry: Value, target: Target, validation: Validation) -> Result<EntryOp, String> {
+fn to_op(entry: Value, target: Target, validation: Validation) -> Result<EntryOp, EntryProblem> {
     let Target { method, resource_type, id } = target;
     if method == Method::Delete {
         return Ok(EntryOp::Delete { resource_type, id });
     }
-    let Value::Object(mut entry) = entry else { return Err("is not an object".into()) };
-    let body = entry.remove("resource").ok_or("has no 'resource'")?;
+    let Value::Object(mut entry) = entry else { return Err(EntryProblem::NotAnObject) };
+    let body = entry.remove("resource").ok_or(EntryProblem::NoResource)?;
     let resource = match method {
         Method::Put => Resource::for_update(body, &resource_type, &id, validation),
         _ => Resource::for_create(body, Some(&resource_type), id, validation),
-    }
-    .map_err(|e| e.to_string())?;
+    }?;
     Ok(EntryOp::Save { resource, created_by_post: method == Method::Post })
 }
 
@@ -220,8 +257,8 @@ mod tests {
             {"request":{"method":"GET","url":"Patient/y"}}
         ]});
         let read = read(bundle, Validation::Strict).unwrap();
-        assert!(read.entries[0].as_ref().unwrap_err().starts_with("entry 0: the id 'x'"));
-        assert!(read.entries[1].as_ref().unwrap_err().contains("GET"));
+        assert!(read.entries[0].as_ref().unwrap_err().to_string().starts_with("entry 0: the id 'x'"));
+        assert!(read.entries[1].as_ref().unwrap_err().to_string().contains("GET"));
     }
 
     #[test]
@@ -235,7 +272,7 @@ mod tests {
         let read = read(bundle, Validation::Strict).unwrap();
         assert!(read.entries[0].is_ok());
         assert_eq!(
-            read.entries[1].as_ref().unwrap_err(),
+            read.entries[1].as_ref().unwrap_err().to_string(),
             "entry 1: the reference 'urn:uuid:6d2a1f9c-0000-4000-8000-000000000002' matches no entry's fullUrl in the transaction"
         );
     }
@@ -246,6 +283,6 @@ mod tests {
             {"resource":{"resourceType":"Observation","effectiveDateTime":"2020-01-01Té"},"request":{"method":"PUT","url":"Observation/o"}},
         ]});
         let read = read(bundle, Validation::Strict).unwrap();
-        assert_eq!(read.entries[0].as_ref().unwrap_err(), "entry 0: Observation.effectiveDateTime: '2020-01-01Té' is not a valid dateTime");
+        assert_eq!(read.entries[0].as_ref().unwrap_err().to_string(), "entry 0: Observation.effectiveDateTime: '2020-01-01Té' is not a valid dateTime");
     }
 }

@@ -26,13 +26,22 @@ pub struct ElementSpec {
     pub name: String,
 }
 
+/// An `_elements` item this server cannot apply, naming the item.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ElementSpecError {
+    #[error("'{item}': {resource_type} is not a known FHIR R4 resource type")]
+    UnknownType { item: String, resource_type: String },
+    #[error("'{0}' is not an element name (use element or Type.element, top-level elements only)")]
+    NotAnElement(String),
+}
+
 impl ElementSpec {
-    pub fn parse(item: &str) -> Result<Self, String> {
+    pub fn parse(item: &str) -> Result<Self, ElementSpecError> {
         let item = item.trim();
         let (resource_type, name) = match item.split_once('.') {
             Some((t, name)) => {
                 if ResourceType::parse(t).is_none() {
-                    return Err(format!("'{item}': {t} is not a known FHIR R4 resource type"));
+                    return Err(ElementSpecError::UnknownType { item: item.to_owned(), resource_type: t.to_owned() });
                 }
                 (Some(t.to_owned()), name)
             }
@@ -42,7 +51,7 @@ impl ElementSpec {
         let valid = plain.chars().next().is_some_and(|c| c.is_ascii_lowercase())
             && plain.chars().all(|c| c.is_ascii_alphanumeric());
         if !valid {
-            return Err(format!("'{item}' is not an element name (use element or Type.element, top-level elements only)"));
+            return Err(ElementSpecError::NotAnElement(item.to_owned()));
         }
         Ok(Self { resource_type, name: name.to_owned() })
     }

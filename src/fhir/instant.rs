@@ -20,19 +20,28 @@ pub fn in_range(t: DateTime<Utc>) -> bool {
     (MIN_MICROS..END_MICROS).contains(&t.timestamp_micros())
 }
 
+/// A value that is not an instant this server takes; each names the value.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum InstantError {
+    #[error("'{0}' is not a FHIR instant (expected e.g. 2024-01-02T03:04:05Z, with a time zone)")]
+    Malformed(String),
+    #[error("'{0}' is outside the years 0001 to 9999 (UTC) that FHIR instants cover")]
+    OutOfRange(String),
+}
+
 /// Parses a FHIR instant (`2024-01-02T03:04:05Z`, `...05.123+01:00`). A bare date
 /// (`2024-01-02`) is accepted too and means its first moment in UTC, as Azure does; anything
 /// without a time zone is ambiguous and refused, and so is anything outside years 0001-9999.
-pub fn parse(value: &str) -> Result<DateTime<Utc>, String> {
+pub fn parse(value: &str) -> Result<DateTime<Utc>, InstantError> {
     let parsed = if let Ok(t) = DateTime::parse_from_rfc3339(value) {
         t.with_timezone(&Utc)
     } else if let Ok(d) = NaiveDate::parse_from_str(value, "%Y-%m-%d") {
         d.and_hms_opt(0, 0, 0).expect("midnight exists").and_utc()
     } else {
-        return Err(format!("'{value}' is not a FHIR instant (expected e.g. 2024-01-02T03:04:05Z, with a time zone)"));
+        return Err(InstantError::Malformed(value.to_owned()));
     };
     if !in_range(parsed) {
-        return Err(format!("'{value}' is outside the years 0001 to 9999 (UTC) that FHIR instants cover"));
+        return Err(InstantError::OutOfRange(value.to_owned()));
     }
     Ok(parsed)
 }
@@ -56,7 +65,7 @@ mod tests {
         assert!(parse("0001-01-01T00:00:00Z").is_ok());
         assert!(parse("9999-12-31T23:59:59.999999Z").is_ok());
         for bad in ["0000-01-01T00:00:00Z", "0000-12-31", "0001-01-01T00:30:00+01:00", "9999-12-31T23:00:00-05:00"] {
-            assert!(parse(bad).unwrap_err().contains("0001 to 9999"), "{bad}");
+            assert!(parse(bad).unwrap_err().to_string().contains("0001 to 9999"), "{bad}");
         }
     }
 }

@@ -256,7 +256,7 @@ proptest! {
                     match entry {
                         Ok(EntryOp::Save { resource, .. }) => prop_assert!(serde_json::from_str::<Value>(&resource.render(1, chrono::Utc::now())).is_ok()),
                         Ok(EntryOp::Delete { .. }) => {}
-                        Err(reason) => prop_assert!(reason.starts_with(&format!("entry {i}: ")), "{}", reason),
+                        Err(reason) => prop_assert!(reason.index == i && reason.to_string().starts_with(&format!("entry {i}: ")), "{}", reason),
                     }
                 }
             }

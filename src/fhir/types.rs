@@ -81,10 +81,15 @@ pub fn is_valid_id(id: &str) -> bool {
         && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
 }
 
+/// A text that is not a FHIR id (where serde reads one).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid id '{0}'")]
+pub struct InvalidId(pub String);
+
 impl TryFrom<String> for ResourceId {
-    type Error = String;
+    type Error = InvalidId;
     fn try_from(id: String) -> Result<Self, Self::Error> {
-        if is_valid_id(&id) { Ok(Self(id)) } else { Err(format!("invalid id '{id}'")) }
+        if is_valid_id(&id) { Ok(Self(id)) } else { Err(InvalidId(id)) }
     }
 }
 

@@ -289,7 +289,7 @@ fn read_bundle(path: &Path, batcher: &mut Batcher, validation: Validation) -> Re
                         return Ok(batcher.fail(failure("file", format!("transaction not loaded: {reason}"))));
                     }
                     Err(reason) => {
-                        batcher.fail(failure("entry", reason));
+                        batcher.fail(failure("entry", reason.to_string()));
                     }
                 }
             }

@@ -8,7 +8,7 @@ use crate::fhir::{
     compartment,
     elements::ElementSpec,
     references,
-    search::{CompiledFilter, TypeFilter},
+    search::{CompiledFilter, FilterError, TypeFilter},
     types::ResourceId,
     ResourceType,
 };
@@ -163,13 +163,22 @@ pub struct Anonymization {
     pub etag: Option<String>,
 }
 
+/// A stored `_typeFilter` query that no longer compiles (kick-off checked it).
+#[derive(Debug, thiserror::Error)]
+#[error("_typeFilter {query}")]
+pub struct TypeFilterError {
+    pub query: String,
+    #[source]
+    pub source: FilterError,
+}
+
 impl ExportRequest {
     /// The compiled `_typeFilter` queries for one type (none: the type is exported whole).
-    pub fn filters_for(&self, t: &ResourceType) -> Result<Vec<CompiledFilter>, String> {
+    pub fn filters_for(&self, t: &ResourceType) -> Result<Vec<CompiledFilter>, TypeFilterError> {
         self.type_filters
             .iter()
             .filter(|f| &f.resource_type == t)
-            .map(|f| f.compile().map_err(|e| format!("_typeFilter {}: {e}", f.describe())))
+            .map(|f| f.compile().map_err(|source| TypeFilterError { query: f.describe(), source }))
             .collect()
     }
 

@@ -4,6 +4,8 @@
 
 use object_store::client::{HttpError, HttpErrorKind};
 
+use super::settings::OutputSettingsError;
+
 #[derive(Debug, thiserror::Error)]
 pub enum OutputError {
     #[error("{destination}: {what} was not found")]
@@ -14,6 +16,8 @@ pub enum OutputError {
     Directory { path: String, source: std::io::Error },
     #[error("output configuration: {0}")]
     Config(String),
+    #[error("output configuration: {0}")]
+    Settings(#[from] OutputSettingsError),
 }
 
 impl OutputError {

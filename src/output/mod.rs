@@ -24,7 +24,7 @@ use object_store::{
 
 pub use config_store::ConfigStore;
 pub use error::OutputError;
-pub use settings::{Destination, OutputSettings, Secret, UrlMode};
+pub use settings::{Destination, OutputSettings, OutputSettingsError, Secret, UrlMode};
 
 /// Uploads in flight per open file; with the part size this bounds an open file's memory.
 const MAX_PARTS_IN_FLIGHT: usize = 2;
@@ -72,7 +72,7 @@ impl Output {
 
     /// The destination the settings name (`output_dir` is used by the local one).
     pub fn from_settings(settings: &OutputSettings, output_dir: &FsPath, part_size: usize) -> Result<Self, OutputError> {
-        settings.validate().map_err(OutputError::Config)?;
+        settings.validate()?;
         let (place, part_size) = match settings.destination {
             Destination::Local => return Self::local(output_dir, part_size),
             Destination::Azure => (Place::Azure(Arc::new(azure::Azure::new(settings)?)), part_size),

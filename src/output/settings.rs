@@ -129,32 +129,42 @@ impl OutputSettings {
         Duration::from_secs(self.storage_timeout_seconds)
     }
 
-    /// Start-up checks: a message naming the key that is wrong.
-    pub fn validate(&self) -> Result<(), String> {
+    /// Start-up checks: an error naming the key that is wrong.
+    pub fn validate(&self) -> Result<(), OutputSettingsError> {
+        use OutputSettingsError::*;
         if self.storage_timeout_seconds == 0 {
-            return Err("'storage_timeout_seconds' must be greater than 0".into());
+            return Err(ZeroStorageTimeout);
         }
         match self.destination {
-            Destination::Local if self.file_urls == UrlMode::Signed => {
-                Err("'file_urls' = \"signed\" needs an azure or s3 destination; a local directory is served by proxy".into())
-            }
-            Destination::Azure if self.azure_account.is_empty() && !self.azure_emulator => {
-                Err("'azure_account' is required for the azure destination (or set 'azure_emulator' for Azurite)".into())
-            }
-            Destination::Azure if self.azure_access_key.is_set() && self.azure_sas_token.is_set() => {
-                Err("set only one of 'azure_access_key' and 'azure_sas_token'".into())
-            }
+            Destination::Local if self.file_urls == UrlMode::Signed => Err(SignedLocal),
+            Destination::Azure if self.azure_account.is_empty() && !self.azure_emulator => Err(NoAzureAccount),
+            Destination::Azure if self.azure_access_key.is_set() && self.azure_sas_token.is_set() => Err(TwoAzureCredentials),
             // object_store cannot sign a URL with a SAS token (a SAS cannot mint another).
-            Destination::Azure if self.azure_sas_token.is_set() && self.url_mode() == UrlMode::Signed => {
-                Err("signed file URLs cannot be made with 'azure_sas_token': set 'file_urls' = \"proxy\" or use 'azure_access_key'".into())
-            }
-            Destination::S3 if self.s3_bucket.is_empty() => Err("'s3_bucket' is required for the s3 destination".into()),
-            Destination::S3 if self.s3_access_key_id.is_empty() == self.s3_secret_access_key.is_set() => {
-                Err("set both 's3_access_key_id' and 's3_secret_access_key', or neither".into())
-            }
+            Destination::Azure if self.azure_sas_token.is_set() && self.url_mode() == UrlMode::Signed => Err(SasCannotSign),
+            Destination::S3 if self.s3_bucket.is_empty() => Err(NoS3Bucket),
+            Destination::S3 if self.s3_access_key_id.is_empty() == self.s3_secret_access_key.is_set() => Err(HalfS3Credentials),
             _ => Ok(()),
         }
     }
+}
+
+/// Output settings that cannot work together, each naming the key to change.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum OutputSettingsError {
+    #[error("'storage_timeout_seconds' must be greater than 0")]
+    ZeroStorageTimeout,
+    #[error("'file_urls' = \"signed\" needs an azure or s3 destination; a local directory is served by proxy")]
+    SignedLocal,
+    #[error("'azure_account' is required for the azure destination (or set 'azure_emulator' for Azurite)")]
+    NoAzureAccount,
+    #[error("set only one of 'azure_access_key' and 'azure_sas_token'")]
+    TwoAzureCredentials,
+    #[error("signed file URLs cannot be made with 'azure_sas_token': set 'file_urls' = \"proxy\" or use 'azure_access_key'")]
+    SasCannotSign,
+    #[error("'s3_bucket' is required for the s3 destination")]
+    NoS3Bucket,
+    #[error("set both 's3_access_key_id' and 's3_secret_access_key', or neither")]
+    HalfS3Credentials,
 }
 
 #[cfg(test)]
@@ -181,10 +191,10 @@ mod tests {
     #[test]
     fn incomplete_destinations_name_the_missing_key() {
         let azure = OutputSettings { destination: Destination::Azure, ..Default::default() };
-        assert!(azure.validate().unwrap_err().contains("azure_account"));
+        assert!(azure.validate().unwrap_err().to_string().contains("azure_account"));
         let s3 = OutputSettings { destination: Destination::S3, s3_bucket: "b".into(), s3_access_key_id: "id".into(), ..Default::default() };
-        assert!(s3.validate().unwrap_err().contains("s3_secret_access_key"));
+        assert!(s3.validate().unwrap_err().to_string().contains("s3_secret_access_key"));
         let local = OutputSettings { file_urls: UrlMode::Signed, ..Default::default() };
-        assert!(local.validate().unwrap_err().contains("file_urls"));
+        assert!(local.validate().unwrap_err().to_string().contains("file_urls"));
     }
 }

@@ -17,7 +17,7 @@ use std::sync::Arc;
 use serde_json::Value;
 
 use super::{
-    pipeline::{Stage, Verdict},
+    pipeline::{Stage, StageError, Verdict},
     ExportError,
 };
 use crate::{
@@ -32,6 +32,9 @@ use crate::{
     },
 };
 use seal::ConfigKey;
+
+/// The stage's name in a failed task's error.
+const STAGE: &str = "de-identification";
 
 /// The kick-off side: where configurations are read, and the key that seals them.
 #[derive(Clone)]
@@ -86,8 +89,8 @@ impl Deidentify {
     }
 
     /// One resource's JSON, de-identified as resources of `file` are (a block header).
-    pub fn rewrite(&self, text: &str, file: &str) -> Result<String, String> {
-        let mut value: Value = serde_json::from_str(text).map_err(|e| e.to_string())?;
+    pub fn rewrite(&self, text: &str, file: &str) -> Result<String, StageError> {
+        let mut value: Value = serde_json::from_str(text).map_err(|e| StageError::new(STAGE, e))?;
         self.stage(file).apply(&mut value)?;
         Ok(value.to_string())
     }
@@ -106,10 +109,10 @@ pub struct AnonymizeStage {
 }
 
 impl Stage for AnonymizeStage {
-    fn apply(&self, resource: &mut Value) -> Result<Verdict, String> {
+    fn apply(&self, resource: &mut Value) -> Result<Verdict, StageError> {
         // Taken before the engine rewrites the id: the error names the stored resource.
         let id = resource.get("id").and_then(Value::as_str).unwrap_or("?").to_owned();
-        self.engine.apply(resource, &self.scope).map_err(|e| format!("de-identifying {}/{id} failed: {e}", self.scope.file))?;
+        self.engine.apply(resource, &self.scope).map_err(|e| StageError::new(STAGE, format!("de-identifying {}/{id} failed: {e}", self.scope.file)))?;
         Ok(Verdict::Changed)
     }
 

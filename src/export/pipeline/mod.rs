@@ -10,6 +10,8 @@ mod type_filter;
 
 pub use id_in::IdIn;
 
+use std::error::Error;
+
 use bytes::{Bytes, BytesMut};
 use futures::{stream::BoxStream, StreamExt};
 use serde_json::Value;
@@ -19,7 +21,7 @@ use type_filter::TypeFilterStage;
 
 use crate::{
     fhir::{elements::Subset, ResourceType},
-    model::request::ExportRequest,
+    model::request::{ExportRequest, TypeFilterError},
     store::StoreError,
 };
 
@@ -34,12 +36,43 @@ pub enum Verdict {
 
 pub trait Stage: Send + Sync {
     /// Decides on one resource, possibly rewriting it. An error fails the task.
-    fn apply(&self, resource: &mut Value) -> Result<Verdict, String>;
+    fn apply(&self, resource: &mut Value) -> Result<Verdict, StageError>;
 
     /// Costs enough per resource that a type's lines are worth spreading over the cores
     /// (de-identification), rather than run inline.
     fn heavy(&self) -> bool {
         false
+    }
+}
+
+/// Why a stage could not decide on a resource: the stage's name, and its own error as the
+/// source (kept to the task's failure, so the log shows the whole chain).
+#[derive(Debug, thiserror::Error)]
+#[error("the {stage} stage failed")]
+pub struct StageError {
+    pub stage: &'static str,
+    #[source]
+    pub source: Box<dyn Error + Send + Sync>,
+}
+
+impl StageError {
+    pub fn new(stage: &'static str, source: impl Into<Box<dyn Error + Send + Sync>>) -> Self {
+        Self { stage, source: source.into() }
+    }
+}
+
+/// A stored line that does not parse: `what` names it in the client's terms.
+#[derive(Debug, thiserror::Error)]
+#[error("{what} is not valid JSON")]
+pub struct NotJson {
+    pub what: String,
+    #[source]
+    pub source: serde_json::Error,
+}
+
+impl NotJson {
+    pub fn new(what: impl Into<String>, source: serde_json::Error) -> Self {
+        Self { what: what.into(), source }
     }
 }
 
@@ -52,7 +85,7 @@ pub struct Pipeline {
 impl Pipeline {
     /// The stages the request asks for on this type. Every parameter that looks inside
     /// resources adds its stage here, filters before rewrites.
-    pub fn for_type(request: &ExportRequest, resource_type: &ResourceType) -> Result<Self, String> {
+    pub fn for_type(request: &ExportRequest, resource_type: &ResourceType) -> Result<Self, TypeFilterError> {
         // No de-identification: `None` of any stage type.
         Self::for_output(request, resource_type, None::<ElementsStage>)
     }
@@ -61,7 +94,7 @@ impl Pipeline {
     /// between the filter and `_elements` (the filter judges stored data; `_elements` picks
     /// from what is released). Reads that only select (referenced ids, Provenance targets)
     /// use `for_type`: they compare stored ids.
-    pub fn for_output(request: &ExportRequest, resource_type: &ResourceType, deidentify: Option<impl Stage + 'static>) -> Result<Self, String> {
+    pub fn for_output(request: &ExportRequest, resource_type: &ResourceType, deidentify: Option<impl Stage + 'static>) -> Result<Self, TypeFilterError> {
         let mut pipeline = Self::default();
         let filters = request.filters_for(resource_type)?;
         if !filters.is_empty() {
@@ -93,11 +126,11 @@ impl Pipeline {
 
     /// Runs one line (one resource's JSON, no newline) through the stages: None when a stage
     /// dropped it, otherwise the text to write.
-    pub fn run_line<'a>(&self, line: &'a [u8]) -> Result<Option<std::borrow::Cow<'a, [u8]>>, String> {
+    pub fn run_line<'a>(&self, line: &'a [u8]) -> Result<Option<std::borrow::Cow<'a, [u8]>>, PipelineError> {
         if self.stages.is_empty() {
             return Ok(Some(line.into()));
         }
-        let mut resource: Value = serde_json::from_slice(line).map_err(|e| format!("stored resource is not valid JSON: {e}"))?;
+        let mut resource: Value = serde_json::from_slice(line).map_err(|e| NotJson::new("stored resource", e))?;
         let mut changed = false;
         for stage in &self.stages {
             match stage.apply(&mut resource)? {
@@ -107,7 +140,7 @@ impl Pipeline {
             }
         }
         if changed {
-            Ok(Some(serde_json::to_vec(&resource).map_err(|e| e.to_string())?.into()))
+            Ok(Some(serde_json::to_vec(&resource).map_err(PipelineError::Write)?.into()))
         } else {
             Ok(Some(line.into()))
         }
@@ -117,7 +150,7 @@ impl Pipeline {
     pub fn run_lines(&self, lines: &[u8]) -> Result<Bytes, PipelineError> {
         let mut out = BytesMut::with_capacity(lines.len());
         for line in lines.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
-            if let Some(text) = self.run_line(line).map_err(PipelineError::Stage)? {
+            if let Some(text) = self.run_line(line)? {
                 out.extend_from_slice(&text);
                 out.extend_from_slice(b"\n");
             }
@@ -147,8 +180,13 @@ impl Pipeline {
 pub enum PipelineError {
     #[error(transparent)]
     Store(#[from] StoreError),
-    #[error("{0}")]
-    Stage(String),
+    #[error(transparent)]
+    NotJson(#[from] NotJson),
+    #[error(transparent)]
+    Stage(#[from] StageError),
+    /// A changed resource could not be written back out (a bug: a `Value` always serializes).
+    #[error("writing a resource back as JSON failed")]
+    Write(#[source] serde_json::Error),
 }
 
 #[cfg(test)]
@@ -157,14 +195,14 @@ mod tests {
 
     struct DropMale;
     impl Stage for DropMale {
-        fn apply(&self, r: &mut Value) -> Result<Verdict, String> {
+        fn apply(&self, r: &mut Value) -> Result<Verdict, StageError> {
             Ok(if r["gender"] == "male" { Verdict::Drop } else { Verdict::Keep })
         }
     }
 
     struct Stamp;
     impl Stage for Stamp {
-        fn apply(&self, r: &mut Value) -> Result<Verdict, String> {
+        fn apply(&self, r: &mut Value) -> Result<Verdict, StageError> {
             r["stamped"] = true.into();
             Ok(Verdict::Changed)
         }

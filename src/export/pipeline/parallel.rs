@@ -35,7 +35,7 @@ pub fn apply(pipeline: Arc<Pipeline>, source: BoxStream<'static, Result<Bytes, S
                     Ok(result) => result,
                     // A panic in a stage is the task's panic: the worker reports it as one.
                     Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
-                    Err(e) => Err(PipelineError::Stage(format!("a batch of resources was not processed: {e}"))),
+                    Err(e) => Err(PipelineError::Stage(super::StageError::new("batch", e))),
                 }
             }
         })
@@ -68,7 +68,7 @@ mod tests {
 
     struct Renumber;
     impl Stage for Renumber {
-        fn apply(&self, r: &mut Value) -> Result<Verdict, String> {
+        fn apply(&self, r: &mut Value) -> Result<Verdict, crate::export::pipeline::StageError> {
             let n = r["n"].as_u64().unwrap();
             if n.is_multiple_of(7) {
                 return Ok(Verdict::Drop);

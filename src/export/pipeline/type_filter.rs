@@ -2,7 +2,7 @@
 
 use serde_json::Value;
 
-use super::{Stage, Verdict};
+use super::{Stage, StageError, Verdict};
 use crate::fhir::search::CompiledFilter;
 
 pub struct TypeFilterStage {
@@ -11,7 +11,7 @@ pub struct TypeFilterStage {
 }
 
 impl Stage for TypeFilterStage {
-    fn apply(&self, resource: &mut Value) -> Result<Verdict, String> {
+    fn apply(&self, resource: &mut Value) -> Result<Verdict, StageError> {
         Ok(if self.filters.iter().any(|f| f.matches(resource)) { Verdict::Keep } else { Verdict::Drop })
     }
 }

@@ -13,7 +13,7 @@ pub use json::{evaluate, referenced_type, Item};
 pub use parse::parse;
 
 /// Why an expression is outside the FHIRPath this server evaluates.
-#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{0}")]
 pub struct ParseError(pub String);
 

@@ -205,7 +205,7 @@ impl Condition {
             (None, SearchType::String) => Test::String { mode: StringMode::StartsWith, values: unescaped(&values) },
             (Some("exact"), SearchType::String) => Test::String { mode: StringMode::Exact, values: unescaped(&values) },
             (Some("contains"), SearchType::String) => Test::String { mode: StringMode::Contains, values: unescaped(&values) },
-            (None, SearchType::Date) => Test::Date(values.iter().map(|v| date_value(v)).collect::<Result<_, _>>().map_err(invalid)?),
+            (None, SearchType::Date) => Test::Date(values.iter().map(|v| date_value(v)).collect::<Result<_, _>>().map_err(|e| invalid(e.to_string()))?),
             (None, SearchType::Number) => Test::Number(
                 values
                     .iter()
@@ -218,9 +218,9 @@ impl Condition {
             (None, SearchType::Quantity) => {
                 Test::Quantity(values.iter().map(|v| quantity_value(v).ok_or_else(|| invalid(format!("'{v}' is not a quantity")))).collect::<Result<_, _>>()?)
             }
-            (None, SearchType::Reference) => Test::Reference(values.iter().map(|v| reference_value(&unescape(v), None)).collect::<Result<_, _>>().map_err(invalid)?),
+            (None, SearchType::Reference) => Test::Reference(values.iter().map(|v| reference_value(&unescape(v), None)).collect::<Result<_, _>>().map_err(|e| invalid(e.to_string()))?),
             (Some(m), SearchType::Reference) if ResourceType::parse(m).is_some() => {
-                Test::Reference(values.iter().map(|v| reference_value(&unescape(v), Some(m))).collect::<Result<_, _>>().map_err(invalid)?)
+                Test::Reference(values.iter().map(|v| reference_value(&unescape(v), Some(m))).collect::<Result<_, _>>().map_err(|e| invalid(e.to_string()))?)
             }
             (None, SearchType::Uri) => Test::Uri(unescaped(&values)),
             (Some(m @ ("not" | "text" | "exact" | "contains" | "in" | "not-in" | "below" | "above" | "of-type" | "identifier" | "iterate")), _) => {
@@ -233,13 +233,28 @@ impl Condition {
     }
 }
 
+/// A condition's value that cannot be read as its parameter's type.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+enum ValueError {
+    #[error("'{0}' is not a FHIR date")]
+    NotADate(String),
+    #[error("'{0}' is outside the years 0001 to 9999 (UTC) that FHIR dates cover")]
+    DateOutOfRange(String),
+    #[error("a :Type modifier needs an id, not the URL '{0}'")]
+    TypeModifierOnUrl(String),
+    #[error("'{value}' contradicts the :{modifier} modifier")]
+    ContradictsModifier { value: String, modifier: String },
+    #[error("'{0}' is not Type/id, an id, or an absolute URL")]
+    NotAReference(String),
+}
+
 /// A date condition's value: its prefix and range, within the years the stores hold.
-fn date_value(value: &str) -> Result<(Prefix, DateRange), String> {
+fn date_value(value: &str) -> Result<(Prefix, DateRange), ValueError> {
     let (prefix, rest) = prefix(value);
     // FHIR dates are ASCII; checked first, as the date parser reads fixed byte positions.
-    let range = rest.is_ascii().then(|| parse_date(rest)).flatten().ok_or_else(|| format!("'{value}' is not a FHIR date"))?;
+    let range = rest.is_ascii().then(|| parse_date(rest)).flatten().ok_or_else(|| ValueError::NotADate(value.to_owned()))?;
     if range.low < instant::MIN_MICROS || range.high > instant::END_MICROS {
-        return Err(format!("'{value}' is outside the years 0001 to 9999 (UTC) that FHIR dates cover"));
+        return Err(ValueError::DateOutOfRange(value.to_owned()));
     }
     Ok((prefix, range))
 }
@@ -325,21 +340,21 @@ fn quantity_value(value: &str) -> Option<QuantityValue> {
     }
 }
 
-fn reference_value(value: &str, modifier_type: Option<&str>) -> Result<ReferenceValue, String> {
+fn reference_value(value: &str, modifier_type: Option<&str>) -> Result<ReferenceValue, ValueError> {
     if value.contains("://") || value.starts_with("urn:") {
         if modifier_type.is_some() {
-            return Err(format!("a :Type modifier needs an id, not the URL '{value}'"));
+            return Err(ValueError::TypeModifierOnUrl(value.to_owned()));
         }
         return Ok(ReferenceValue::Absolute(value.to_owned()));
     }
     match value.split_once('/') {
         Some((ty, id)) if ResourceType::parse(ty).is_some() && !id.is_empty() && !id.contains('/') => {
             if modifier_type.is_some_and(|m| m != ty) {
-                return Err(format!("'{value}' contradicts the :{} modifier", modifier_type.unwrap_or_default()));
+                return Err(ValueError::ContradictsModifier { value: value.to_owned(), modifier: modifier_type.unwrap_or_default().to_owned() });
             }
             Ok(ReferenceValue::Typed(ty.to_owned(), id.to_owned()))
         }
-        Some(_) => Err(format!("'{value}' is not Type/id, an id, or an absolute URL")),
+        Some(_) => Err(ValueError::NotAReference(value.to_owned())),
         None => Ok(match modifier_type {
             Some(ty) => ReferenceValue::Typed(ty.to_owned(), value.to_owned()),
             None => ReferenceValue::Id(value.to_owned()),

@@ -56,7 +56,20 @@ pub struct SearchParam {
     pub code: String,
     pub search_type: SearchType,
     /// The parsed expression, or why this parameter is outside what we evaluate.
-    pub expression: Result<Expr, String>,
+    pub expression: Result<Expr, Unevaluable>,
+}
+
+/// Why a search parameter is outside what this server evaluates.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Unevaluable {
+    #[error("phonetic matching is not implemented")]
+    Phonetic,
+    #[error("{0} parameters are not supported")]
+    Kind(&'static str),
+    #[error("it has no FHIRPath expression to evaluate")]
+    NoExpression,
+    #[error("its expression '{expression}' is not supported: {reason}")]
+    Expression { expression: String, reason: crate::fhir::fhirpath::ParseError },
 }
 
 struct Table {
@@ -78,15 +91,15 @@ static TABLE_DATA: LazyLock<Table> = LazyLock::new(|| {
     Table { rows: params, index }
 });
 
-fn compile(row: &Row) -> Result<Expr, String> {
+fn compile(row: &Row) -> Result<Expr, Unevaluable> {
     if row.code == "phonetic" {
         // R4 leaves the phonetic algorithm to the server; a plain string match would not be it.
-        return Err("phonetic matching is not implemented".into());
+        return Err(Unevaluable::Phonetic);
     }
     match (row.search_type, &row.expression) {
-        (SearchType::Composite | SearchType::Special, _) => Err(format!("{} parameters are not supported", row.search_type.name())),
-        (_, None) => Err("it has no FHIRPath expression to evaluate".into()),
-        (_, Some(text)) => fhirpath::parse(text).map_err(|e| format!("its expression '{text}' is not supported: {e}")),
+        (SearchType::Composite | SearchType::Special, _) => Err(Unevaluable::Kind(row.search_type.name())),
+        (_, None) => Err(Unevaluable::NoExpression),
+        (_, Some(text)) => fhirpath::parse(text).map_err(|reason| Unevaluable::Expression { expression: text.clone(), reason }),
     }
 }
 

@@ -25,8 +25,17 @@ static UUID: LazyLock<Regex> = LazyLock::new(|| {
     Regex::new(r"^urn:uuid:[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$").expect("regex")
 });
 
-/// Checks one value of type `p`; the error says what is wrong, without the element's path.
-pub(crate) fn check(p: Primitive, value: Scalar) -> Result<(), String> {
+/// What is wrong with one primitive value, without the element's path (the walk adds it).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum PrimitiveError {
+    #[error("{primitive} must be {expected}, found {found}")]
+    WrongKind { primitive: &'static str, expected: &'static str, found: &'static str },
+    #[error("{value} is not a valid {primitive}")]
+    NotValid { value: String, primitive: &'static str },
+}
+
+/// Checks one value of type `p`.
+pub(crate) fn check(p: Primitive, value: Scalar) -> Result<(), PrimitiveError> {
     use Primitive as P;
     let ok = match (p, value) {
         (P::Boolean, Scalar::Bool(_)) => true,
@@ -36,14 +45,14 @@ pub(crate) fn check(p: Primitive, value: Scalar) -> Result<(), String> {
         (P::PositiveInt, Scalar::Int(i)) => (1..=i32::MAX as i128).contains(&i),
         (P::Integer | P::UnsignedInt | P::PositiveInt, Scalar::Float(_)) => false,
         (P::Boolean | P::Decimal | P::Integer | P::UnsignedInt | P::PositiveInt, _) | (_, Scalar::Bool(_) | Scalar::Int(_) | Scalar::Float(_)) => {
-            return Err(format!("{} must be {}, found {}", p.name(), json_kind(p), describe(value)));
+            return Err(PrimitiveError::WrongKind { primitive: p.name(), expected: json_kind(p), found: describe(value) });
         }
         (_, Scalar::Str(s)) => check_str(p, s),
     };
     if ok {
         Ok(())
     } else {
-        Err(format!("{} is not a valid {}", shown(value), p.name()))
+        Err(PrimitiveError::NotValid { value: shown(value), primitive: p.name() })
     }
 }
 
@@ -370,13 +379,13 @@ mod tests {
 
     #[test]
     fn messages_name_the_value_and_the_type() {
-        assert_eq!(check(Primitive::DateTime, Scalar::Str("2020-01-01Té12345")).unwrap_err(), "'2020-01-01Té12345' is not a valid dateTime");
-        assert_eq!(check(Primitive::String, Scalar::Str("a\u{1}")).unwrap_err(), r"'a\u{1}' is not a valid string");
-        assert_eq!(check(Primitive::Integer, Scalar::Float(1.5)).unwrap_err(), "1.5 is not a valid integer");
-        assert_eq!(check(Primitive::Integer, Scalar::Int(1 << 31)).unwrap_err(), "2147483648 is not a valid integer");
-        assert_eq!(check(Primitive::Boolean, Scalar::Str("true")).unwrap_err(), "boolean must be a JSON boolean, found a string");
-        assert_eq!(check(Primitive::Decimal, Scalar::Str("1.0")).unwrap_err(), "decimal must be a JSON number, found a string");
-        assert_eq!(check(Primitive::Code, Scalar::Int(1)).unwrap_err(), "code must be a JSON string, found a number");
+        assert_eq!(check(Primitive::DateTime, Scalar::Str("2020-01-01Té12345")).unwrap_err().to_string(), "'2020-01-01Té12345' is not a valid dateTime");
+        assert_eq!(check(Primitive::String, Scalar::Str("a\u{1}")).unwrap_err().to_string(), r"'a\u{1}' is not a valid string");
+        assert_eq!(check(Primitive::Integer, Scalar::Float(1.5)).unwrap_err().to_string(), "1.5 is not a valid integer");
+        assert_eq!(check(Primitive::Integer, Scalar::Int(1 << 31)).unwrap_err().to_string(), "2147483648 is not a valid integer");
+        assert_eq!(check(Primitive::Boolean, Scalar::Str("true")).unwrap_err().to_string(), "boolean must be a JSON boolean, found a string");
+        assert_eq!(check(Primitive::Decimal, Scalar::Str("1.0")).unwrap_err().to_string(), "decimal must be a JSON number, found a string");
+        assert_eq!(check(Primitive::Code, Scalar::Int(1)).unwrap_err().to_string(), "code must be a JSON string, found a number");
         assert!(check(Primitive::String, Scalar::Str("")).is_err());
         assert!(check(Primitive::Uri, Scalar::Str("")).is_err());
         assert!(check(Primitive::PositiveInt, Scalar::Int(0)).is_err());
@@ -390,6 +399,6 @@ mod tests {
         assert!(check(Primitive::Date, Scalar::Str("2024-02-29")).is_ok());
         assert!(check(Primitive::DateTime, Scalar::Str("2024-02-29T10:00:00")).is_err(), "a time needs its zone");
         let long = "x".repeat(100);
-        assert_eq!(check(Primitive::Id, Scalar::Str(&long)).unwrap_err(), format!("'{}…' is not a valid id", "x".repeat(80)));
+        assert_eq!(check(Primitive::Id, Scalar::Str(&long)).unwrap_err().to_string(), format!("'{}…' is not a valid id", "x".repeat(80)));
     }
 }

@@ -174,7 +174,7 @@ impl ValueSeed<'_> {
     fn scalar<E: de::Error>(mut self, value: Scalar) -> Result<(), E> {
         self.single()?;
         match self.child.ty {
-            Ty::Primitive(p) => primitives::check(p, value).map_err(|message| self.ctx.fail(message, false)),
+            Ty::Primitive(p) => primitives::check(p, value).map_err(|e| self.ctx.fail(e.to_string(), false)),
             ty => {
                 let name = self.ctx.type_name(ty);
                 Err(self.ctx.fail(format!("{name} must be a JSON object, found {}", primitives::describe(value)), true))
