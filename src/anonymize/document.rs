@@ -200,7 +200,7 @@ impl Document {
         if node.primitive {
             return node.value.clone();
         }
-        let mut map = Map::new();
+        let mut map = Map::with_capacity(node.children.len() + usize::from(node.resource));
         if node.resource {
             map.insert("resourceType".into(), Value::String(node.ty.into()));
         }
