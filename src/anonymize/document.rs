@@ -200,7 +200,7 @@ impl Document {
         if node.primitive {
             return node.value.clone();
         }
-        let mut map = Map::new();
+        let mut map = Map::with_capacity(node.children.len() + usize::from(node.resource));
         if node.resource {
             map.insert("resourceType".into(), Value::String(node.ty.into()));
         }
@@ -280,14 +280,14 @@ impl Document {
     }
 
     /// The root resource's current `id` (what `dateShiftScope: resource` hashes).
-    pub fn root_id(&self) -> String {
+    pub fn root_id(&self) -> Cow<'_, str> {
         self.nodes
             .first()
             .and_then(|root| root.children.iter().map(|&c| &self.nodes[c as usize]).find(|n| &*n.key == "id"))
             .and_then(|n| n.value.as_ref())
             .map(|v| match v {
-                Value::String(s) => s.clone(),
-                other => other.to_string(),
+                Value::String(s) => Cow::Borrowed(s.as_str()),
+                other => Cow::Owned(other.to_string()),
             })
             .unwrap_or_default()
     }

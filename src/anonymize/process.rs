@@ -163,11 +163,12 @@ impl Run<'_> {
                 }
                 let Some(text) = text_of(value) else { return Ok(0) };
                 let text = if node.ty == "instant" { dates::instant_text(&text) } else { text };
-                let (ty, name) = (node.ty, node.name().to_owned());
+                let (ty, key, name_len) = (node.ty, node.key.clone(), node.name_len as usize);
+                let name = &key[..name_len];
                 match method {
                     Method::Redact => {
                         let value = &mut self.state.doc.nodes[id as usize].value;
-                        Ok(redact::redact(value, &text, ty, &name, parent_ty, parameters)?)
+                        Ok(redact::redact(value, &text, ty, name, parent_ty, parameters)?)
                     }
                     Method::DateShift => {
                         let Some(kind) = dates::Kind::of(ty) else { return Ok(0) };
