@@ -254,11 +254,12 @@ fn parse_elements(
     Ok((any && !specs.is_empty()).then_some(specs))
 }
 
-fn invalid(name: &str, reason: impl Into<String>) -> ExportError {
+/// A refused parameter; shared with the other parameter parsers of the export (`deid`).
+pub(super) fn invalid(name: &str, reason: impl Into<String>) -> ExportError {
     ExportError::InvalidParameter { name: name.to_owned(), reason: reason.into() }
 }
 
-fn single<'a>(raw: &'a RawParams, name: &'a str) -> Result<Option<&'a str>, ExportError> {
+pub(super) fn single<'a>(raw: &'a RawParams, name: &'a str) -> Result<Option<&'a str>, ExportError> {
     let mut values = raw.values(name);
     let first = values.next();
     if values.next().is_some() {

@@ -3,7 +3,11 @@
 //! (the version it must be), and `_anonymizationConfigCollectionReference` (not supported).
 
 use crate::{
-    export::{params::RawParams, ExportError},
+    export::{
+        params::RawParams,
+        request::{invalid, single},
+        ExportError,
+    },
     model::request::Anonymization,
 };
 
@@ -50,19 +54,6 @@ pub fn check_name(name: &str) -> Result<(), String> {
         ));
     }
     Ok(())
-}
-
-fn invalid(name: &str, reason: impl Into<String>) -> ExportError {
-    ExportError::InvalidParameter { name: name.to_owned(), reason: reason.into() }
-}
-
-fn single<'a>(raw: &'a RawParams, name: &'a str) -> Result<Option<&'a str>, ExportError> {
-    let mut values = raw.values(name);
-    let first = values.next();
-    if values.next().is_some() {
-        return Err(invalid(name, "may be given only once"));
-    }
-    Ok(first)
 }
 
 #[cfg(test)]
