@@ -67,7 +67,7 @@ async fn load(app: &TestApp) {
 }
 
 fn store_dir(app: &TestApp) -> std::path::PathBuf {
-    app.output_dir.path().join(".anonymization")
+    crate::helpers::state_dir(app.output_dir.path()).join("anonymization")
 }
 
 /// Writes a configuration into the local store; its ETag (the content's SHA-256).

@@ -191,7 +191,16 @@ pub struct TestApp {
 impl Drop for TestApp {
     fn drop(&mut self) {
         self.shutdown.cancel();
+        let _ = std::fs::remove_dir_all(state_dir(self.output_dir.path()));
     }
+}
+
+/// The anonymization store and key of a test's nodes: beside its output folder, not in it (tests
+/// count what is left there), shared by the nodes of one test, removed with its app.
+pub(crate) fn state_dir(output_dir: &std::path::Path) -> std::path::PathBuf {
+    let mut name = output_dir.file_name().expect("a temporary folder has a name").to_owned();
+    name.push(".state");
+    output_dir.with_file_name(name)
 }
 
 static TRACING: Once = Once::new();
@@ -237,9 +246,8 @@ pub(crate) fn settings(database_url: &str, output_dir: &std::path::Path, options
         database_pool_size: 8,
         database_acquire_timeout_millis: options.database_acquire_timeout_millis,
         output_dir: output_dir.to_owned(),
-        // Inside the test's output folder, so nodes of one test share them and they go with it.
-        anonymization_dir: output_dir.join(".anonymization"),
-        anonymization_key_file: output_dir.join(".anonymization.key"),
+        anonymization_dir: state_dir(output_dir).join("anonymization"),
+        anonymization_key_file: state_dir(output_dir).join("anonymization.key"),
         max_file_bytes: options.max_file_bytes,
         part_size_bytes: 1024 * 1024,
         workers: options.workers,
