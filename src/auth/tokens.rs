@@ -61,11 +61,11 @@ impl TokenKeys {
     pub fn generate() -> String {
         let document = EcdsaKeyPair::generate_pkcs8(&ECDSA_P384_SHA384_FIXED_SIGNING, &SystemRandom::new())
             .expect("the system random source works");
-        hex(document.as_ref())
+        hex::encode(document.as_ref())
     }
 
     pub fn from_stored(hex_pkcs8: &str, issuer: &str) -> Result<Self, SigningKeyError> {
-        let der = unhex(hex_pkcs8).ok_or(SigningKeyError::StoredNotHex)?;
+        let der = hex::decode(hex_pkcs8).map_err(|_| SigningKeyError::StoredNotHex)?;
         Self::new(EncodingKey::from_ec_der(&der), issuer)
     }
 
@@ -110,17 +110,6 @@ impl TokenKeys {
         })?;
         Ok(Grant { client_id: data.claims.sub, scopes: Scopes::parse_lenient(&data.claims.scope) })
     }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-fn unhex(text: &str) -> Option<Vec<u8>> {
-    if !text.len().is_multiple_of(2) {
-        return None;
-    }
-    (0..text.len()).step_by(2).map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok()).collect()
 }
 
 #[cfg(test)]

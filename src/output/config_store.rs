@@ -97,7 +97,7 @@ impl ConfigStore {
 /// The local ETag: SHA-256 of the content, in hex.
 pub fn content_hash(bytes: &[u8]) -> String {
     let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, bytes);
-    digest.as_ref().iter().map(|b| format!("{b:02x}")).collect()
+    hex::encode(digest.as_ref())
 }
 
 /// Whether an ETag a client gave names the stored one: weak marks and quotes do not count

@@ -42,7 +42,7 @@ impl ConfigKey {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 let mut bytes = [0u8; KEY_BYTES];
                 aws_lc_rs::rand::fill(&mut bytes).map_err(|_| KeyError("no random bytes for the anonymization key".into()))?;
-                let hex = to_hex(&bytes);
+                let hex = hex::encode(bytes);
                 if let Some(dir) = file.parent().filter(|d| !d.as_os_str().is_empty()) {
                     std::fs::create_dir_all(dir).map_err(|e| failed("create its folder", e))?;
                 }
@@ -59,7 +59,8 @@ impl ConfigKey {
             }
             Err(e) => return Err(failed("read it", e)),
         };
-        let bytes = from_hex(hex.trim())
+        let bytes = hex::decode(hex.trim())
+            .ok()
             .filter(|b| b.len() == KEY_BYTES)
             .ok_or_else(|| KeyError(format!("anonymization_key_file {}: must hold {KEY_BYTES} bytes as {} hex digits", file.display(), KEY_BYTES * 2)))?;
         Self::from_bytes(&bytes, file)
@@ -113,16 +114,6 @@ fn create_private(file: &Path) -> std::io::Result<std::fs::File> {
     std::fs::OpenOptions::new().write(true).create_new(true).open(file)
 }
 
-pub fn to_hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-fn from_hex(text: &str) -> Option<Vec<u8>> {
-    if !text.len().is_multiple_of(2) || !text.is_ascii() {
-        return None;
-    }
-    (0..text.len()).step_by(2).map(|i| u8::from_str_radix(&text[i..i + 2], 16).ok()).collect()
-}
 
 #[cfg(test)]
 mod tests {
