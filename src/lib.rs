@@ -6,6 +6,11 @@
 //! `output` (where files go), `anonymize`; the utilities `telemetry`, `https`, `low_priority_runtime`;
 //! `model` (the records they share); `fhir` (FHIR knowledge, no I/O).
 
+/// Unit tests and benchmarks allocate as the server does.
+#[cfg(test)]
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 pub mod anonymize;
 pub mod api;
 pub mod auth;

@@ -10,7 +10,6 @@ use std::{
 };
 
 use anyhow::{bail, Context};
-use serde_json::Value;
 
 use super::{Engine, Scope};
 
@@ -66,9 +65,10 @@ pub fn run(config: &Path, inputs: &[PathBuf], out: &Path) -> anyhow::Result<Repo
 }
 
 fn anonymize_line(engine: &Engine, line: &str, scope: &Scope) -> Result<String, String> {
-    let mut resource: Value = serde_json::from_str(line).map_err(|e| format!("not JSON: {e}"))?;
-    engine.apply(&mut resource, scope).map_err(|e| e.to_string())?;
-    Ok(resource.to_string())
+    let mut out = Vec::with_capacity(line.len());
+    engine.apply_line(line.as_bytes(), scope, &mut out).map_err(|e| e.to_string())?;
+    // The engine writes JSON text: UTF-8.
+    String::from_utf8(out).map_err(|e| e.to_string())
 }
 
 fn ndjson(engine: &Engine, input: &Path, output: &Path, scope: &Scope, workers: usize) -> anyhow::Result<u64> {
@@ -123,6 +123,8 @@ fn whole(engine: &Engine, input: &Path, output: &Path, scope: &Scope) -> anyhow:
 
 #[cfg(test)]
 mod tests {
+    use serde_json::Value;
+
     use super::*;
 
     #[test]

@@ -137,19 +137,15 @@ impl Engine {
         self.by_type.get(resource_type).map_or(&[], Vec::as_slice)
     }
 
-    /// De-identifies one resource in place. Under `processingErrors: skip` a failure gives the
-    /// empty resource the reference engine writes, not an error; under `raise` the error names
-    /// the resource (by its id before de-identification) and the resource is left empty likewise.
-    pub fn apply(&self, resource: &mut Value, scope: &Scope) -> Result<(), ProcessingError> {
-        let resource_type = resource.get("resourceType").and_then(Value::as_str).unwrap_or_default().to_owned();
-        let id = resource.get("id").and_then(Value::as_str).unwrap_or_default().to_owned();
-        let doc = match Document::from_resource(std::mem::take(resource)) {
-            Ok(doc) => doc,
-            Err(original) => {
-                *resource = original;
-                return Err(ProcessingError(format!("not an R4 resource (resourceType '{resource_type}' is unknown or missing)")));
-            }
-        };
+    /// De-identifies one resource's JSON text, appending the result to `out`. Under
+    /// `processingErrors: skip` a failure gives the empty resource the reference engine writes,
+    /// not an error; under `raise` the error names the resource (by its id before
+    /// de-identification) and the empty resource is written likewise.
+    pub fn apply_line(&self, line: &[u8], scope: &Scope, out: &mut Vec<u8>) -> Result<(), ProcessingError> {
+        let doc = Document::from_slice(line).map_err(|e| ProcessingError(e.to_string()))?;
+        let resource_type = doc.nodes[0].ty;
+        // Taken before the rules run: the id may be hashed.
+        let id = doc.root_id().into_owned();
         let prefix = match self.parameters.date_shift_scope {
             DateShiftScope::Resource => "",
             DateShiftScope::File => last_segment(&scope.file),
@@ -160,11 +156,12 @@ impl Engine {
             Ok(_) => {
                 let tags = &run.tags;
                 let tag_of = |id: u32| tags.get(id as usize).copied().unwrap_or(0);
-                *resource = run.state.doc.to_json(0, &tag_of).unwrap_or(Value::Null);
+                run.state.doc.write(0, &tag_of, out);
                 Ok(())
             }
             Err(failure) => {
-                *resource = security::empty_resource(&resource_type);
+                // A `Value` always writes.
+                let _ = serde_json::to_writer(&mut *out, &security::empty_resource(resource_type));
                 match (failure, self.processing_errors) {
                     (state::Failure::Processing(_), ProcessingErrors::Skip) => Ok(()),
                     (state::Failure::Processing(problem) | state::Failure::NotApplicable(problem), _) => {
@@ -173,5 +170,17 @@ impl Engine {
                 }
             }
         }
+    }
+
+    /// De-identifies one parsed resource in place, as [`Self::apply_line`] does its text (on
+    /// an error that is not a processing error, the resource is left as it was).
+    pub fn apply(&self, resource: &mut Value, scope: &Scope) -> Result<(), ProcessingError> {
+        let line = serde_json::to_vec(resource).map_err(|e| ProcessingError(e.to_string()))?;
+        let mut out = Vec::with_capacity(line.len());
+        let result = self.apply_line(&line, scope, &mut out);
+        if !out.is_empty() {
+            *resource = serde_json::from_slice(&out).map_err(|e| ProcessingError(e.to_string()))?;
+        }
+        result
     }
 }

@@ -52,7 +52,9 @@ impl Run<'_> {
         let resource = self.state.doc.nodes[id as usize].resource;
         let mut operations = if resource { self.process_resource(id)? } else { 0 };
         let mut i = 0;
-        while let Some(&child) = self.state.doc.nodes[id as usize].children.get(i) {
+        while self.state.doc.nested
+            && let Some(&child) = self.state.doc.nodes[id as usize].children.get(i)
+        {
             operations |= self.visit(child)?;
             i += 1;
         }

@@ -116,6 +116,11 @@ impl Stage for AnonymizeStage {
         Ok(Verdict::Changed)
     }
 
+    fn rewrite(&self, line: &[u8], out: &mut Vec<u8>) -> Option<Result<(), StageError>> {
+        let failed = |e| StageError::new(STAGE, format!("de-identifying a stored {} resource failed: {e}", self.scope.file));
+        Some(self.engine.apply_line(line, &self.scope, out).map_err(failed))
+    }
+
     fn heavy(&self) -> bool {
         true
     }

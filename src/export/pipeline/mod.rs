@@ -12,7 +12,7 @@ pub use id_in::IdIn;
 
 use std::error::Error;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use futures::{stream::BoxStream, StreamExt};
 use serde_json::Value;
 
@@ -37,6 +37,13 @@ pub enum Verdict {
 pub trait Stage: Send + Sync {
     /// Decides on one resource, possibly rewriting it. An error fails the task.
     fn apply(&self, resource: &mut Value) -> Result<Verdict, StageError>;
+
+    /// Rewrites one resource's text straight into `out`, for a stage with a faster way than
+    /// through the parsed value (de-identification); None where it has none. Used when the
+    /// stage is a type's only one.
+    fn rewrite(&self, _line: &[u8], _out: &mut Vec<u8>) -> Option<Result<(), StageError>> {
+        None
+    }
 
     /// Costs enough per resource that a type's lines are worth spreading over the cores
     /// (de-identification), rather than run inline.
@@ -148,14 +155,21 @@ impl Pipeline {
 
     /// Runs a run of whole lines through the stages: the lines to write.
     pub fn run_lines(&self, lines: &[u8]) -> Result<Bytes, PipelineError> {
-        let mut out = BytesMut::with_capacity(lines.len());
+        let mut out = Vec::with_capacity(lines.len());
         for line in lines.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+            if let [stage] = self.stages.as_slice()
+                && let Some(result) = stage.rewrite(line, &mut out)
+            {
+                result?;
+                out.push(b'\n');
+                continue;
+            }
             if let Some(text) = self.run_line(line)? {
                 out.extend_from_slice(&text);
-                out.extend_from_slice(b"\n");
+                out.push(b'\n');
             }
         }
-        Ok(out.freeze())
+        Ok(Bytes::from(out))
     }
 
     /// Applies the stages to a stream of whole NDJSON lines; an empty pipeline passes it through.
