@@ -156,9 +156,15 @@ impl Pipeline {
     /// Runs a run of whole lines through the stages: the lines to write.
     pub fn run_lines(&self, lines: &[u8]) -> Result<Bytes, PipelineError> {
         let mut out = Vec::with_capacity(lines.len());
+        self.run_lines_into(lines, &mut out)?;
+        Ok(Bytes::from(out))
+    }
+
+    /// Runs a run of whole lines through the stages, appending the lines to write to `out`.
+    pub fn run_lines_into(&self, lines: &[u8], out: &mut Vec<u8>) -> Result<(), PipelineError> {
         for line in lines.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
             if let [stage] = self.stages.as_slice()
-                && let Some(result) = stage.rewrite(line, &mut out)
+                && let Some(result) = stage.rewrite(line, out)
             {
                 result?;
                 out.push(b'\n');
@@ -169,7 +175,7 @@ impl Pipeline {
                 out.push(b'\n');
             }
         }
-        Ok(Bytes::from(out))
+        Ok(())
     }
 
     /// Applies the stages to a stream of whole NDJSON lines; an empty pipeline passes it through.
