@@ -2,12 +2,14 @@
 //! parameters; the configuration's ETag checked; every bad configuration refused at kick-off;
 //! a configuration edited during an export does not change it; the keys never appear in the
 //! job's row, its manifest or an error; a node with another anonymization key fails the task
-//! saying so; and the Azure configuration store (the `anonymization` container) on Azurite.
+//! saying so; a resource the rules cannot process fails the job (`processingErrors: raise`) or
+//! is written empty (`skip`); and the configuration stores of the cloud destinations: Azure's
+//! `anonymization` container on Azurite, S3's `anonymization/` prefix on moto.
 
 use std::{collections::BTreeSet, sync::Arc, time::Duration};
 
 use bulkfhir::export::{deid::seal::ConfigKey, worker::{Ran, Worker, WorkerSettings}};
-use object_store::{azure::MicrosoftAzureBuilder, ObjectStoreExt};
+use object_store::{aws::AmazonS3Builder, azure::MicrosoftAzureBuilder, path::Path, ObjectStoreExt};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 use sqlx::{Connection, PgConnection, Row, SqliteConnection};
@@ -16,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 use crate::{
     azurite::Azurite,
     helpers::{assert_outcome, backend_tests, spawn_app, spawn_app_with, AppOptions, Backend, TestApp},
+    moto::{Moto, BUCKET},
 };
 
 /// The keys of the test configurations: they must never be seen outside the server.
@@ -43,6 +46,9 @@ fn config(hash_key: &str) -> Value {
 }
 
 const PATIENTS: [&str; 2] = ["deid-patient-one", "deid-patient-two"];
+/// A Patient whose birth date is not in the calendar (stored with validation off).
+const BAD_PATIENT: &str = "deid-patient-bad-date";
+const BAD_DATE: &str = "2019-02-30";
 
 async fn load(app: &TestApp) {
     for (n, id) in PATIENTS.iter().enumerate() {
@@ -143,6 +149,19 @@ async fn raw_job_row(app: &TestApp, status_url: &str) -> Vec<u8> {
 
 fn contains(haystack: &[u8], needle: &str) -> bool {
     haystack.windows(needle.len()).any(|w| w == needle.as_bytes())
+}
+
+/// The status response once the job has ended (manifest or failure).
+async fn ended(app: &TestApp, status_url: &str) -> reqwest::Response {
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        let response = app.client.get(status_url).send().await.unwrap();
+        if response.status() != StatusCode::ACCEPTED {
+            return response;
+        }
+        assert!(std::time::Instant::now() < deadline, "the job did not end");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 async fn body_text(response: reqwest::Response) -> (StatusCode, String) {
@@ -292,6 +311,52 @@ backend_tests! {
         assert!(text.contains("anonymization_key_file") && text.contains("cannot be decrypted"), "{text}");
         assert!(!text.contains(HASH_KEY));
     }
+
+    async fn a_resource_the_rules_cannot_process_fails_the_job_or_is_written_empty_as_processing_errors_say(backend: Backend) {
+        // Validation off: the store keeps a birth date that is not in the calendar, which
+        // dateShift cannot move (the reference engine's processing error).
+        let app = spawn_app_with(backend, AppOptions { validation: bulkfhir::fhir::Validation::Off, ..Default::default() }).await;
+        load(&app).await;
+        let bad = json!({"resourceType": "Patient", "id": BAD_PATIENT, "gender": "male", "birthDate": BAD_DATE,
+            "name": [{"family": "Quetzalcoatl", "given": ["Ximena"]}]});
+        assert!(app.put(&bad).await.status().is_success());
+        let stored: Value = app.client.get(app.url(&format!("/Patient/{BAD_PATIENT}"))).send().await.unwrap().json().await.unwrap();
+        assert_eq!(stored["birthDate"], BAD_DATE, "the store keeps the impossible date: {stored}");
+
+        // raise: the job fails, naming the stored resource, and no key.
+        put_config(&app, "raise.json", config(HASH_KEY).to_string().as_bytes());
+        let status_url = app.kick_off("/$export?_anonymizationConfig=raise.json&_type=Patient,Observation").await;
+        let response = ended(&app, &status_url).await;
+        let (status, text) = body_text(response).await;
+        assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR, "the job failed: {text}");
+        let outcome: Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(outcome["resourceType"], "OperationOutcome", "{text}");
+        assert_eq!(outcome["issue"][0]["severity"], "error", "{text}");
+        let diagnostics = outcome["issue"][0]["diagnostics"].as_str().unwrap();
+        assert!(diagnostics.contains(&format!("Patient/{BAD_PATIENT}")) && diagnostics.contains(BAD_DATE), "names the resource and its value: {diagnostics}");
+        for key in [HASH_KEY, SHIFT_KEY] {
+            assert!(!text.contains(key), "a key in the failed job's outcome: {text}");
+        }
+
+        // skip: the export completes; that resource is the reference engine's empty resource,
+        // the others are de-identified as ever.
+        let mut skip = config(HASH_KEY);
+        skip["processingErrors"] = json!("skip");
+        put_config(&app, "skip.json", skip.to_string().as_bytes());
+        let manifest = app.wait_for_manifest(&app.kick_off("/$export?_anonymizationConfig=skip.json&_type=Patient,Observation").await).await;
+        let (resources, text) = outputs(&app, &manifest).await;
+        assert_eq!(resources.len(), 5, "three Patients and two Observations: {text}");
+        let empty = json!({"resourceType": "Patient", "meta": {"security": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ObservationValue", "code": "REDACTED", "display": "redacted"}]}});
+        let (emptied, rest): (Vec<Value>, Vec<Value>) = resources.into_iter().partition(|r| r.get("id").is_none());
+        assert_eq!(emptied, [empty], "the resource that failed is written empty: {text}");
+        assert!(!text.contains(BAD_DATE) && !text.contains(BAD_PATIENT), "{text}");
+        assert_eq!(rest.iter().filter(|r| r["resourceType"] == "Patient").count(), 2, "{text}");
+        assert_deidentified(&rest, &text);
+        for patient in rest.iter().filter(|r| r["resourceType"] == "Patient") {
+            let birth = patient["birthDate"].as_str().unwrap();
+            assert!(birth.len() == 10 && !birth.starts_with("1970-03-0"), "the others' dates shift: {birth}");
+        }
+    }
 }
 
 /// The Azure configuration store is the `anonymization` container of the export account: the
@@ -327,6 +392,57 @@ async fn the_azure_configuration_store_is_the_anonymization_container() {
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert!(text.contains(etag.trim_matches('"')) && text.contains("0x0"), "{text}");
     assert_outcome(app.kick_off_raw("/$export?_anonymizationConfig=absent.json").await, StatusCode::BAD_REQUEST, "container 'anonymization'").await;
+}
+
+/// The S3 configuration store is the `anonymization/` prefix of the export bucket: the object's
+/// ETag, as S3 reports it (quoted), is the one to give.
+#[tokio::test]
+async fn the_s3_configuration_store_is_the_anonymization_prefix_of_the_bucket() {
+    let moto = Moto::start().await;
+    let app = spawn_app_with(Backend::Sqlite, AppOptions { output: moto.settings(), ..Default::default() }).await;
+    load(&app).await;
+    let bucket = AmazonS3Builder::new()
+        .with_bucket_name(BUCKET)
+        .with_region("us-east-1")
+        .with_endpoint(moto.endpoint())
+        .with_allow_http(true)
+        .with_access_key_id("testing")
+        .with_secret_access_key("testing")
+        .build()
+        .unwrap();
+    // Put with the test's own client, as an operator uploads a configuration.
+    let key = Path::from("anonymization/s3.json");
+    bucket.put(&key, config(HASH_KEY).to_string().into()).await.unwrap();
+    let etag = bucket.head(&key).await.unwrap().e_tag.expect("S3 gives an ETag");
+    assert!(!store_dir(&app).join("s3.json").exists(), "not in the local store: the configuration can only come from the bucket");
+
+    let query = format!("/$export?_anonymizationConfig=s3.json&_anonymizationConfigEtag={}&_type=Patient,Observation", urlencode(&etag));
+    let status_url = app.kick_off(&query).await;
+    let manifest = app.wait_for_manifest(&status_url).await;
+    assert_eq!(manifest["extension"], json!({"anonymizationConfig": "s3.json", "anonymizationConfigEtag": etag.trim_matches('"')}));
+    assert!(!manifest.to_string().contains(HASH_KEY));
+    // The files, read back from the bucket with the test's own client.
+    let mut resources = Vec::new();
+    let mut text = String::new();
+    let prefix = format!("{}/{BUCKET}/", moto.endpoint());
+    for entry in manifest["output"].as_array().unwrap() {
+        let url = entry["url"].as_str().unwrap();
+        let object = url.strip_prefix(&prefix).and_then(|rest| rest.split('?').next()).unwrap_or_else(|| panic!("not in the bucket: {url}"));
+        let bytes = bucket.get(&Path::from_url_path(object).unwrap()).await.unwrap().bytes().await.unwrap();
+        let body = String::from_utf8(bytes.to_vec()).unwrap();
+        text.push_str(&body);
+        resources.extend(body.lines().map(|l| serde_json::from_str::<Value>(l).unwrap()));
+    }
+    assert_eq!(resources.len(), 4, "{text}");
+    assert_deidentified(&resources, &text);
+    let ids: BTreeSet<&str> = resources.iter().map(|r| r["id"].as_str().unwrap()).collect();
+    assert_eq!(ids.len(), 4, "every id hashed to its own value: {text}");
+    assert!(ids.iter().all(|id| id.len() == 64 && id.bytes().all(|b| b.is_ascii_hexdigit())), "ids are hashes: {ids:?}");
+
+    let (status, text) = body_text(app.kick_off_raw("/$export?_anonymizationConfig=s3.json&_anonymizationConfigEtag=0x0").await).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{text}");
+    assert!(text.contains("OperationOutcome") && text.contains(etag.trim_matches('"')) && text.contains("0x0"), "names both ETags: {text}");
+    assert_outcome(app.kick_off_raw("/$export?_anonymizationConfig=absent.json").await, StatusCode::BAD_REQUEST, "under anonymization/").await;
 }
 
 fn urlencode(text: &str) -> String {
