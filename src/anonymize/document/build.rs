@@ -8,10 +8,7 @@ use std::{borrow::Cow, fmt};
 
 use serde::{
     Deserialize,
-    de::{
-        self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor,
-        value::MapAccessDeserializer, value::SeqAccessDeserializer,
-    },
+    de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor, value::MapAccessDeserializer, value::SeqAccessDeserializer},
 };
 use serde_json::{Map, Value};
 
@@ -36,11 +33,7 @@ impl Document {
         // Checked as UTF-8 once, rather than string by string as a byte slice is read.
         let text = std::str::from_utf8(bytes).map_err(|e| BuildError::NotUtf8(e.to_string()))?;
         let mut de = serde_json::Deserializer::from_str(text);
-        let root = Resource {
-            doc: &mut doc,
-            place: None,
-        }
-        .deserialize(&mut de)?;
+        let root = Resource { doc: &mut doc, place: None }.deserialize(&mut de)?;
         de.end()?;
         match root {
             Built::Node => Ok(doc),
@@ -62,12 +55,7 @@ impl Document {
     /// Gives the primitives named `key` under `parent` the id and extensions of `_key`.
     fn attach_extensions(&mut self, parent: NodeId, key: &str, value: Value) {
         let graph = Graph::get();
-        let targets: Vec<NodeId> = self.nodes[parent as usize]
-            .children
-            .iter()
-            .copied()
-            .filter(|&c| &*self.nodes[c as usize].key == key)
-            .collect();
+        let targets: Vec<NodeId> = self.nodes[parent as usize].children.iter().copied().filter(|&c| &*self.nodes[c as usize].key == key).collect();
         let element = Some(graph.element());
         let items = match value {
             Value::Array(items) => items,
@@ -79,26 +67,12 @@ impl Document {
                 Some(&t) => t,
                 None => {
                     // An extension without a value: the primitive exists for it.
-                    let Some(p) = graph
-                        .node(self.nodes[parent as usize].graph.unwrap_or_default())
-                        .child(key)
-                    else {
+                    let Some(p) = graph.node(self.nodes[parent as usize].graph.unwrap_or_default()).child(key) else {
                         continue;
                     };
                     let Ty::Primitive(prim) = p.ty else { continue };
-                    let name_len = if p.choice {
-                        choice_base_len(key, p.ty, graph)
-                    } else {
-                        key.len()
-                    };
-                    self.push(Node::primitive(
-                        Cow::Owned(key.to_owned()),
-                        name_len,
-                        prim,
-                        p.many,
-                        None,
-                        parent,
-                    ))
+                    let name_len = if p.choice { choice_base_len(key, p.ty, graph) } else { key.len() };
+                    self.push(Node::primitive(Cow::Owned(key.to_owned()), name_len, prim, p.many, None, parent))
                 }
             };
             self.nodes[target as usize].graph = element;
@@ -161,14 +135,8 @@ impl<'de> Visitor<'de> for Resource<'_> {
         if let Some(key) = first {
             object.insert(key.into_owned(), map.next_value()?);
         }
-        let Value::Object(object) = rest_of(object, map)? else {
-            unreachable!("rest_of gives an object")
-        };
-        let Some(root) = object
-            .get("resourceType")
-            .and_then(Value::as_str)
-            .and_then(|t| graph.root(t))
-        else {
+        let Value::Object(object) = rest_of(object, map)? else { unreachable!("rest_of gives an object") };
+        let Some(root) = object.get("resourceType").and_then(Value::as_str).and_then(|t| graph.root(t)) else {
             return Ok(Built::Other(Value::Object(object)));
         };
         let id = self.doc.start_resource(root, self.place);
@@ -178,10 +146,7 @@ impl<'de> Visitor<'de> for Resource<'_> {
 }
 
 /// The rest of an object being read, after what `object` already holds.
-fn rest_of<'de, A: MapAccess<'de>>(
-    mut object: Map<String, Value>,
-    mut map: A,
-) -> Result<Value, A::Error> {
+fn rest_of<'de, A: MapAccess<'de>>(mut object: Map<String, Value>, mut map: A) -> Result<Value, A::Error> {
     while let Some(key) = map.next_key::<String>()? {
         let value = map.next_value()?;
         object.insert(key, value);
@@ -208,11 +173,7 @@ impl<'de> Visitor<'de> for Properties<'_> {
 }
 
 /// Reads the (remaining) properties of an object into children of `parent`.
-fn fill_from<'de, A: MapAccess<'de>>(
-    doc: &mut Document,
-    parent: NodeId,
-    mut map: A,
-) -> Result<(), A::Error> {
+fn fill_from<'de, A: MapAccess<'de>>(doc: &mut Document, parent: NodeId, mut map: A) -> Result<(), A::Error> {
     let graph = Graph::get();
     let gnode = doc.nodes[parent as usize].graph.map(|g| graph.node(g));
     let resource = doc.nodes[parent as usize].resource;
@@ -223,36 +184,16 @@ fn fill_from<'de, A: MapAccess<'de>>(
             continue;
         }
         match gnode.and_then(|g| g.child_entry(&key)) {
-            Some((_, c)) if c.primitive_extension => {
-                extensions.push((key.into_owned(), map.next_value::<Value>()?))
-            }
+            Some((_, c)) if c.primitive_extension => extensions.push((key.into_owned(), map.next_value::<Value>()?)),
             Some((static_key, c)) => {
-                let name_len = if c.choice {
-                    choice_base_len(&key, c.ty, graph)
-                } else {
-                    key.len()
-                };
-                let slot = Slot {
-                    doc: &mut *doc,
-                    parent,
-                    key: static_key,
-                    name_len,
-                    ty: c.ty,
-                    many: c.many,
-                    top: true,
-                };
+                let name_len = if c.choice { choice_base_len(&key, c.ty, graph) } else { key.len() };
+                let slot = Slot { doc: &mut *doc, parent, key: static_key, name_len, ty: c.ty, many: c.many, top: true };
                 map.next_value_seed(slot)?;
             }
             None => {
                 let value: Value = map.next_value()?;
                 let len = key.len().min(255);
-                doc.push(Node::opaque(
-                    Cow::Owned(key.into_owned()),
-                    len,
-                    false,
-                    value,
-                    parent,
-                ));
+                doc.push(Node::opaque(Cow::Owned(key.into_owned()), len, false, value, parent));
             }
         }
     }
@@ -276,37 +217,16 @@ struct Slot<'d> {
 impl Slot<'_> {
     /// A value that is not an object (or, for a primitive, any value).
     fn scalar<E>(self, value: Value) -> Result<(), E> {
-        let Slot {
-            doc,
-            parent,
-            key,
-            name_len,
-            ty,
-            many,
-            ..
-        } = self;
+        let Slot { doc, parent, key, name_len, ty, many, .. } = self;
         match ty {
             Ty::Primitive(p) => {
                 let value = (!value.is_null()).then_some(value);
-                doc.push(Node::primitive(
-                    Cow::Borrowed(key),
-                    name_len,
-                    p,
-                    many,
-                    value,
-                    parent,
-                ));
+                doc.push(Node::primitive(Cow::Borrowed(key), name_len, p, many, value, parent));
             }
             // A null complex value is nothing; any other non-object is kept as it was.
             _ if value.is_null() => {}
             _ => {
-                doc.push(Node::opaque(
-                    Cow::Borrowed(key),
-                    name_len,
-                    many,
-                    value,
-                    parent,
-                ));
+                doc.push(Node::opaque(Cow::Borrowed(key), name_len, many, value, parent));
             }
         }
         Ok(())
@@ -357,26 +277,8 @@ impl<'de> Visitor<'de> for Slot<'_> {
             let value = Value::deserialize(SeqAccessDeserializer::new(seq))?;
             return self.scalar(value);
         }
-        let Slot {
-            doc,
-            parent,
-            key,
-            name_len,
-            ty,
-            ..
-        } = self;
-        while seq
-            .next_element_seed(Slot {
-                doc: &mut *doc,
-                parent,
-                key,
-                name_len,
-                ty,
-                many: true,
-                top: false,
-            })?
-            .is_some()
-        {}
+        let Slot { doc, parent, key, name_len, ty, .. } = self;
+        while seq.next_element_seed(Slot { doc: &mut *doc, parent, key, name_len, ty, many: true, top: false })?.is_some() {}
         Ok(())
     }
 
@@ -384,46 +286,15 @@ impl<'de> Visitor<'de> for Slot<'_> {
         let graph = Graph::get();
         match self.ty {
             Ty::Node(g) => {
-                let Slot {
-                    doc,
-                    parent,
-                    key,
-                    name_len,
-                    many,
-                    ..
-                } = self;
-                let id = doc.push(Node::complex(
-                    Cow::Borrowed(key),
-                    name_len,
-                    type_name(graph, g),
-                    Some(g),
-                    false,
-                    many,
-                    parent,
-                ));
+                let Slot { doc, parent, key, name_len, many, .. } = self;
+                let id = doc.push(Node::complex(Cow::Borrowed(key), name_len, type_name(graph, g), Some(g), false, many, parent));
                 fill_from(doc, id, map)
             }
             Ty::Resource(_) => {
-                let place = Place {
-                    parent: self.parent,
-                    key: self.key,
-                    name_len: self.name_len,
-                    many: self.many,
-                };
+                let place = Place { parent: self.parent, key: self.key, name_len: self.name_len, many: self.many };
                 let Slot { doc, .. } = self;
-                if let Built::Other(value) = (Resource {
-                    doc: &mut *doc,
-                    place: Some(place),
-                })
-                .visit_map(map)?
-                {
-                    doc.push(Node::opaque(
-                        Cow::Borrowed(place.key),
-                        place.name_len,
-                        place.many,
-                        value,
-                        place.parent,
-                    ));
+                if let Built::Other(value) = (Resource { doc: &mut *doc, place: Some(place) }).visit_map(map)? {
+                    doc.push(Node::opaque(Cow::Borrowed(place.key), place.name_len, place.many, value, place.parent));
                 }
                 Ok(())
             }

@@ -57,13 +57,7 @@ impl Document {
     /// each resource node.
     pub fn write(&self, id: NodeId, tags: &dyn Fn(NodeId) -> u8, out: &mut Vec<u8>) {
         let gives = self.gives();
-        Writer {
-            doc: self,
-            gives: &gives,
-            tags,
-            out,
-        }
-        .node(id);
+        Writer { doc: self, gives: &gives, tags, out }.node(id);
     }
 
     /// Whether each node writes anything: children come after their parent, so one pass from
@@ -82,17 +76,8 @@ impl Document {
                 (g.value && value) || g.extension
             };
             let any = node.children.iter().any(|&c| survives(c));
-            gives[id] = if node.primitive {
-                Gives {
-                    value: node.value.is_some(),
-                    extension: any,
-                }
-            } else {
-                Gives {
-                    value: node.resource || any,
-                    extension: false,
-                }
-            };
+            gives[id] =
+                if node.primitive { Gives { value: node.value.is_some(), extension: any } } else { Gives { value: node.resource || any, extension: false } };
         }
         gives
     }
@@ -174,10 +159,7 @@ impl Writer<'_> {
     fn body(&mut self, entry: &Entry) {
         match &entry.body {
             Body::One(Part::Value(id)) if entry.pad > 0 => {
-                let mut value = self.doc.nodes[*id as usize]
-                    .value
-                    .clone()
-                    .unwrap_or(Value::Null);
+                let mut value = self.doc.nodes[*id as usize].value.clone().unwrap_or(Value::Null);
                 if let Value::Array(items) = &mut value {
                     items.resize(items.len() + entry.pad, Value::Null);
                 }
@@ -200,12 +182,7 @@ impl Writer<'_> {
     /// An entry's value as a `Value` (for `meta`, which gets the labels).
     fn value_of(&mut self, entry: &Entry) -> Value {
         let mut text = Vec::new();
-        let mut writer = Writer {
-            doc: self.doc,
-            gives: self.gives,
-            tags: self.tags,
-            out: &mut text,
-        };
+        let mut writer = Writer { doc: self.doc, gives: self.gives, tags: self.tags, out: &mut text };
         writer.body(entry);
         serde_json::from_slice(&text).unwrap_or(Value::Null)
     }
@@ -232,25 +209,12 @@ fn entries<'a>(doc: &'a Document, gives: &[Gives], id: NodeId) -> Vec<Entry<'a>>
                 continue;
             }
             if child.primitive {
-                let at = push_item(
-                    &mut entries,
-                    key,
-                    if gives.value {
-                        Part::Value(c)
-                    } else {
-                        Part::Null
-                    },
-                );
+                let at = push_item(&mut entries, key, if gives.value { Part::Value(c) } else { Part::Null });
                 if gives.extension {
                     let list = match position(&entries, key, true) {
                         Some(i) => &mut entries[i],
                         None => {
-                            entries.push(Entry {
-                                key,
-                                underscore: true,
-                                body: Body::Many(Vec::new()),
-                                pad: 0,
-                            });
+                            entries.push(Entry { key, underscore: true, body: Body::Many(Vec::new()), pad: 0 });
                             entries.last_mut().expect("just pushed")
                         }
                     };
@@ -343,12 +307,7 @@ fn insert<'a>(entries: &mut Vec<Entry<'a>>, key: &'a str, underscore: bool, body
             entries[i].body = body;
             entries[i].pad = 0;
         }
-        None => entries.push(Entry {
-            key,
-            underscore,
-            body,
-            pad: 0,
-        }),
+        None => entries.push(Entry { key, underscore, body, pad: 0 }),
     }
 }
 
