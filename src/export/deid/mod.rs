@@ -21,7 +21,7 @@ use super::{
     ExportError,
 };
 use crate::{
-    anonymize::{Engine, Scope},
+    anonymize::{Engine, ProcessingError, Scope},
     model::{
         job::{ClaimedTask, JobId},
         request::ExportRequest,
@@ -108,17 +108,21 @@ pub struct AnonymizeStage {
     scope: Scope,
 }
 
+impl AnonymizeStage {
+    /// The task's error: the engine's names the resource (its stored type and id) and the rule.
+    fn failed(&self, e: ProcessingError) -> StageError {
+        StageError::new(STAGE, format!("de-identifying a stored {} resource failed: {e}", self.scope.file))
+    }
+}
+
 impl Stage for AnonymizeStage {
     fn apply(&self, resource: &mut Value) -> Result<Verdict, StageError> {
-        // Taken before the engine rewrites the id: the error names the stored resource.
-        let id = resource.get("id").and_then(Value::as_str).unwrap_or("?").to_owned();
-        self.engine.apply(resource, &self.scope).map_err(|e| StageError::new(STAGE, format!("de-identifying {}/{id} failed: {e}", self.scope.file)))?;
+        self.engine.apply(resource, &self.scope).map_err(|e| self.failed(e))?;
         Ok(Verdict::Changed)
     }
 
     fn rewrite(&self, line: &[u8], out: &mut Vec<u8>) -> Option<Result<(), StageError>> {
-        let failed = |e| StageError::new(STAGE, format!("de-identifying a stored {} resource failed: {e}", self.scope.file));
-        Some(self.engine.apply_line(line, &self.scope, out).map_err(failed))
+        Some(self.engine.apply_line(line, &self.scope, out).map_err(|e| self.failed(e)))
     }
 
     fn heavy(&self) -> bool {

@@ -1,7 +1,7 @@
 //! Runs a heavy pipeline (de-identification parses and rewrites every resource) on all cores:
 //! the store's chunks are gathered (small ones) or cut at line ends (big ones) into batches,
-//! each batch runs on a background thread, and the results are taken in order. At most a few batches are in flight per task, so memory
-//! stays bounded whatever the size of the type.
+//! each batch runs on a background thread, and the results are taken in order. At most a few
+//! batches are in flight per task, so memory stays bounded whatever the size of the type.
 
 use std::{
     pin::Pin,
