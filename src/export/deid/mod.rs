@@ -90,9 +90,10 @@ impl Deidentify {
 
     /// One resource's JSON, de-identified as resources of `file` are (a block header).
     pub fn rewrite(&self, text: &str, file: &str) -> Result<String, StageError> {
-        let mut value: Value = serde_json::from_str(text).map_err(|e| StageError::new(STAGE, e))?;
-        self.stage(file).apply(&mut value)?;
-        Ok(value.to_string())
+        let mut out = Vec::with_capacity(text.len());
+        self.stage(file).rewrite_text(text.as_bytes(), &mut out)?;
+        // The engine writes JSON text: UTF-8.
+        String::from_utf8(out).map_err(|e| StageError::new(STAGE, e))
     }
 
     /// The stage that de-identifies the resources of one type.
@@ -109,6 +110,11 @@ pub struct AnonymizeStage {
 }
 
 impl AnonymizeStage {
+    /// One resource's text, de-identified into `out`.
+    fn rewrite_text(&self, line: &[u8], out: &mut Vec<u8>) -> Result<(), StageError> {
+        self.engine.apply_line(line, &self.scope, out).map_err(|e| self.failed(e))
+    }
+
     /// The task's error: the engine's names the resource (its stored type and id) and the rule.
     fn failed(&self, e: ProcessingError) -> StageError {
         StageError::new(STAGE, format!("de-identifying a stored {} resource failed: {e}", self.scope.file))
@@ -122,7 +128,7 @@ impl Stage for AnonymizeStage {
     }
 
     fn rewrite(&self, line: &[u8], out: &mut Vec<u8>) -> Option<Result<(), StageError>> {
-        Some(self.engine.apply_line(line, &self.scope, out).map_err(|e| self.failed(e)))
+        Some(self.rewrite_text(line, out))
     }
 
     fn heavy(&self) -> bool {
