@@ -90,11 +90,7 @@ fn only_the_id_part_of_a_literal_reference_is_hashed() {
         ("urn:uuid:C757873D-EC9A-4326-A141-556F43239520", "urn:uuid:b834a50238faf391e37477d3b99b9b7bd0e4a4f92187078b9b863ad90b92c5b8"),
         ("urn:oid:1.2.3.4.5", "urn:oid:0543fb50485f58a47073f51aad1677607aec031c2c83c25ee7b040ade95cfbcc"),
     ];
-    let before: Vec<&str> = pairs.iter().map(|p| p.0).collect();
-    let after: Vec<&str> = pairs.iter().map(|p| p.1).collect();
-    let mut expected = list_of(&after);
-    expected["meta"] = label::meta(&[label::hashed()]);
-    assert_same(&anonymized(&engine, list_of(&before)), &expected);
+    assert_hashed_as(&engine, &pairs);
 }
 
 #[test]
@@ -115,11 +111,7 @@ fn a_reference_that_is_not_a_literal_one_is_hashed_whole() {
         ("urn:oid:1.2.3=4.5", "8af99132dc00335184c84e8d575e6d1d1fa819a4bcd0fda515010d751f838f46"),
         ("#", "#"),
     ];
-    let before: Vec<&str> = pairs.iter().map(|p| p.0).collect();
-    let after: Vec<&str> = pairs.iter().map(|p| p.1).collect();
-    let mut expected = list_of(&after);
-    expected["meta"] = label::meta(&[label::hashed()]);
-    assert_same(&anonymized(&engine, list_of(&before)), &expected);
+    assert_hashed_as(&engine, &pairs);
 }
 
 #[test]
@@ -141,4 +133,13 @@ fn hashing_a_whole_reference_hashes_its_display_too() {
             }
         }),
     );
+}
+
+/// A List of the first references of `pairs` comes out as a List of the second ones, labelled hashed.
+fn assert_hashed_as(engine: &bulkfhir::anonymize::Engine, pairs: &[(&str, &str)]) {
+    let before: Vec<&str> = pairs.iter().map(|p| p.0).collect();
+    let after: Vec<&str> = pairs.iter().map(|p| p.1).collect();
+    let mut expected = list_of(&after);
+    expected["meta"] = label::meta(&[label::hashed()]);
+    assert_same(&anonymized(engine, list_of(&before)), &expected);
 }
