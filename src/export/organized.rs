@@ -14,7 +14,7 @@ use super::{
     deid::Deidentify,
     drain::{self, drain, Counted, Halt, Progress},
     pacer::Pacer,
-    pipeline::{NotJson, Pipeline},
+    pipeline::{ndjson_lines, NotJson, Pipeline},
     roller::Roller,
     type_lines::{self, invalid, IdOnly, Lines},
 };
@@ -113,7 +113,7 @@ async fn patients(stores: &Stores, task: &ClaimedTask, stop: &CancellationToken)
     let lines: Lines = Pipeline::default().apply_to(stores.resources.export_stream(selection));
     let mut ids = Vec::new();
     type_lines::read_all(lines, stop, |chunk| {
-        for line in chunk.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+        for line in ndjson_lines(chunk) {
             let value: IdOnly = serde_json::from_slice(line).map_err(|e| NotJson::new("a stored Patient", e))?;
             ids.extend(ResourceId::parse(&value.id));
         }

@@ -16,7 +16,7 @@ use super::{
     drain::{drain, Halt},
     failure::TaskFailure,
     pacer::Pacer,
-    pipeline::{IdIn, NotJson, Pipeline, PipelineError},
+    pipeline::{ndjson_lines, IdIn, NotJson, Pipeline, PipelineError},
 };
 use crate::{
     fhir::{compartment, instant, references, search::Narrowing, types::ResourceId, ResourceType},
@@ -160,7 +160,7 @@ async fn associated_provenance(stores: &Stores, task: &ClaimedTask, associated: 
     let mut records = Vec::new();
     let lines = Pipeline::default().apply_to(stores.resources.export_stream(all));
     read_all(lines, stop, |chunk| {
-        for line in chunk.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+        for line in ndjson_lines(chunk) {
             let value: Value = serde_json::from_slice(line).map_err(|e| NotJson::new("stored Provenance", e))?;
             let Some(id) = value["id"].as_str().and_then(ResourceId::parse) else { continue };
             let recorded = value["recorded"].as_str().and_then(|r| instant::parse(r).ok()).unwrap_or(DateTime::<Utc>::MIN_UTC);
@@ -190,7 +190,7 @@ async fn associated_provenance(stores: &Stores, task: &ClaimedTask, associated: 
         // Which targets are exported is a question about stored ids: not de-identified.
         let source = output(stores, task, t.clone(), None, stop).await?;
         read_all(source.lines, stop, |chunk| {
-            for line in chunk.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+            for line in ndjson_lines(chunk) {
                 let value: IdOnly = serde_json::from_slice(line).map_err(|e| NotJson::new(format!("exported {t}"), e))?;
                 if let Some(id) = ResourceId::parse(&value.id).filter(|id| ids.contains(id)) {
                     exported.insert((t.clone(), id));
@@ -235,7 +235,7 @@ pub fn deletion_bundles(stores: &Stores, selection: Selection) -> BoxStream<'sta
         .map(move |ids| {
             let ids = ids?;
             let mut lines = Vec::with_capacity(ids.len() * 4);
-            for id in ids.split(|b| *b == b'\n').filter(|id| !id.is_empty()) {
+            for id in ndjson_lines(&ids) {
                 lines.extend_from_slice(crate::fhir::bundle::deletion(&resource_type, &String::from_utf8_lossy(id)).as_bytes());
                 lines.push(b'\n');
             }
