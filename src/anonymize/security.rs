@@ -31,6 +31,38 @@ fn coding(system: Option<&str>, code: &str, display: &str) -> Value {
     }
 }
 
+/// Writes the labels of `operations` as the JSON array `tag` gives a meta that has no
+/// `security` yet: most resources, written without building a `Value`.
+pub fn write_labels(out: &mut Vec<u8>, operations: u8) {
+    out.push(b'[');
+    let mut first = true;
+    for (operation, system, code, display) in LABELS {
+        if operations & operation == 0 {
+            continue;
+        }
+        if !std::mem::take(&mut first) {
+            out.push(b',');
+        }
+        out.push(b'{');
+        if let Some(system) = system {
+            out.extend_from_slice(b"\"system\":");
+            write_str(out, system);
+            out.push(b',');
+        }
+        out.extend_from_slice(b"\"code\":");
+        write_str(out, code);
+        out.extend_from_slice(b",\"display\":");
+        write_str(out, display);
+        out.push(b'}');
+    }
+    out.push(b']');
+}
+
+fn write_str(out: &mut Vec<u8>, text: &str) {
+    // Writing to a Vec cannot fail.
+    let _ = serde_json::to_writer(&mut *out, text);
+}
+
 /// Adds the labels of `operations` a resource's meta does not carry yet (compared by code).
 pub fn tag(resource: &mut Map<String, Value>, operations: u8) {
     if operations == 0 {

@@ -27,6 +27,37 @@ fn first_rule_decides_and_complex_redaction_removes() {
         "meta": {"security": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ObservationValue", "code": "REDACTED", "display": "redacted"}]}}));
 }
 
+#[test]
+fn labels_go_last_in_meta_whatever_meta_holds() {
+    let e = engine(json!({"fhirVersion": "R4", "fhirPathRules": [
+        {"path": "Patient.meta.source", "method": "redact"},
+        {"path": "Patient.gender", "method": "redact"}
+    ]}));
+    let label = r#"{"system":"http://terminology.hl7.org/CodeSystem/v3-ObservationValue","code":"REDACTED","display":"redacted"}"#;
+    let cases = [
+        // No meta: one is added, after the other properties.
+        (r#"{"resourceType":"Patient","gender":"male","active":true}"#, format!(r#"{{"resourceType":"Patient","active":true,"meta":{{"security":[{label}]}}}}"#)),
+        // A meta without labels: the list goes after what it holds, where it was.
+        (
+            r#"{"resourceType":"Patient","meta":{"versionId":"3","tag":[{"code":"t"}]},"gender":"male"}"#,
+            format!(r#"{{"resourceType":"Patient","meta":{{"versionId":"3","tag":[{{"code":"t"}}],"security":[{label}]}}}}"#),
+        ),
+        // A meta the rules emptied is written afresh at the end.
+        (r#"{"resourceType":"Patient","meta":{"source":"x"},"gender":"male","active":true}"#, format!(r#"{{"resourceType":"Patient","active":true,"meta":{{"security":[{label}]}}}}"#)),
+        // A meta with labels: the new one joins them, an existing one is not repeated.
+        (
+            r#"{"resourceType":"Patient","meta":{"security":[{"code":"OTHER"}],"versionId":"3"},"gender":"male"}"#,
+            format!(r#"{{"resourceType":"Patient","meta":{{"security":[{{"code":"OTHER"}},{label}],"versionId":"3"}}}}"#),
+        ),
+        (r#"{"resourceType":"Patient","meta":{"security":[{"code":"redacted"}]},"gender":"male"}"#, r#"{"resourceType":"Patient","meta":{"security":[{"code":"redacted"}]}}"#.to_owned()),
+    ];
+    for (input, expected) in cases {
+        let mut out = Vec::new();
+        e.apply_line(input.as_bytes(), &Scope::default(), &mut out).unwrap();
+        assert_eq!(String::from_utf8(out).unwrap(), expected, "{input}");
+    }
+}
+
 /// The reference engine's sample configuration over the Synthea sample, timed as the export
 /// runs it (stored line in, written line out) beside parsing and writing alone (run in release:
 /// `ANONYMIZE_CONFIG=... SYNTHEA_DIR=... cargo test --release --lib anonymize::tests::sample_speed -- --ignored --nocapture`).

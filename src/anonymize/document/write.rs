@@ -6,6 +6,7 @@
 use serde_json::{Map, Value};
 
 use super::{Document, NodeId};
+use crate::anonymize::security;
 
 /// One item of a property's value: a node's value, a primitive's `_name` object, or a null.
 #[derive(Clone, Copy)]
@@ -118,8 +119,7 @@ impl Writer<'_> {
             }
             write_key(self.out, &entry);
             if tags != 0 && !entry.underscore && entry.key == "meta" {
-                let meta = self.value_of(&entry);
-                self.write_tagged_meta(Some(meta), tags);
+                self.write_meta_with_labels(&entry, tags);
                 tagged = true;
             } else {
                 self.body(&entry);
@@ -129,8 +129,9 @@ impl Writer<'_> {
             if !first {
                 self.out.push(b',');
             }
-            self.out.extend_from_slice(b"\"meta\":");
-            self.write_tagged_meta(None, tags);
+            self.out.extend_from_slice(b"\"meta\":{\"security\":");
+            security::write_labels(self.out, tags);
+            self.out.push(b'}');
         }
         self.out.push(b'}');
     }
@@ -187,12 +188,27 @@ impl Writer<'_> {
         serde_json::from_slice(&text).unwrap_or(Value::Null)
     }
 
-    fn write_tagged_meta(&mut self, meta: Option<Value>, tags: u8) {
-        let mut holder = Map::new();
-        if let Some(meta) = meta {
-            holder.insert("meta".into(), meta);
+    /// A resource's `meta` with the labels of `tags`: appended as a `security` list when it
+    /// has none (written as it is, then the list), merged through a `Value` when it has one.
+    fn write_meta_with_labels(&mut self, entry: &Entry, tags: u8) {
+        if let Body::One(Part::Value(id)) = entry.body {
+            let node = &self.doc.nodes[id as usize];
+            if !node.primitive && !node.children.iter().any(|&c| self.doc.nodes[c as usize].name() == "security") {
+                self.node(id);
+                // The object's closing brace, reopened for the list.
+                self.out.pop();
+                if self.out.last() != Some(&b'{') {
+                    self.out.push(b',');
+                }
+                self.out.extend_from_slice(b"\"security\":");
+                security::write_labels(self.out, tags);
+                self.out.push(b'}');
+                return;
+            }
         }
-        super::super::security::tag(&mut holder, tags);
+        let mut holder = Map::new();
+        holder.insert("meta".into(), self.value_of(entry));
+        security::tag(&mut holder, tags);
         write_value(self.out, holder.get("meta").unwrap_or(&Value::Null));
     }
 }
