@@ -2,7 +2,13 @@
 //! (of the id part only for a Reference's `reference`), and AES-CBC with PKCS#7 padding under a
 //! random IV, written as base64 of IV then ciphertext.
 
-use std::sync::LazyLock;
+use std::{
+    cell::RefCell,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        LazyLock,
+    },
+};
 
 use aws_lc_rs::{
     cipher::{
@@ -12,6 +18,7 @@ use aws_lc_rs::{
 };
 use base64::{engine::general_purpose::STANDARD, Engine as _};
 use regex::Regex;
+use rustc_hash::FxHashMap;
 
 use crate::fhir::ResourceType;
 
@@ -28,6 +35,48 @@ pub fn hash(input: &str, key: &hmac::Key) -> String {
 
 pub fn hmac_key(key: &str) -> hmac::Key {
     hmac::Key::new(hmac::HMAC_SHA256, key.as_bytes())
+}
+
+/// Hashes kept per thread before the cache starts over: enough for the Patients,
+/// Practitioners and Organizations a type's resources keep referring to.
+const CACHED_HASHES: usize = 4096;
+
+static NEXT_KEY: AtomicU64 = AtomicU64::new(0);
+
+/// A configuration's `cryptoHashKey`, with the hashes it gave kept on each thread: most
+/// references of an export point at a few resources again and again.
+pub struct HashKey {
+    key: hmac::Key,
+    /// Which key a thread's cache holds hashes of.
+    serial: u64,
+}
+
+impl HashKey {
+    pub fn new(key: &str) -> Self {
+        HashKey { key: hmac_key(key), serial: NEXT_KEY.fetch_add(1, Ordering::Relaxed) }
+    }
+
+    /// The same as [`hash`] under this key.
+    pub fn hash(&self, input: &str) -> String {
+        thread_local! {
+            static CACHE: RefCell<(u64, FxHashMap<Box<str>, Box<str>>)> = RefCell::new((u64::MAX, FxHashMap::default()));
+        }
+        CACHE.with_borrow_mut(|(serial, hashes)| {
+            if *serial != self.serial {
+                hashes.clear();
+                *serial = self.serial;
+            }
+            if let Some(hashed) = hashes.get(input) {
+                return hashed.to_string();
+            }
+            let hashed = hash(input, &self.key);
+            if hashes.len() >= CACHED_HASHES {
+                hashes.clear();
+            }
+            hashes.insert(input.into(), hashed.as_str().into());
+            hashed
+        })
+    }
 }
 
 /// The reference engine's literal reference patterns: a relative or absolute URL to a resource
@@ -56,7 +105,7 @@ pub fn transform_reference_id(reference: &str, transform: impl Fn(&str) -> Strin
         return format!("#{}", transform(internal));
     }
     if let Some((prefix, id, suffix)) = relative_reference(reference) {
-        return format!("{prefix}{}{suffix}", transform(id));
+        return [prefix, &transform(id), suffix].concat();
     }
     for pattern in LITERAL_REFERENCES.iter() {
         if let Some(caps) = pattern.captures(reference) {
@@ -155,6 +204,22 @@ mod tests {
             hash("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ1234567890!@#$%^&*()=-", &key),
             "352b5a4af5adb81fa616c2a5b5c492d0b0b544c188a9aa003767a2b5efbd1478"
         );
+    }
+
+    #[test]
+    fn a_cached_hash_is_the_hash_under_its_own_key() {
+        let (a, b) = (HashKey::new("123"), HashKey::new("456"));
+        for round in 0..2 {
+            for input in ["abc", "", "Patient-1", "abc"] {
+                assert_eq!(a.hash(input), hash(input, &hmac_key("123")), "round {round}");
+                // Another key on the same thread: its own hashes, never the first key's.
+                assert_eq!(b.hash(input), hash(input, &hmac_key("456")), "round {round}");
+            }
+        }
+        let many: Vec<String> = (0..CACHED_HASHES + 10).map(|n| n.to_string()).collect();
+        for input in many.iter().chain(many.iter().rev()) {
+            assert_eq!(a.hash(input), hash(input, &hmac_key("123")));
+        }
     }
 
     #[test]

@@ -3,9 +3,13 @@
 //! years ago is redacted, not shifted or kept as a year), the offset from the key, and a
 //! shifted dateTime keeping its zone with the time set to zeros.
 
-use std::sync::LazyLock;
+use std::{
+    cell::Cell,
+    sync::LazyLock,
+    time::{SystemTime, UNIX_EPOCH},
+};
 
-use chrono::{Datelike, NaiveDate, Utc};
+use chrono::{Datelike, NaiveDate, TimeZone, Utc};
 use regex::{Captures, Regex};
 use serde_json::Value;
 
@@ -69,12 +73,48 @@ pub fn instant_text(text: &str) -> String {
 }
 
 /// The days a date moves for `prefix` + `key` (the reference engine's rolling hash), -50..=50.
+#[cfg(test)]
 pub fn shift_days(prefix: &str, key: &str) -> i32 {
     let mut offset: u32 = 0;
     for b in prefix.bytes().chain(key.bytes()) {
-        offset = (offset * SHIFT_SEED + b as u32) % (2 * SHIFT_RANGE + 1);
+        offset = (offset * SHIFT_SEED + b as u32) % SHIFT_MODULUS;
     }
     offset as i32 - SHIFT_RANGE as i32
+}
+
+const SHIFT_MODULUS: u32 = 2 * SHIFT_RANGE + 1;
+
+/// `shift_days` for one key, computed once per resource: where the key's part of the hash ends
+/// depends only on where the scope's part left it, one of 101 states, so that is a table.
+#[derive(Debug)]
+pub struct ShiftKey([u8; SHIFT_MODULUS as usize]);
+
+impl ShiftKey {
+    pub fn new(key: &str) -> Self {
+        let mut table = [0; SHIFT_MODULUS as usize];
+        for (start, end) in table.iter_mut().enumerate() {
+            *end = roll(start as u64, key.as_bytes()) as u8;
+        }
+        ShiftKey(table)
+    }
+
+    /// The days a date moves for `scope` (the resource id, or the file or folder name).
+    pub fn days(&self, scope: &str) -> i32 {
+        i32::from(self.0[roll(0, scope.as_bytes()) as usize]) - SHIFT_RANGE as i32
+    }
+}
+
+/// The rolling hash from `offset` over `bytes`, its remainder taken every four bytes rather
+/// than every byte (the same remainder: four steps stay far inside a u64).
+fn roll(offset: u64, bytes: &[u8]) -> u64 {
+    let mut offset = offset;
+    for four in bytes.chunks(4) {
+        for &b in four {
+            offset = offset * u64::from(SHIFT_SEED) + u64::from(b);
+        }
+        offset %= u64::from(SHIFT_MODULUS);
+    }
+    offset
 }
 
 fn over_threshold(caps: &Captures, today: NaiveDate) -> bool {
@@ -87,8 +127,18 @@ fn past_threshold(year: i32, month: u32, day: u32, today: NaiveDate) -> bool {
     today.year() - year - i32::from(before_birthday) > AGE_THRESHOLD
 }
 
+/// Today (UTC), asked for by every date: turning the clock into a date is kept per day.
 fn today() -> NaiveDate {
-    Utc::now().date_naive()
+    thread_local!(static TODAY: Cell<Option<(u64, NaiveDate)>> = const { Cell::new(None) });
+    let day = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs() / 86_400);
+    TODAY.with(|today| match today.get() {
+        Some((of, date)) if of == day => date,
+        _ => {
+            let date = Utc.timestamp_opt(day as i64 * 86_400, 0).single().map_or_else(|| Utc::now().date_naive(), |t| t.date_naive());
+            today.set(Some((day, date)));
+            date
+        }
+    })
 }
 
 /// Redacts a date: to nothing, or with partial dates to its year (nothing past the threshold).
@@ -112,7 +162,21 @@ pub fn redact(value: &mut Option<Value>, text: &str, kind: Kind, partial: bool) 
 fn shift_date(text: &str, (year, month, day): (i32, u32, u32), days: i32) -> Result<String, String> {
     let date = NaiveDate::from_ymd_opt(year, month, day).ok_or_else(|| format!("'{text}' is not a date that can be shifted"))?;
     let shifted = date.checked_add_signed(chrono::Duration::days(days.into())).ok_or_else(|| format!("'{text}' shifted leaves the calendar"))?;
-    Ok(format!("{:04}-{:02}-{:02}", shifted.year(), shifted.month(), shifted.day()))
+    let (year, month, day) = (shifted.year(), shifted.month(), shifted.day());
+    if !(0..=9999).contains(&year) {
+        return Ok(format!("{year:04}-{month:02}-{day:02}"));
+    }
+    // The common case without the formatting machinery: four, two and two digits.
+    let mut text = String::with_capacity(30);
+    for (n, width) in [(year as u32, 4), (month, 2), (day, 2)] {
+        if width == 2 {
+            text.push('-');
+        }
+        for place in (0..width).rev() {
+            text.push(char::from(b'0' + (n / 10u32.pow(place) % 10) as u8));
+        }
+    }
+    Ok(text)
 }
 
 /// A value the date pattern matches whole, read without the regex (most stored dates): what
@@ -232,6 +296,16 @@ mod tests {
         assert_eq!(shift_days("", "dummy"), -21);
         assert!((-50..=50).contains(&shift_days("anything", "key")));
         assert_eq!(shift_days("a", ""), 97 - 50);
+    }
+
+    #[test]
+    fn a_keys_table_gives_the_rolling_hash_of_scope_then_key() {
+        for key in ["", "dummy", "bench-date-shift-key", "ключ with unicode and a longer tail 0123456789"] {
+            let table = ShiftKey::new(key);
+            for scope in ["", "a", "abc", "abcd", "abcde", "Patient-1", &"f".repeat(64), "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"] {
+                assert_eq!(table.days(scope), shift_days(scope, key), "scope {scope:?}, key {key:?}");
+            }
+        }
     }
 
     #[test]

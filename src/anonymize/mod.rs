@@ -34,8 +34,9 @@ pub struct Engine {
     rules: Vec<Rule>,
     parameters: Parameters,
     processing_errors: ProcessingErrors,
-    hmac: aws_lc_rs::hmac::Key,
+    hmac: crypto::HashKey,
     encrypt_key: Vec<u8>,
+    shift_key: dates::ShiftKey,
     /// Rule indexes that apply to each resource type, in file order.
     by_type: FxHashMap<&'static str, Vec<u16>>,
     /// The lookup buckets of `nodesByType`/`nodesByName` rules: type or name -> bucket.
@@ -108,8 +109,9 @@ impl Engine {
         }
         let description = config::without_keys(bytes);
         Ok(Engine {
-            hmac: crypto::hmac_key(&parameters.crypto_hash_key),
+            hmac: crypto::HashKey::new(&parameters.crypto_hash_key),
             encrypt_key: parameters.encrypt_key.as_bytes().to_vec(),
+            shift_key: dates::ShiftKey::new(&parameters.date_shift_key),
             rules,
             parameters,
             processing_errors,

@@ -23,6 +23,9 @@ pub struct Run<'e> {
     pub tags: Vec<u8>,
     /// What `dateShiftScope: file | folder` puts before the key ("" for resource).
     pub prefix: &'e str,
+    /// The last shift computed and what it was computed for: every date of a resource
+    /// shifts by the same days, and the hash walks the whole id and key.
+    shift: Option<(String, i32)>,
 }
 
 fn text_of_is_none(value: &Value) -> bool {
@@ -43,7 +46,7 @@ pub fn text_of(value: &Value) -> Option<String> {
 impl Run<'_> {
     pub fn new<'e>(engine: &'e Engine, doc: Document, prefix: &'e str) -> Run<'e> {
         let n = doc.nodes.len();
-        Run { engine, state: State { doc, visited: vec![false; n] }, tags: vec![0; n], prefix }
+        Run { engine, state: State { doc, visited: vec![false; n] }, tags: vec![0; n], prefix, shift: None }
     }
 
     /// Visits the tree from `id`: processes each resource before its descendants, and returns
@@ -140,8 +143,27 @@ impl Run<'_> {
         Ok(operations)
     }
 
-    fn process_node(&mut self, id: NodeId, rule: &Rule) -> Result<u8, Failure> {
+    /// The days this resource's dates move: by the current id (resource scope; a rule may
+    /// have hashed it) or the file or folder name.
+    fn shift_days(&mut self) -> i32 {
         let parameters = &self.engine.parameters;
+        if let Some(days) = parameters.date_shift_fixed_offset_in_days {
+            return days;
+        }
+        let scope = if self.prefix.is_empty() { self.state.doc.root_id() } else { self.prefix.into() };
+        match &self.shift {
+            Some((of, days)) if *of == *scope => *days,
+            _ => {
+                let days = self.engine.shift_key.days(&scope);
+                self.shift = Some((scope.into_owned(), days));
+                days
+            }
+        }
+    }
+
+    fn process_node(&mut self, id: NodeId, rule: &Rule) -> Result<u8, Failure> {
+        let engine = self.engine;
+        let parameters = &engine.parameters;
         match &rule.method {
             Method::Keep => Ok(0),
             Method::Substitute(replace_with) => substitute::apply(&mut self.state, id, replace_with),
@@ -174,21 +196,16 @@ impl Run<'_> {
                     }
                     Method::DateShift => {
                         let Some(kind) = dates::Kind::of(ty) else { return Ok(0) };
-                        let days = || match parameters.date_shift_fixed_offset_in_days {
-                            Some(days) => days,
-                            None if self.prefix.is_empty() => dates::shift_days(&self.state.doc.root_id(), &parameters.date_shift_key),
-                            None => dates::shift_days(self.prefix, &parameters.date_shift_key),
-                        };
-                        let days = days();
+                        let days = self.shift_days();
                         let value = &mut self.state.doc.nodes[id as usize].value;
                         Ok(dates::shift(value, &text, kind, || days, parameters.partial_dates)?)
                     }
                     Method::CryptoHash => {
                         let key = &self.engine.hmac;
                         let hashed = if name.eq_ignore_ascii_case("reference") && parent_ty == "Reference" {
-                            crypto::transform_reference_id(&text, |id| crypto::hash(id, key))
+                            crypto::transform_reference_id(&text, |id| key.hash(id))
                         } else {
-                            crypto::hash(&text, key)
+                            key.hash(&text)
                         };
                         self.state.doc.nodes[id as usize].value = Some(Value::String(hashed));
                         Ok(CRYPTOHASH)
