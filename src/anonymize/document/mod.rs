@@ -17,6 +17,7 @@ use crate::fhir::{
 };
 
 pub type NodeId = u32;
+pub type Children = smallvec::SmallVec<[NodeId; 4]>;
 
 #[derive(Debug)]
 pub struct Node {
@@ -34,7 +35,8 @@ pub struct Node {
     pub many: bool,
     /// A primitive's value; any JSON of a property the graph does not know.
     pub value: Option<Value>,
-    pub children: Vec<NodeId>,
+    /// Most elements have a few children: kept inline, not allocated.
+    pub children: Children,
     pub parent: Option<NodeId>,
 }
 
@@ -105,7 +107,7 @@ impl Document {
             resource: t.resource,
             many: t.many,
             value: None,
-            children: Vec::new(),
+            children: Children::new(),
             parent: None,
         };
         let id = self.push(node);
@@ -124,7 +126,7 @@ impl Document {
     }
 
     pub fn remove_child(&mut self, parent: NodeId, child: NodeId) {
-        self.nodes[parent as usize].children.retain(|&c| c != child);
+        self.nodes[parent as usize].children.retain(|c| *c != child);
         self.nodes[child as usize].parent = None;
     }
 }
@@ -140,18 +142,18 @@ impl Node {
             resource: false,
             many,
             value,
-            children: Vec::new(),
+            children: Children::new(),
             parent: Some(parent),
         }
     }
 
     #[allow(clippy::too_many_arguments)]
     fn complex(key: Cow<'static, str>, name_len: usize, ty: &'static str, graph: Option<u32>, resource: bool, many: bool, parent: NodeId) -> Self {
-        Node { key, name_len: name_len as u8, ty, graph, primitive: false, resource, many, value: None, children: Vec::new(), parent: Some(parent) }
+        Node { key, name_len: name_len as u8, ty, graph, primitive: false, resource, many, value: None, children: Children::new(), parent: Some(parent) }
     }
 
     fn opaque(key: Cow<'static, str>, name_len: usize, many: bool, value: Value, parent: NodeId) -> Self {
-        Node { key, name_len: name_len as u8, ty: "", graph: None, primitive: true, resource: false, many, value: Some(value), children: Vec::new(), parent: Some(parent) }
+        Node { key, name_len: name_len as u8, ty: "", graph: None, primitive: true, resource: false, many, value: Some(value), children: Children::new(), parent: Some(parent) }
     }
 }
 
