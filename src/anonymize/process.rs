@@ -3,6 +3,8 @@
 //! rule's nodes and their descendants are processed once, so the first rule to reach a node
 //! decides it. Operations done are gathered per resource for its security labels.
 
+use std::cell::Cell;
+
 use serde_json::Value;
 
 use super::{
@@ -15,6 +17,13 @@ use super::{
     substitute, Engine,
 };
 use crate::fhir::fhirpath::{eval_on, Env};
+
+/// The bucket space a thread keeps for its next resource; an outsized resource's is freed.
+const KEPT_BUCKET_ENTRIES: usize = 1 << 16;
+
+thread_local! {
+    static BUCKETS: Cell<Vec<Vec<NodeId>>> = const { Cell::new(Vec::new()) };
+}
 
 pub struct Run<'e> {
     pub engine: &'e Engine,
@@ -77,24 +86,37 @@ impl Run<'_> {
         if rules.is_empty() {
             return Ok(0);
         }
-        // The lookups of `nodesByType('T')` and `nodesByName('n')` rules, filled in one walk.
-        let mut buckets: Vec<Vec<NodeId>> = vec![Vec::new(); engine.lookup_keys];
+        // The lookups of `nodesByType('T')` and `nodesByName('n')` rules, filled in one walk
+        // (into the thread's buckets of the previous resource, emptied, not allocated anew).
+        let mut buckets = BUCKETS.take();
+        buckets.resize_with(engine.lookup_keys.max(buckets.len()), Vec::new);
+        buckets.iter_mut().for_each(Vec::clear);
         if engine.lookup_keys > 0 {
+            let by_name = !engine.name_keys.is_empty();
             self.state.doc.walk_resource(resource, &mut |id, node| {
                 if let Some(&k) = engine.type_keys.get(node.ty) {
                     buckets[k].push(id);
                 }
-                if let Some(&k) = engine.name_keys.get(node.name()) {
+                if by_name && let Some(&k) = engine.name_keys.get(node.name()) {
                     buckets[k].push(id);
                 }
             });
         }
+        let result = self.run_rules(rules, resource, ty, &buckets);
+        if buckets.iter().map(Vec::capacity).sum::<usize>() <= KEPT_BUCKET_ENTRIES {
+            BUCKETS.set(buckets);
+        }
+        result
+    }
+
+    fn run_rules(&mut self, rules: &[u16], resource: NodeId, ty: &'static str, buckets: &[Vec<NodeId>]) -> Result<u8, Failure> {
+        let engine = self.engine;
         let mut operations = 0;
         let mut matches = Vec::new();
         for &index in rules {
             let rule = &engine.rules[index as usize];
             matches.clear();
-            self.select(rule, index, resource, ty, &buckets, &mut matches);
+            self.select(rule, index, resource, ty, buckets, &mut matches);
             for &node in &matches {
                 operations |= self.process_recursive(node, rule).map_err(|e| e.in_rule(&rule.path))?;
             }

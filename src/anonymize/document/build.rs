@@ -29,7 +29,7 @@ pub enum BuildError {
 impl Document {
     /// Reads one resource's JSON text.
     pub fn from_slice(bytes: &[u8]) -> Result<Self, BuildError> {
-        let mut doc = Document { nodes: Vec::with_capacity(64), nested: false };
+        let mut doc = Document::new();
         // Checked as UTF-8 once, rather than string by string as a byte slice is read.
         let text = std::str::from_utf8(bytes).map_err(|e| BuildError::NotUtf8(e.to_string()))?;
         let mut de = serde_json::Deserializer::from_str(text);

@@ -7,7 +7,7 @@
 mod build;
 mod write;
 
-use std::borrow::Cow;
+use std::{borrow::Cow, cell::Cell};
 
 use serde_json::Value;
 
@@ -59,7 +59,33 @@ fn type_name(graph: &'static Graph, id: u32) -> &'static str {
     if name.contains('.') { "BackboneElement" } else { name }
 }
 
+/// The node array a thread keeps for its next document; an outsized document's is freed.
+const KEPT_NODES: usize = 1 << 12;
+
+thread_local! {
+    static SPARE_NODES: Cell<Vec<Node>> = const { Cell::new(Vec::new()) };
+}
+
+impl Drop for Document {
+    /// Leaves the node array to the thread's next document: growing one afresh for every
+    /// resource cost more, in copies, than the rules that use it.
+    fn drop(&mut self) {
+        let mut nodes = std::mem::take(&mut self.nodes);
+        if nodes.capacity() <= KEPT_NODES {
+            nodes.clear();
+            SPARE_NODES.set(nodes);
+        }
+    }
+}
+
 impl Document {
+    /// An empty document, in the node array the thread's last one left.
+    fn new() -> Self {
+        let mut nodes = SPARE_NODES.take();
+        nodes.reserve(64);
+        Document { nodes, nested: false }
+    }
+
     fn push(&mut self, node: Node) -> NodeId {
         let id = self.nodes.len() as NodeId;
         if let Some(parent) = node.parent {
