@@ -341,18 +341,71 @@ fn push_item<'a>(entries: &mut Vec<Entry<'a>>, key: &'a str, part: Part) -> usiz
 
 fn write_key(out: &mut Vec<u8>, entry: &Entry) {
     if entry.underscore {
-        write_value(out, &Value::String(format!("_{}", entry.key)));
+        write_str(out, &format!("_{}", entry.key));
     } else {
         write_str(out, entry.key);
     }
     out.push(b':');
 }
 
+/// A JSON string: copied whole when nothing in it needs escaping (almost every value and
+/// key), else escaped by serde_json.
 fn write_str(out: &mut Vec<u8>, text: &str) {
-    // Writing to a Vec cannot fail.
-    let _ = serde_json::to_writer(&mut *out, text);
+    if needs_escape(text.as_bytes()) {
+        // Writing to a Vec cannot fail.
+        let _ = serde_json::to_writer(&mut *out, text);
+    } else {
+        out.reserve(text.len() + 2);
+        out.push(b'"');
+        out.extend_from_slice(text.as_bytes());
+        out.push(b'"');
+    }
+}
+
+/// Whether JSON must escape any byte: a quote, a backslash or a control character, as
+/// serde_json escapes them (other bytes, UTF-8 included, are written as they are).
+fn needs_escape(bytes: &[u8]) -> bool {
+    let escaped = |b: u8| b < 0x20 || b == b'"' || b == b'\\';
+    // Whole chunks without an early exit, which the compiler turns into vector compares.
+    let mut chunks = bytes.chunks_exact(16);
+    for chunk in &mut chunks {
+        if chunk.iter().fold(false, |any, &b| any | escaped(b)) {
+            return true;
+        }
+    }
+    chunks.remainder().iter().any(|&b| escaped(b))
 }
 
 fn write_value(out: &mut Vec<u8>, value: &Value) {
-    let _ = serde_json::to_writer(&mut *out, value);
+    match value {
+        Value::String(text) => write_str(out, text),
+        // Writing to a Vec cannot fail.
+        other => drop(serde_json::to_writer(&mut *out, other)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strings_are_written_as_serde_json_writes_them() {
+        let mut texts: Vec<String> = ["", "plain", "ÆŊŋßſ♫∅ 日本", "a\"b", "back\\slash", "tab\there", "\u{7f} del is not escaped", "\u{1f}"]
+            .iter()
+            .map(|t| t.to_string())
+            .collect();
+        // Every ASCII byte at every place of a 16-byte chunk and of the tail.
+        for b in 0u8..0x80 {
+            for at in [0, 7, 15, 16, 20, 31] {
+                let mut text = "x".repeat(33);
+                text.replace_range(at..at + 1, &char::from(b).to_string());
+                texts.push(text);
+            }
+        }
+        for text in texts {
+            let mut ours = Vec::new();
+            write_str(&mut ours, &text);
+            assert_eq!(String::from_utf8(ours).unwrap(), serde_json::to_string(&text).unwrap(), "{text:?}");
+        }
+    }
 }
