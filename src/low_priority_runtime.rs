@@ -1,5 +1,5 @@
-//! Threads for an export's bulk blocking work (file writes, SQLite's reader) at a lower CPU
-//! priority than the threads that answer requests: waking a writer let it preempt the runtime
+//! Threads for an export's bulk blocking work (file writes, SQLite's reader) and its CPU-bound
+//! batches (de-identification) at a lower CPU priority than the threads that answer requests: waking a writer let it preempt the runtime
 //! thread that had woken it, with the status polls queued on that thread waiting behind it. At
 //! a higher nice value the writers still get the idle CPU, so an export alone runs as fast,
 //! while a request's thread goes first (figures: docs/performance.md). The files these threads
@@ -17,6 +17,31 @@ const NICER_BY: i32 = 10;
 /// Runs `f` on a background thread; awaiting the handle works from any runtime.
 pub fn spawn_blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> JoinHandle<T> {
     runtime().spawn_blocking(f)
+}
+
+/// Runs CPU-bound `f` (a batch of de-identification) on one of a fixed set of threads, one per
+/// core, at the same lower priority; a panic in `f` comes back as the error. The blocking pool
+/// started a thread for every batch waiting while the others ran, and spread the work over
+/// dozens of threads with cold caches and allocator heaps.
+pub async fn spawn_compute<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> std::thread::Result<T> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    compute_pool().spawn(move || {
+        // The receiver may be gone (the export stopped): the result is not wanted then.
+        let _ = tx.send(std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)));
+    });
+    rx.await.unwrap_or_else(|_| Err(Box::new("a compute thread dropped its work")))
+}
+
+fn compute_pool() -> &'static rayon::ThreadPool {
+    static POOL: OnceLock<rayon::ThreadPool> = OnceLock::new();
+    POOL.get_or_init(|| {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(std::thread::available_parallelism().map_or(2, |n| n.get()))
+            .thread_name(|i| format!("bulkfhir-compute-{i}"))
+            .start_handler(|_| lower_priority())
+            .build()
+            .expect("the compute threads start")
+    })
 }
 
 /// A runtime used only for its blocking pool (threads started on demand, idle ones ended after
@@ -47,6 +72,17 @@ fn lowered(nice: i32) -> i32 {
     (nice + NICER_BY).min(19)
 }
 
+#[cfg(test)]
+mod compute_tests {
+    #[tokio::test]
+    async fn a_panic_in_compute_work_comes_back_to_the_caller() {
+        let result = super::spawn_compute(|| -> u32 { panic!("boom") }).await;
+        assert_eq!(result.unwrap_err().downcast_ref::<&str>(), Some(&"boom"));
+        // The threads survive it.
+        assert_eq!(super::spawn_compute(|| 7).await.unwrap(), 7);
+    }
+}
+
 #[cfg(all(test, target_os = "linux"))]
 mod tests {
     #[tokio::test]
@@ -54,6 +90,8 @@ mod tests {
         let here = rustix::process::getpriority_process(None).unwrap();
         let there = super::spawn_blocking(|| rustix::process::getpriority_process(None).unwrap()).await.unwrap();
         assert_eq!(there, super::lowered(here));
+        let computed = super::spawn_compute(|| rustix::process::getpriority_process(None).unwrap()).await.unwrap();
+        assert_eq!(computed, super::lowered(here));
         assert_eq!(rustix::process::getpriority_process(None).unwrap(), here, "the caller's thread is untouched");
     }
 }

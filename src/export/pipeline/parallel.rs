@@ -42,11 +42,10 @@ pub fn apply(pipeline: Arc<Pipeline>, source: BoxStream<'static, Result<Bytes, S
                     }
                     Ok(Bytes::from(out))
                 };
-                match crate::low_priority_runtime::spawn_blocking(work).await {
+                match crate::low_priority_runtime::spawn_compute(work).await {
                     Ok(result) => result,
                     // A panic in a stage is the task's panic: the worker reports it as one.
-                    Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
-                    Err(e) => Err(PipelineError::Stage(super::StageError::new("batch", e))),
+                    Err(panic) => std::panic::resume_unwind(panic),
                 }
             }
         })
