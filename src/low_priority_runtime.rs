@@ -1,10 +1,11 @@
 //! Threads for an export's bulk blocking work (file writes, SQLite's reader) and its CPU-bound
-//! batches (de-identification) at a lower CPU priority than the threads that answer requests: waking a writer let it preempt the runtime
-//! thread that had woken it, with the status polls queued on that thread waiting behind it. At
-//! a higher nice value the writers still get the idle CPU, so an export alone runs as fast,
-//! while a request's thread goes first (figures: docs/performance.md). The files these threads
-//! write are staging files until the export records them, so the process can exit without
-//! waiting for them (this runtime is never shut down).
+//! batches (de-identification) at a lower CPU priority than the threads that answer requests:
+//! waking a writer let it preempt the runtime thread that had woken it, with the status polls
+//! queued on that thread waiting behind it. At a higher nice value the writers still get the
+//! idle CPU, so an export alone runs as fast, while a request's thread goes first (figures:
+//! docs/performance.md). The files these threads write are staging files until the export
+//! records them, so the process can exit without waiting for them (this runtime is never shut
+//! down).
 
 use std::sync::OnceLock;
 
