@@ -43,6 +43,9 @@ const CACHED_HASHES: usize = 4096;
 
 static NEXT_KEY: AtomicU64 = AtomicU64::new(0);
 
+/// Input -> hash, of one key.
+type Hashes = FxHashMap<Box<str>, Box<str>>;
+
 /// A configuration's `cryptoHashKey`, with the hashes it gave kept on each thread: most
 /// references of an export point at a few resources again and again.
 pub struct HashKey {
@@ -59,7 +62,7 @@ impl HashKey {
     /// The same as [`hash`] under this key.
     pub fn hash(&self, input: &str) -> String {
         thread_local! {
-            static CACHE: RefCell<(u64, FxHashMap<Box<str>, Box<str>>)> = RefCell::new((u64::MAX, FxHashMap::default()));
+            static CACHE: RefCell<(u64, Hashes)> = RefCell::new((u64::MAX, Hashes::default()));
         }
         CACHE.with_borrow_mut(|(serial, hashes)| {
             if *serial != self.serial {
