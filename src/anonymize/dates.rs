@@ -85,8 +85,8 @@ pub fn shift_days(prefix: &str, key: &str) -> i32 {
 const SHIFT_MODULUS: u32 = 2 * SHIFT_RANGE + 1;
 
 /// `shift_days` for one key, computed once per resource: where the key's part of the hash ends
-/// depends only on where the scope's part left it, one of 101 states, so that is a table.
-#[derive(Debug)]
+/// depends only on where the scope's part left it, one of 101 states, so that is a table (no
+/// `Debug`: it is derived from the key).
 pub struct ShiftKey([u8; SHIFT_MODULUS as usize]);
 
 impl ShiftKey {

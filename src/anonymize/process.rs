@@ -32,8 +32,8 @@ pub struct Run<'e> {
     pub tags: Vec<u8>,
     /// What `dateShiftScope: file | folder` puts before the key ("" for resource).
     pub prefix: &'e str,
-    /// The last shift computed and what it was computed for: every date of a resource
-    /// shifts by the same days, and the hash walks the whole id and key.
+    /// The last shift computed and the id or name it was computed for: every date of a
+    /// resource shifts by the same days, so its id is hashed once, not once per date.
     shift: Option<(String, i32)>,
 }
 
