@@ -33,11 +33,16 @@ pub async fn spawn_compute<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'st
     rx.await.unwrap_or_else(|_| Err(Box::new("a compute thread dropped its work")))
 }
 
+/// How many compute threads there are: one per core.
+pub fn compute_threads() -> usize {
+    std::thread::available_parallelism().map_or(2, |n| n.get())
+}
+
 fn compute_pool() -> &'static rayon::ThreadPool {
     static POOL: OnceLock<rayon::ThreadPool> = OnceLock::new();
     POOL.get_or_init(|| {
         rayon::ThreadPoolBuilder::new()
-            .num_threads(std::thread::available_parallelism().map_or(2, |n| n.get()))
+            .num_threads(compute_threads())
             .thread_name(|i| format!("bulkfhir-compute-{i}"))
             .start_handler(|_| lower_priority())
             .build()

@@ -21,8 +21,9 @@ const BATCH_BYTES: usize = 128 * 1024;
 
 /// Applies `pipeline` to a stream of whole-line chunks, batches in flight on every core.
 pub fn apply(pipeline: Arc<Pipeline>, source: BoxStream<'static, Result<Bytes, StoreError>>) -> BoxStream<'static, Result<Bytes, PipelineError>> {
-    // One more than the cores, so a core never waits for the next batch to be handed over.
-    let in_flight = std::thread::available_parallelism().map_or(2, |n| n.get()) + 1;
+    // One more than the compute threads, so a thread never waits for the next batch to be
+    // handed over.
+    let in_flight = crate::low_priority_runtime::compute_threads() + 1;
     Gather { source, parts: Vec::new(), size: 0, ended: false }
         .flat_map(|gathered| {
             let batches: Vec<Result<Vec<Bytes>, PipelineError>> = match gathered {
